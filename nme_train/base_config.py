@@ -1,0 +1,69 @@
+"""Every config field the trainer reads, with its meaning and a neutral default.
+
+Experiment files in configs/ start from `base_config()` and change what
+their recipe needs; the trainer validates the result (nme_train.validation)
+before building anything.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # initialisation, data order and augmentation all derive from it
+
+    # -- data ------------------------------------------------------------
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits"  # digits | fashion_mnist | cifar10 | cifar100 | imagenet2012
+    c.data.data_dir = ""  # TFDS data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.data.train_split = ""  # "" = the dataset's standard training split
+    c.data.eval_split = ""  # "" = the dataset's standard test/validation split
+    c.data.augment = "none"  # none | flip | pad_crop | pad_crop_flip | inception_crop_flip
+    c.data.image_size = 0  # side of the model's input; 0 = the dataset's native size
+    c.data.cache = True  # decode small datasets once into memory (ignored for ImageNet)
+    c.data.num_threads = 2  # host threads reading and augmenting batches
+    c.data.prefetch = 4  # batches read ahead by those threads
+    c.data.num_workers = 0  # worker processes for decoding (use > 0 for ImageNet)
+
+    # -- model -----------------------------------------------------------
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "cnn"  # mlp | cnn | resnet | wide_resnet
+    c.model.activation = "relu"  # relu | gelu | beta_gelu (see nme_train.models.activations)
+    c.model.beta = 1.0  # sharpness of beta_gelu: x * Phi(beta x)
+    c.model.batch_norm = True  # BatchNorm after each conv / dense layer
+    c.model.features = (32, 64)  # cnn: channels of each conv stage (each halves the size)
+    c.model.hidden = (128,)  # cnn / mlp: widths of the dense hidden layers
+    c.model.pool = "avg"  # cnn: avg | max pooling between stages
+    c.model.depth = 18  # resnet: 18/34/50/101/152; wide_resnet: 6n+4
+    c.model.width = 16  # resnet: filters of the first stage; wide_resnet: widen factor k
+    c.model.stem = "cifar"  # resnet: cifar (3x3 conv) | imagenet (7x7/2 conv + max pool)
+    c.model.dtype = "float32"  # computation dtype (bfloat16 for mixed precision)
+    c.model.param_dtype = "float32"  # parameter dtype
+
+    # -- optimization ----------------------------------------------------
+    c.batch_size = 128  # global batch, split over all devices and processes
+    c.eval_batch_size = 256  # global evaluation batch (the last one is padded)
+    c.num_epochs = 10.0  # training length in epochs (or set num_train_steps)
+    c.num_train_steps = -1  # training length in steps; -1 = use num_epochs
+    c.label_smoothing = 0.0  # target smoothing of the cross-entropy
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "nesterov"  # sgd | momentum | nesterov | adam | adamw
+    c.optimizer.learning_rate = 0.05  # peak learning rate (after warmup)
+    c.optimizer.momentum = 0.9  # momentum / nesterov only
+    c.optimizer.weight_decay = 5e-4  # L2 coefficient (decoupled for adamw)
+    c.optimizer.weight_decay_on = "kernels"  # kernels (ndim > 1) | all (incl. biases, norms)
+    c.optimizer.schedule = "cosine"  # constant | cosine | linear decay after warmup
+    c.optimizer.warmup_epochs = 1.0  # linear warmup from 0
+    c.optimizer.grad_clip_norm = 0.0  # clip the global gradient norm; 0 = off
+
+    # -- parallelism -----------------------------------------------------
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # devices on the data axis; -1 = all not used by fsdp
+    c.mesh.fsdp = 1  # devices that also split parameters and optimizer state
+    c.sharding = ml_collections.ConfigDict()
+    c.sharding.fsdp_min_size = 2**16  # parameters with fewer elements stay replicated
+
+    # -- outputs ---------------------------------------------------------
+    c.log_every_steps = 50  # train metrics line (means over the interval)
+    c.eval_every_steps = 200  # evaluation interval; 0 = only at the end
+    return c

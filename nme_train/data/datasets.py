@@ -1,0 +1,88 @@
+"""The datasets the trainer knows, by the name used in `config.data.name`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable
+
+from nme_train.data.prepare import prepare_digits
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What the pipeline needs to know about a TFDS dataset."""
+
+    tfds_name: str
+    train_split: str
+    eval_split: str
+    num_classes: int
+    image_size: int  # side of the square image the model sees
+    channels: int
+    mean: tuple[float, ...]  # per channel, in [0, 1] units
+    std: tuple[float, ...]
+    variable_size: bool = False  # images of varying size (ImageNet): resized by the pipeline
+    cacheable: bool = True  # small enough to decode once into memory
+    prepare: Callable[[str], str] | None = None  # offline preparation, if any
+    how_to_get: str = ""
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "digits": DatasetSpec(
+        "digits", "train", "test", 10, 8, 1, (0.3053,), (0.3759,), prepare=prepare_digits,
+        how_to_get="prepared automatically from scikit-learn",
+    ),
+    "fashion_mnist": DatasetSpec(
+        "fashion_mnist", "train", "test", 10, 28, 1, (0.2860,), (0.3530,),
+        how_to_get="`python tools/prepare_data.py fashion_mnist --from "
+        "/usr/share/datasets/fashion-mnist --data_dir DATA_DIR` (Debian package "
+        "dataset-fashion-mnist) or `tfds build fashion_mnist --file_format=array_record`",
+    ),
+    "cifar10": DatasetSpec(
+        "cifar10", "train", "test", 10, 32, 3,
+        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        how_to_get="`tfds build cifar10 --file_format=array_record --data_dir DATA_DIR`",
+    ),
+    "cifar100": DatasetSpec(
+        "cifar100", "train", "test", 100, 32, 3,
+        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+        how_to_get="`tfds build cifar100 --file_format=array_record --data_dir DATA_DIR`",
+    ),
+    "imagenet2012": DatasetSpec(
+        "imagenet2012", "train", "validation", 1000, 224, 3,
+        (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), variable_size=True, cacheable=False,
+        how_to_get="place ILSVRC2012_img_{train,val}.tar in DATA_DIR/downloads/manual and run "
+        "`tfds build imagenet2012 --file_format=array_record --data_dir DATA_DIR`",
+    ),
+}
+
+
+def default_data_dir() -> str:
+    """$TFDS_DATA_DIR, else ~/tensorflow_datasets (TFDS's own default)."""
+    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def find_dataset_dir(spec: DatasetSpec, data_dir: str) -> str:
+    """The newest prepared version directory of `spec` under `data_dir`.
+
+    Prepares the dataset first when it can be prepared offline. Raises
+    FileNotFoundError naming the command that builds it otherwise.
+    """
+    root = os.path.join(data_dir, spec.tfds_name)
+    versions = []
+    if os.path.isdir(root):
+        for entry in os.listdir(root):
+            if re.fullmatch(r"\d+\.\d+\.\d+", entry) and os.path.exists(
+                os.path.join(root, entry, "dataset_info.json")
+            ):
+                versions.append(tuple(int(p) for p in entry.split(".")))
+    if not versions:
+        if spec.prepare is not None:
+            return spec.prepare(data_dir)
+        raise FileNotFoundError(
+            f"dataset {spec.tfds_name!r} is not prepared under data_dir={data_dir!r} "
+            f"(no {root}/<version>/dataset_info.json). Get it with: {spec.how_to_get}; "
+            "or set config.data.data_dir (or $TFDS_DATA_DIR) to where it is."
+        )
+    return os.path.join(root, ".".join(map(str, max(versions))))

@@ -1,0 +1,250 @@
+"""Per-process input pipelines over TFDS array_record datasets.
+
+The order of training examples is a pure function of (seed, step):
+
+    global batch s = examples at positions [s*B, (s+1)*B) of the endless
+    stream  epoch 0 permutation | epoch 1 permutation | ...  (each epoch a
+    fresh permutation from (seed, epoch)), augmented with random draws made
+    from (seed, s) for the whole global batch.
+
+Process p of P reads, decodes and augments only rows [p*B/P, (p+1)*B/P) of
+each global batch. The global batch, and so the training run, is the same
+for any number of processes or devices, and the iterator's position is one
+integer, the step: resuming, or moving a job to another pod size, means
+building the pipeline with `start_step`.
+
+grain provides the parallel machinery: a lazily indexed `MapDataset`, read
+ahead by a thread pool (`ReadOptions`) and optionally by worker processes
+(`mp_prefetch`, for JPEG decoding at ImageNet scale). Its own shuffle is not
+used: it draws each index separately, which costs more than a permutation
+per epoch, and its per-element random streams would tie augmentation to the
+position within a process's shard.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import flags
+
+from nme_train.data import augment
+from nme_train.data.datasets import DatasetSpec, find_dataset_dir
+
+Batch = dict[str, np.ndarray]
+
+
+class _InMemory:
+    """A decoded split held as numpy arrays, indexable by an array of keys."""
+
+    def __init__(self, source: Any):
+        n = len(source)
+        first = source[0]
+        self.images = np.empty((n, *first["image"].shape), np.uint8)
+        self.labels = np.empty((n,), np.int32)
+        for start in range(0, n, 1024):
+            keys = list(range(start, min(n, start + 1024)))
+            for k, record in zip(keys, source.__getitems__(keys)):
+                self.images[k] = record["image"]
+                self.labels[k] = record["label"]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, keys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        return list(self.images[keys]), self.labels[keys]
+
+
+class _OnDisk:
+    """A TFDS array_record data source, read (and decoded) record by record."""
+
+    def __init__(self, source: Any):
+        self._source = source
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def take(self, keys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        records = self._source.__getitems__([int(k) for k in keys])
+        return [r["image"] for r in records], np.asarray([r["label"] for r in records], np.int32)
+
+
+def _open_split(spec: DatasetSpec, split: str, data_dir: str, cache: bool):
+    builder = tfds.builder_from_directory(find_dataset_dir(spec, data_dir))
+    if split not in builder.info.splits:
+        raise ValueError(
+            f"split {split!r} not in {spec.tfds_name} (has {sorted(builder.info.splits)}); "
+            "fix config.data.train_split / config.data.eval_split"
+        )
+    source = builder.as_data_source(split=split)
+    return _InMemory(source) if cache and spec.cacheable else _OnDisk(source)
+
+
+def split_size(spec: DatasetSpec, split: str, data_dir: str) -> int:
+    """Number of examples in `split`, read from the dataset's metadata."""
+    builder = tfds.builder_from_directory(find_dataset_dir(spec, data_dir))
+    return builder.info.splits[split].num_examples
+
+
+class ProcessBatches(grain.MapDataset):
+    """Element s: this process's rows of global batch s, as uint8 images and int32 labels.
+
+    Training (`shuffle_seed` set): positions run over an endless stream of
+    per-epoch permutations, and the global batch is augmented with draws
+    from (seed, s). Evaluation (`shuffle_seed` None): one pass in the stored
+    order; the last global batch is completed with blank images whose `mask`
+    is 0, so every example counts exactly once.
+    """
+
+    def __init__(
+        self,
+        records: Any,
+        global_batch: int,
+        process_index: int,
+        process_count: int,
+        shuffle_seed: int | None = None,
+        transform: Callable[[np.ndarray, dict, int], np.ndarray] | None = None,
+        augmentation: str = "none",
+    ):
+        super().__init__([])
+        if global_batch % process_count:
+            raise ValueError(f"global batch {global_batch} not divisible by "
+                             f"{process_count} processes")
+        self._records = records
+        self._global = global_batch
+        self._local = global_batch // process_count
+        self._offset = process_index * self._local
+        self._seed = shuffle_seed
+        self._transform = transform
+        self._augmentation = augmentation
+        self._permutations: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+        n = len(records)
+        if shuffle_seed is None:
+            self._length = math.ceil(n / global_batch)
+        else:
+            if n < global_batch:
+                raise ValueError(f"the split has {n} examples, fewer than one global batch "
+                                 f"of {global_batch}; lower config.batch_size")
+            self._length = np.iinfo(np.int64).max // global_batch
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getstate__(self) -> dict:  # worker processes get a copy without the lock
+        state = self.__dict__.copy()
+        state.pop("_lock")
+        state["_permutations"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        """The order of epoch `epoch`; the newest few are cached (reader threads share them)."""
+        with self._lock:
+            if epoch not in self._permutations:
+                if len(self._permutations) >= 3:
+                    self._permutations.pop(min(self._permutations))
+                rng = np.random.default_rng([self._seed, epoch])
+                self._permutations[epoch] = rng.permutation(len(self._records))
+            return self._permutations[epoch]
+
+    def __getitem__(self, step):
+        if isinstance(step, slice):
+            return self.slice(step)
+        n = len(self._records)
+        positions = step * self._global + self._offset + np.arange(self._local)
+        if self._seed is None:
+            valid = positions < n
+            keys = np.where(valid, positions, 0)
+        else:
+            valid = np.ones(self._local, bool)
+            epochs, within = np.divmod(positions, n)
+            keys = np.empty_like(positions)
+            for epoch in np.unique(epochs):
+                keys[epochs == epoch] = self._permutation(int(epoch))[within[epochs == epoch]]
+        images, labels = self._records.take(keys)
+        if self._transform is not None:
+            params = {}
+            if self._seed is not None:
+                rng = np.random.default_rng([self._seed, 1 << 32, step])
+                params = augment.draw(self._augmentation, rng, self._global)
+            images = [self._transform(im, params, self._offset + i)
+                      for i, im in enumerate(images)]
+        batch = {"image": np.stack(images), "label": labels}
+        if self._seed is None:
+            batch["image"][~valid] = 0
+            batch["label"] = np.where(valid, labels, 0).astype(np.int32)
+            batch["mask"] = valid.astype(np.float32)
+        return batch
+
+
+def _transform(spec: DatasetSpec, name: str, image_size: int):
+    """(image, params, row) -> image: geometry fix-up, then augmentation `name`."""
+    crop = name == "inception_crop_flip"
+    if spec.variable_size and not crop:
+        def fit(im):
+            return augment.resize_center_crop(im, image_size)
+    elif image_size != spec.image_size and not crop:
+        def fit(im):
+            return augment.resize(im, (image_size, image_size))
+    else:
+        fit = None
+    if fit is None and name == "none":
+        return None
+
+    def apply(image: np.ndarray, params: dict, row: int) -> np.ndarray:
+        if fit is not None:
+            image = fit(image)
+        return augment.apply(name, image, params, row, image_size) if params else image
+
+    return apply
+
+
+def train_batches(
+    spec: DatasetSpec,
+    data_config: Any,
+    global_batch: int,
+    seed: int,
+    start_step: int,
+    process_index: int,
+    process_count: int,
+) -> Iterator[Batch]:
+    """Endless iterator of this process's training batches, from global step `start_step`."""
+    c = data_config
+    image_size = c.image_size or spec.image_size
+    augment.draw(c.augment, np.random.default_rng(0), 1)  # validates the name early
+    records = _open_split(spec, c.train_split or spec.train_split, c.data_dir, c.cache)
+    ds = ProcessBatches(records, global_batch, process_index, process_count, shuffle_seed=seed,
+                        transform=_transform(spec, c.augment, image_size),
+                        augmentation=c.augment)
+    it = ds.slice(slice(start_step, None)).to_iter_dataset(
+        grain.ReadOptions(num_threads=c.num_threads, prefetch_buffer_size=c.prefetch)
+    )
+    if c.num_workers > 0:
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside main
+            flags.FLAGS.mark_as_parsed()  # (tests, notebooks) their defaults are used
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=c.num_workers))
+    return iter(it)
+
+
+def eval_batches(
+    spec: DatasetSpec,
+    data_config: Any,
+    global_batch: int,
+    process_index: int,
+    process_count: int,
+) -> ProcessBatches:
+    """This process's padded evaluation batches (each with a `mask`), in a fixed order."""
+    c = data_config
+    image_size = c.image_size or spec.image_size
+    records = _open_split(spec, c.eval_split or spec.eval_split, c.data_dir, c.cache)
+    return ProcessBatches(records, global_batch, process_index, process_count,
+                          transform=_transform(spec, "none", image_size))

@@ -1,0 +1,36 @@
+"""Command-line entry point.
+
+    python -m nme_train.main --config=configs/default.py --workdir=/tmp/run
+    python -m nme_train.main --config=configs/default.py:mlp --config.batch_size=256 ...
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from nme_train.train.loop import WorkdirError, train_and_evaluate
+from nme_train.validation import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file with get_config(); `file.py:arg` passes arg.",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, logs and checkpoints.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # library INFO chatter hides the progress lines
+    try:
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, WorkdirError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,33 @@
+"""Multi-layer perceptron on flattened inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from nme_train.models.activations import Activation
+from nme_train.models.layers import make_norm
+
+
+class MLP(nn.Module):
+    """Dense layers `hidden`, each followed by (optional BatchNorm and) the activation."""
+
+    num_classes: int
+    activation: Activation
+    hidden: Sequence[int] = (512, 512)
+    batch_norm: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        norm = make_norm(self.batch_norm, train, self.dtype, self.param_dtype)
+        x = x.reshape((x.shape[0], -1)).astype(self.dtype)
+        for width in self.hidden:
+            x = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+            x = self.activation(norm()(x))
+        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        return x.astype(jnp.float32)

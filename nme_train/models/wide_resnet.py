@@ -1,0 +1,66 @@
+"""WideResNet-d-k (Zagoruyko & Komodakis, 2016), pre-activation blocks.
+
+depth d = 6n + 4 gives n blocks in each of three groups of widths 16k, 32k, 64k.
+WRN-28-10 (n = 4, k = 10, 36.5 M parameters) is the SAM paper's CIFAR model.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from nme_train.models.activations import Activation
+from nme_train.models.layers import global_avg_pool, make_norm
+
+
+class WideBlock(nn.Module):
+    """norm -> act -> conv3x3 -> norm -> act -> conv3x3, plus a (projected) shortcut."""
+
+    filters: int
+    conv: Callable[..., nn.Module]
+    norm: Callable[..., Any]
+    activation: Activation
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        o = self.activation(self.norm()(x))
+        y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(o)
+        y = self.activation(self.norm()(y))
+        y = self.conv(self.filters, (3, 3))(y)
+        if x.shape != y.shape:
+            x = self.conv(self.filters, (1, 1), (self.strides, self.strides), name="proj")(o)
+        return x + y
+
+
+class WideResNet(nn.Module):
+    """WRN-`depth`-`width`."""
+
+    num_classes: int
+    activation: Activation
+    depth: int = 28
+    width: int = 10
+    batch_norm: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        conv = functools.partial(
+            nn.Conv, use_bias=not self.batch_norm, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        norm = make_norm(self.batch_norm, train, self.dtype, self.param_dtype)
+        blocks_per_group = (self.depth - 4) // 6
+        x = conv(16, (3, 3), name="stem_conv")(x.astype(self.dtype))
+        for group, base in enumerate((16, 32, 64)):
+            for block in range(blocks_per_group):
+                strides = 2 if group > 0 and block == 0 else 1
+                x = WideBlock(base * self.width, conv, norm, self.activation, strides)(x)
+        x = self.activation(norm(name="final_norm")(x))
+        x = global_avg_pool(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        return x.astype(jnp.float32)

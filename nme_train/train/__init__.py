@@ -1,0 +1,1 @@
+"""Train state, steps, optimizer, metrics and the training loop."""

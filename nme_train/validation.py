@@ -1,0 +1,125 @@
+"""Checks a config before anything is built or compiled.
+
+Every problem is reported at once, one line each, naming the field, what is
+wrong, and how to fix it, so a pod job fails in seconds rather than after
+minutes of compilation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nme_train.data.augment import AUGMENTATIONS
+from nme_train.data.datasets import DATASETS
+from nme_train.models import DTYPES, MODEL_NAMES, STAGE_SIZES, activation_names
+from nme_train.sharding import AXES, mesh_shape
+from nme_train.train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_ON
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message lists every problem found."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            "invalid config:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+def _choice(problems: list[str], field: str, value: Any, allowed: Any) -> None:
+    if value not in allowed:
+        problems.append(f"{field}={value!r} is not known; choose one of {sorted(allowed)}")
+
+
+def _positive(problems: list[str], field: str, value: Any, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        problems.append(f"{field}={value!r} must be a number {bound}")
+
+
+def _check_model(problems: list[str], m: Any) -> None:
+    _choice(problems, "config.model.name", m.name, MODEL_NAMES)
+    _choice(problems, "config.model.activation", m.activation, activation_names())
+    _choice(problems, "config.model.dtype", m.dtype, DTYPES)
+    _choice(problems, "config.model.param_dtype", m.param_dtype, DTYPES)
+    if m.activation == "beta_gelu":
+        _positive(problems, "config.model.beta", m.get("beta"))
+    if m.name == "resnet":
+        if m.depth not in STAGE_SIZES:
+            problems.append(f"config.model.depth={m.depth!r} is not a ResNet depth; "
+                            f"use one of {sorted(STAGE_SIZES)}")
+        _choice(problems, "config.model.stem", m.stem, ("cifar", "imagenet"))
+        _positive(problems, "config.model.width", m.width)
+    if m.name == "wide_resnet":
+        if not isinstance(m.depth, int) or m.depth < 10 or (m.depth - 4) % 6:
+            problems.append(f"config.model.depth={m.depth!r}: a WideResNet needs depth = 6n+4 "
+                            "(e.g. 16, 22, 28, 40)")
+        _positive(problems, "config.model.width", m.width)
+    if m.name == "cnn":
+        _choice(problems, "config.model.pool", m.pool, ("avg", "max"))
+        if not m.features:
+            problems.append("config.model.features is empty; give the conv widths, e.g. (32, 64)")
+    if m.name == "mlp" and not m.hidden:
+        problems.append("config.model.hidden is empty; give the layer widths, e.g. (512, 512)")
+
+
+def _check_optimizer(problems: list[str], o: Any) -> None:
+    _choice(problems, "config.optimizer.name", o.name, OPTIMIZERS)
+    _choice(problems, "config.optimizer.schedule", o.schedule, SCHEDULES)
+    _choice(problems, "config.optimizer.weight_decay_on", o.weight_decay_on, WEIGHT_DECAY_ON)
+    _positive(problems, "config.optimizer.learning_rate", o.learning_rate)
+    _positive(problems, "config.optimizer.weight_decay", o.weight_decay, allow_zero=True)
+    _positive(problems, "config.optimizer.warmup_epochs", o.warmup_epochs, allow_zero=True)
+    _positive(problems, "config.optimizer.grad_clip_norm", o.grad_clip_norm, allow_zero=True)
+    if not 0 <= o.momentum < 1:
+        problems.append(f"config.optimizer.momentum={o.momentum!r} must lie in [0, 1)")
+
+
+def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
+    """Raises ConfigError listing every problem of `config` for `num_devices` devices."""
+    problems: list[str] = []
+    _choice(problems, "config.data.name", config.data.name, DATASETS)
+    _choice(problems, "config.data.augment", config.data.augment, AUGMENTATIONS)
+    _check_model(problems, config.model)
+    _check_optimizer(problems, config.optimizer)
+
+    unknown_axes = set(config.mesh) - set(AXES)
+    if unknown_axes:
+        problems.append(f"config.mesh has unknown axes {sorted(unknown_axes)}; "
+                        f"the mesh axes are {AXES}")
+    sizes = mesh_shape(config.mesh, num_devices)
+    if sum(1 for a in AXES if config.mesh.get(a, 1) == -1) > 1:
+        problems.append("config.mesh: at most one axis may be -1 (= all remaining devices)")
+    elif any(s <= 0 for s in sizes.values()) or sizes["data"] * sizes["fsdp"] != num_devices:
+        problems.append(
+            f"config.mesh={dict(config.mesh)} gives data={sizes['data']} x fsdp={sizes['fsdp']}"
+            f", which does not match the {num_devices} devices; make the product "
+            f"{num_devices}, or set one axis to -1"
+        )
+    parallel = num_devices
+    for field in ("batch_size", "eval_batch_size"):
+        value = config[field]
+        if not isinstance(value, int) or value <= 0:
+            problems.append(f"config.{field}={value!r} must be a positive integer")
+        elif value % parallel or value % process_count:
+            multiple = max(parallel, process_count)
+            low = max(multiple, value - value % multiple)
+            problems.append(
+                f"config.{field}={value} is not divisible by the data-parallel size {parallel} "
+                f"(data x fsdp devices) and {process_count} process(es); use a multiple of "
+                f"{multiple}, e.g. {low} or {low + multiple}"
+            )
+    if (config.num_train_steps > 0) == (config.num_epochs > 0):
+        problems.append(
+            f"config.num_epochs={config.num_epochs} and config.num_train_steps="
+            f"{config.num_train_steps}: set exactly one of them > 0 (the other to -1)"
+        )
+    for field in ("log_every_steps", "eval_every_steps"):
+        _positive(problems, f"config.{field}", config[field], allow_zero=True)
+    _positive(problems, "config.label_smoothing", config.label_smoothing, allow_zero=True)
+    if config.label_smoothing >= 1:
+        problems.append(f"config.label_smoothing={config.label_smoothing} must be < 1")
+    _positive(problems, "config.data.num_threads", config.data.num_threads)
+    if problems:
+        raise ConfigError(problems)

@@ -1,0 +1,169 @@
+"""Data: embedded digits, IDX preparation, determinism, per-process shards, augmentation."""
+
+import gzip
+import struct
+
+import ml_collections
+import numpy as np
+import pytest
+from conftest import decode_index
+
+from nme_train.data import DATASETS, eval_batches, split_size, train_batches
+from nme_train.data.prepare import prepare_fashion_mnist, read_idx
+
+
+def data_config(data_dir, **overrides):
+    c = ml_collections.ConfigDict(dict(
+        name="cifar10", data_dir=data_dir, train_split="", eval_split="", augment="none",
+        image_size=0, cache=True, num_threads=2, prefetch=2, num_workers=0))
+    c.update(overrides)
+    return c
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def test_digits_is_prepared_offline_with_fixed_split(data_dir):
+    spec = DATASETS["digits"]
+    assert split_size(spec, "train", data_dir) == 1500
+    assert split_size(spec, "test", data_dir) == 297
+    c = data_config(data_dir, name="digits")
+    batches = list(eval_batches(spec, c, 100, 0, 1))
+    images = np.concatenate([b["image"] for b in batches])
+    labels = np.concatenate([b["label"] for b in batches])
+    mask = np.concatenate([b["mask"] for b in batches])
+    assert images.shape == (300, 8, 8, 1) and mask.sum() == 297
+    assert set(labels[mask > 0]) == set(range(10))
+    # pixel values are the 17 levels round(v * 255 / 16) of the original 0..16 data
+    levels = set(np.unique(images[mask > 0]))
+    assert levels <= {round(v * 255 / 16) for v in range(17)} and len(levels) > 10
+
+
+def test_same_seed_same_batches_and_other_seed_differs(cifar_dir):
+    spec, c = DATASETS["cifar10"], data_config(cifar_dir, augment="pad_crop_flip")
+    a = take(train_batches(spec, c, 16, seed=3, start_step=0, process_index=0,
+                           process_count=1), 8)
+    b = take(train_batches(spec, c, 16, seed=3, start_step=0, process_index=0,
+                           process_count=1), 8)
+    other = take(train_batches(spec, c, 16, seed=4, start_step=0, process_index=0,
+                               process_count=1), 8)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["label"], y["label"])
+    assert any(not np.array_equal(x["image"], y["image"]) for x, y in zip(a, other))
+
+
+def test_start_step_resumes_the_stream(cifar_dir):
+    spec, c = DATASETS["cifar10"], data_config(cifar_dir, augment="pad_crop_flip")
+    full = take(train_batches(spec, c, 16, 0, 0, 0, 1), 10)
+    resumed = take(train_batches(spec, c, 16, 0, 7, 0, 1), 3)
+    for x, y in zip(full[7:], resumed):
+        np.testing.assert_array_equal(x["image"], y["image"])
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_process_shards_are_disjoint_and_cover_the_global_batch(cifar_dir, process_count):
+    spec = DATASETS["cifar10"]
+    c = data_config(cifar_dir)
+    steps = 12  # two epochs of 96 examples at global batch 16
+    single = take(train_batches(spec, c, 16, 0, 0, 0, 1), steps)
+    shards = [take(train_batches(spec, c, 16, 0, 0, p, process_count), steps)
+              for p in range(process_count)]
+    for step in range(steps):
+        parts = [decode_index(shards[p][step]["image"]) for p in range(process_count)]
+        assert all(len(part) == 16 // process_count for part in parts)
+        assert len(set(np.concatenate(parts))) == 16  # disjoint
+        np.testing.assert_array_equal(np.concatenate(parts), decode_index(single[step]["image"]))
+    epoch = np.concatenate([decode_index(b["image"]) for b in single[:6]])
+    assert sorted(epoch) == list(range(96))  # one epoch visits every example once
+    assert not np.array_equal(epoch, np.concatenate(
+        [decode_index(b["image"]) for b in single[6:]]))  # and the next is reshuffled
+
+
+def test_augmentation_does_not_depend_on_process_count(cifar_dir):
+    spec, c = DATASETS["cifar10"], data_config(cifar_dir, augment="pad_crop_flip")
+    single = take(train_batches(spec, c, 16, 0, 0, 0, 1), 3)
+    halves = [take(train_batches(spec, c, 16, 0, 0, p, 2), 3) for p in range(2)]
+    for step in range(3):
+        np.testing.assert_array_equal(
+            np.concatenate([halves[0][step]["image"], halves[1][step]["image"]]),
+            single[step]["image"])
+        assert single[step]["image"].shape == (16, 32, 32, 3)
+
+
+def test_pad_crop_flip_moves_pixels_but_keeps_content(cifar_dir):
+    spec = DATASETS["cifar10"]
+    plain = next(train_batches(spec, data_config(cifar_dir), 32, 0, 0, 0, 1))["image"]
+    aug = next(train_batches(spec, data_config(cifar_dir, augment="pad_crop_flip"), 32, 0, 0, 0,
+                             1))["image"]
+    assert aug.shape == plain.shape and aug.dtype == np.uint8
+    assert not np.array_equal(aug, plain)
+    assert (aug == 0).any()  # zero padding shows at the borders of shifted crops
+
+
+def test_eval_pass_counts_every_example_once(cifar_dir):
+    spec = DATASETS["cifar10"]
+    for processes in (1, 2, 4):
+        seen = []
+        for p in range(processes):
+            for batch in eval_batches(spec, data_config(cifar_dir), 16, p, processes):
+                seen.extend(decode_index(batch["image"])[batch["mask"] > 0])
+        assert sorted(seen) == list(range(40))
+
+
+def test_imagenet_inception_crop_and_eval_resize(imagenet_dir):
+    spec = DATASETS["imagenet2012"]
+    c = data_config(imagenet_dir, name="imagenet2012", augment="inception_crop_flip",
+                    image_size=32)
+    batch = next(train_batches(spec, c, 8, 0, 0, 0, 1))
+    assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.uint8
+    assert batch["label"].dtype == np.int32
+    evals = list(eval_batches(spec, c, 8, 0, 1))
+    assert [b["image"].shape for b in evals] == [(8, 32, 32, 3)] * 2
+    assert sum(b["mask"].sum() for b in evals) == 10
+    plain = next(train_batches(spec, data_config(imagenet_dir, image_size=32), 8, 0, 0, 0, 1))
+    assert plain["image"].shape == (8, 32, 32, 3)  # resize + centre crop without augmentation
+
+
+def _write_idx(path, array):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim,
+                                                                    *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_from_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "idx"
+    src.mkdir()
+    arrays = {}
+    for prefix, n in (("train", 20), ("t10k", 10)):
+        arrays[prefix] = (rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n))
+        _write_idx(str(src / f"{prefix}-images-idx3-ubyte.gz"), arrays[prefix][0])
+        _write_idx(str(src / f"{prefix}-labels-idx1-ubyte.gz"), arrays[prefix][1])
+    np.testing.assert_array_equal(read_idx(str(src / "t10k-labels-idx1-ubyte.gz")),
+                                  arrays["t10k"][1])
+    out = str(tmp_path / "tfds")
+    prepare_fashion_mnist(str(src), out)
+    spec = DATASETS["fashion_mnist"]
+    batches = list(eval_batches(spec, data_config(out, name="fashion_mnist"), 10, 0, 1))
+    np.testing.assert_array_equal(batches[0]["image"][..., 0], arrays["t10k"][0])
+    np.testing.assert_array_equal(batches[0]["label"], arrays["t10k"][1])
+    assert split_size(spec, "train", out) == 20
+
+
+def test_missing_dataset_names_the_command_that_builds_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tfds build cifar100"):
+        next(train_batches(DATASETS["cifar100"], data_config(str(tmp_path)), 8, 0, 0, 0, 1))
+
+
+def test_worker_processes_give_the_same_batches(imagenet_dir):
+    spec = DATASETS["imagenet2012"]
+    c = data_config(imagenet_dir, name="imagenet2012", augment="inception_crop_flip",
+                    image_size=32)
+    threads = take(train_batches(spec, c, 8, 0, 0, 0, 1), 4)
+    c.num_workers = 2
+    workers = take(train_batches(spec, c, 8, 0, 0, 0, 1), 4)
+    for x, y in zip(threads, workers):
+        np.testing.assert_array_equal(x["image"], y["image"])

@@ -1,0 +1,44 @@
+"""The command line: config file variants, overrides, and errors before any compile."""
+
+import os
+import subprocess
+import sys
+
+from nme_train.train.metrics import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    return subprocess.run([sys.executable, "-m", "nme_train.main", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_variant_and_overrides(data_dir, tmp_path):
+    workdir = str(tmp_path / "mlp")
+    result = run_main("--config=configs/default.py:mlp", f"--workdir={workdir}",
+                      f"--config.data.data_dir={data_dir}", "--config.num_epochs=-1",
+                      "--config.num_train_steps=6", "--config.log_every_steps=3",
+                      "--config.model.hidden=(32,)", "--config.model.activation=gelu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step 6/6" in result.stdout and "final: step 6" in result.stdout
+    assert "mlp (" in result.stdout and "2 cpu device(s)" in result.stdout
+    assert [r["step"] for r in read_metrics(workdir) if "train/loss" in r] == [3, 6]
+
+
+def test_cli_bad_config_fails_fast_with_the_field(data_dir, tmp_path):
+    result = run_main("--config=configs/default.py", f"--workdir={tmp_path / 'bad'}",
+                      f"--config.data.data_dir={data_dir}", "--config.batch_size=101",
+                      "--config.optimizer.name=lamb")
+    assert result.returncode != 0
+    assert "config.batch_size=101 is not divisible" in result.stderr
+    assert "config.optimizer.name='lamb' is not known" in result.stderr
+    assert not os.path.exists(tmp_path / "bad")  # nothing was written
+
+
+def test_cli_unknown_field_is_rejected(tmp_path):
+    result = run_main("--config=configs/default.py", f"--workdir={tmp_path}",
+                      "--config.optimizer.learnin_rate=0.1")
+    assert result.returncode != 0
+    assert "learnin_rate" in result.stderr

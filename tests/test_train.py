@@ -1,0 +1,90 @@
+"""End-to-end runs of train_and_evaluate on tiny configs."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from nme_train.train.loop import WorkdirError, train_and_evaluate
+from nme_train.train.metrics import read_metrics
+
+
+def tiny_config(data_dir, **overrides):
+    c = default.get_config()
+    c.data.data_dir = data_dir
+    c.model.features = (8, 16)
+    c.model.hidden = (32,)
+    c.batch_size = 64
+    c.eval_batch_size = 128
+    c.num_epochs = -1
+    c.num_train_steps = 24
+    c.log_every_steps = 8
+    c.eval_every_steps = 16
+    c.optimizer.learning_rate = 0.1
+    for key, value in overrides.items():
+        target = c
+        *path, last = key.split(".")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return c
+
+
+def test_end_to_end_writes_metrics_and_learns(data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    final = train_and_evaluate(tiny_config(data_dir), workdir)
+    records = read_metrics(workdir)
+    train = [r for r in records if "train/loss" in r]
+    evals = [r for r in records if "eval/accuracy" in r]
+    assert [r["step"] for r in train] == [8, 16, 24]
+    assert [r["step"] for r in evals] == [16, 24]
+    for key in ("train/loss", "train/accuracy", "train/steps_per_sec", "train/examples_per_sec",
+                "train/learning_rate", "train/grad_norm"):
+        assert all(np.isfinite(r[key]) for r in train), key
+    assert train[-1]["train/loss"] < train[0]["train/loss"]
+    assert final["eval/accuracy"] == evals[-1]["eval/accuracy"] > 0.5  # chance is 0.1
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    assert saved["num_train_steps"] == 24
+
+
+def test_one_device_equals_eight_devices_with_fsdp(data_dir, tmp_path):
+    """Same config, 1 device vs data=4 x fsdp=2 on 8 devices: same losses and accuracy."""
+    assert jax.device_count() == 8
+    overrides = {"log_every_steps": 1, "eval_every_steps": 0, "num_train_steps": 12,
+                 "sharding.fsdp_min_size": 256}
+    one = train_and_evaluate(tiny_config(data_dir, **overrides, **{"mesh.data": 1}),
+                             str(tmp_path / "one"), devices=jax.devices()[:1])
+    eight = train_and_evaluate(
+        tiny_config(data_dir, **overrides, **{"mesh.data": 4, "mesh.fsdp": 2}),
+        str(tmp_path / "eight"))
+    loss_one = [r["train/loss"] for r in read_metrics(str(tmp_path / "one")) if "train/loss" in r]
+    loss_eight = [r["train/loss"] for r in read_metrics(str(tmp_path / "eight"))
+                  if "train/loss" in r]
+    assert len(loss_one) == len(loss_eight) == 11  # step 1 (compile) is not logged
+    np.testing.assert_allclose(loss_eight, loss_one, rtol=2e-5)
+    assert abs(one["eval/loss"] - eight["eval/loss"]) < 1e-4
+    assert one["eval/accuracy"] == eight["eval/accuracy"]
+
+
+def test_non_finite_loss_stops_with_the_step(data_dir, tmp_path):
+    workdir = str(tmp_path / "nan")
+    config = tiny_config(data_dir, **{"optimizer.learning_rate": 1e30, "log_every_steps": 1,
+                                      "optimizer.warmup_epochs": 0.0})
+    with pytest.raises(FloatingPointError, match=r"at step \d+") as info:
+        train_and_evaluate(config, workdir)
+    bad_step = int(str(info.value).split("at step ")[1].split(";")[0])
+    logged = [r["step"] for r in read_metrics(workdir)]
+    assert all(step < bad_step for step in logged)  # what was written before stays
+
+
+def test_existing_workdir_is_not_clobbered(data_dir, tmp_path):
+    workdir = tmp_path / "used"
+    workdir.mkdir()
+    (workdir / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(WorkdirError, match="already holds a run"):
+        train_and_evaluate(tiny_config(data_dir), str(workdir))
+    assert (workdir / "metrics.jsonl").read_text() == '{"step": 1}\n'

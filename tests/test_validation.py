@@ -1,0 +1,82 @@
+"""Bad configs fail before anything is built, each with a message naming field and fix."""
+
+import pytest
+
+from configs import default
+from nme_train.validation import ConfigError, validate
+
+
+def config_with(**overrides):
+    c = default.get_config()
+    for key, value in overrides.items():
+        target = c
+        *path, last = key.split(".")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return c
+
+
+def test_default_config_is_valid_on_1_and_8_devices():
+    validate(default.get_config(), 1)
+    validate(default.get_config(), 8)
+
+
+@pytest.mark.parametrize("overrides,devices,message", [
+    ({"model.name": "resnet9000"}, 1, r"config.model.name='resnet9000' is not known; choose "
+     r"one of \['cnn', 'mlp', 'resnet', 'wide_resnet'\]"),
+    ({"data.name": "mnist_typo"}, 1, r"config.data.name='mnist_typo' is not known"),
+    ({"optimizer.name": "lamb"}, 1, r"config.optimizer.name='lamb' is not known"),
+    ({"model.activation": "swish"}, 1, r"config.model.activation='swish' is not known"),
+    ({"batch_size": 100}, 8, r"config.batch_size=100 is not divisible by the data-parallel "
+     r"size 8 .* use a multiple of 8, e.g. 96 or 104"),
+    ({"mesh.data": 4, "mesh.fsdp": 1}, 8, r"config.mesh=.* gives data=4 x fsdp=1, which does "
+     r"not match the 8 devices"),
+    ({"mesh.data": -1, "mesh.fsdp": -1}, 8, r"at most one axis may be -1"),
+    ({"mesh.fsdp": 3}, 8, r"does not match the 8 devices"),
+    ({"model.name": "resnet", "model.depth": 20}, 1, r"config.model.depth=20 is not a ResNet "
+     r"depth; use one of \[18, 34, 50, 101, 152\]"),
+    ({"model.name": "wide_resnet", "model.depth": 27}, 1, r"depth = 6n\+4"),
+    ({"num_train_steps": 100}, 1, r"set exactly one of them > 0"),
+    ({"optimizer.learning_rate": -0.1}, 1, r"config.optimizer.learning_rate=-0.1 must be a "
+     r"number > 0"),
+    ({"optimizer.momentum": 1.5}, 1, r"config.optimizer.momentum=1.5 must lie in \[0, 1\)"),
+    ({"model.activation": "beta_gelu", "model.beta": 0.0}, 1, r"config.model.beta=0.0 must be"),
+    ({"data.augment": "mixup"}, 1, r"config.data.augment='mixup' is not known"),
+    ({"label_smoothing": 1.0}, 1, r"config.label_smoothing=1.0 must be < 1"),
+    ({"eval_batch_size": 0}, 1, r"config.eval_batch_size=0 must be a positive integer"),
+])
+def test_bad_config_gives_a_clear_error(overrides, devices, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(config_with(**overrides), devices)
+
+
+def test_all_problems_are_reported_together():
+    with pytest.raises(ConfigError) as info:
+        validate(config_with(**{"model.name": "x", "optimizer.name": "y", "batch_size": 7}), 8)
+    assert len(info.value.problems) == 3
+
+
+def test_batch_must_divide_over_processes_too():
+    with pytest.raises(ConfigError, match="and 3 process"):
+        validate(config_with(batch_size=128), 8, process_count=3)
+
+
+def test_unknown_field_override_is_rejected_by_the_config_itself():
+    c = default.get_config()
+    with pytest.raises(AttributeError):
+        c.lock()
+        c.optimizer.learnin_rate = 0.1
+
+
+@pytest.mark.parametrize("name", ["default", "default:mlp", "default:resnet",
+                                  "fashion_mnist_cnn", "cifar10_resnet18", "cifar10_wrn28_10",
+                                  "cifar10_wrn28_10:gelu", "imagenet_resnet50"])
+def test_every_shipped_config_loads_and_validates(name):
+    import importlib
+
+    module, _, variant = name.partition(":")
+    config = importlib.import_module(f"configs.{module}").get_config(
+        *([variant] if variant else []))
+    validate(config, 8)
+    validate(config, 1)
