@@ -25,7 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # library INFO chatter hides the progress lines
+    logging.set_verbosity(logging.ERROR)  # library chatter (TFDS, XLA) hides the progress lines
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, WorkdirError) as e:

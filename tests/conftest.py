@@ -15,6 +15,17 @@ import PIL.Image  # noqa: E402
 import pytest  # noqa: E402
 
 
+def with_overrides(config, **overrides):
+    """`config` with dotted-path fields replaced: with_overrides(c, **{"mesh.data": 4})."""
+    for key, value in overrides.items():
+        target = config
+        *path, last = key.split(".")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return config
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> str:
     """A TFDS data dir shared by the session (the digits set is prepared into it once)."""

@@ -6,6 +6,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from conftest import with_overrides
 
 from configs import default
 from nme_train.train.loop import WorkdirError, train_and_evaluate
@@ -24,13 +25,7 @@ def tiny_config(data_dir, **overrides):
     c.log_every_steps = 8
     c.eval_every_steps = 16
     c.optimizer.learning_rate = 0.1
-    for key, value in overrides.items():
-        target = c
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
-    return c
+    return with_overrides(c, **overrides)
 
 
 def test_end_to_end_writes_metrics_and_learns(data_dir, tmp_path):

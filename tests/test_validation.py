@@ -1,20 +1,14 @@
 """Bad configs fail before anything is built, each with a message naming field and fix."""
 
 import pytest
+from conftest import with_overrides
 
 from configs import default
 from nme_train.validation import ConfigError, validate
 
 
 def config_with(**overrides):
-    c = default.get_config()
-    for key, value in overrides.items():
-        target = c
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
-    return c
+    return with_overrides(default.get_config(), **overrides)
 
 
 def test_default_config_is_valid_on_1_and_8_devices():

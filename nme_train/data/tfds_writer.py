@@ -79,6 +79,8 @@ def write_dataset(
 
         _Builder.name = name
     builder = _Builder(data_dir=data_dir, file_format="array_record")
+    print(f"preparing {name} {version} in {data_dir} (once)", flush=True)
+    tfds.disable_progress_bar()
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(verify_ssl=False)
     )
