@@ -27,4 +27,5 @@ def get_config(variant: str = "cnn"):
     c.optimizer.warmup_epochs = 1.0
     c.log_every_steps = 50
     c.eval_every_steps = 200
+    c.checkpoint.every_steps = 100
     return c

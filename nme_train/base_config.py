@@ -63,6 +63,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.sharding = ml_collections.ConfigDict()
     c.sharding.fsdp_min_size = 2**16  # parameters with fewer elements stay replicated
 
+    # -- checkpoints -----------------------------------------------------
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 1000  # save interval (also saved at the end and on SIGTERM)
+    c.checkpoint.max_to_keep = 3  # newest checkpoints kept; 0 = keep all
+    c.checkpoint.keep_every_steps = 0  # also keep every checkpoint at a multiple of this
+    c.init_from = ""  # another run's workdir (or .../checkpoints/STEP): start from its
+    #                   params and model state with a fresh optimizer
+
     # -- outputs ---------------------------------------------------------
     c.log_every_steps = 50  # train metrics line (means over the interval)
     c.eval_every_steps = 200  # evaluation interval; 0 = only at the end

@@ -11,7 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nme_train.train.loop import WorkdirError, train_and_evaluate
+from nme_train.train.checkpoint import CheckpointError
+from nme_train.train.loop import train_and_evaluate
 from nme_train.validation import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -28,7 +29,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.ERROR)  # library chatter (TFDS, XLA) hides the progress lines
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, WorkdirError) as e:
+    except (ConfigError, CheckpointError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -121,5 +121,9 @@ def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
     if config.label_smoothing >= 1:
         problems.append(f"config.label_smoothing={config.label_smoothing} must be < 1")
     _positive(problems, "config.data.num_threads", config.data.num_threads)
+    for field in ("every_steps", "max_to_keep", "keep_every_steps"):
+        value = config.checkpoint[field]
+        if not isinstance(value, int) or value < 0:
+            problems.append(f"config.checkpoint.{field}={value!r} must be an integer >= 0")
     if problems:
         raise ConfigError(problems)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -28,8 +29,11 @@ from nme_train.data import (
     train_batches,
 )
 from nme_train.models import build_model
-from nme_train.train.metrics import MetricWriter, Progress
+from nme_train.train.checkpoint import Checkpointer, abstract_with_shardings
+from nme_train.train.metrics import MetricWriter, Progress, TrainMetrics, truncate_metrics
 from nme_train.train.optim import learning_rate_schedule, make_optimizer
+from nme_train.train.preemption import PreemptionGuard
+from nme_train.train.resume import restore_latest, warm_start
 from nme_train.train.step import (
     init_state,
     make_eval_step,
@@ -38,19 +42,6 @@ from nme_train.train.step import (
     make_train_step,
 )
 from nme_train.validation import validate
-
-
-class WorkdirError(RuntimeError):
-    """The workdir cannot be used as asked (e.g. it already holds a run)."""
-
-
-def _check_workdir(workdir: str) -> None:
-    if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-        raise WorkdirError(
-            f"workdir {workdir!r} already holds a run (metrics.jsonl). Resuming needs "
-            "checkpoints, which this version of the trainer does not write yet; pass a new "
-            "--workdir, or remove this one to start over."
-        )
 
 
 def _device_batches(host_batches: Iterator[dict], sharding, depth: int = 2) -> Iterator[dict]:
@@ -90,6 +81,7 @@ class Experiment:
     mesh: Any
     batch_sharding: Any
     state_sharding: Any
+    abstract_state: Any  # the TrainState as ShapeDtypeStructs (no memory)
     init: Callable[[], Any]  # () -> TrainState, created directly with its shardings
     train_step: Callable  # (state, batch) -> (state, metrics); jitted, state donated
     eval_step: Callable  # (state, batch) -> masked sums; jitted
@@ -128,6 +120,7 @@ def build_experiment(
         mesh=mesh,
         batch_sharding=batch_sharding,
         state_sharding=state_sharding,
+        abstract_state=abstract_state,
         init=jax.jit(init_fn, out_shardings=state_sharding),
         train_step=train_step,
         eval_step=eval_step,
@@ -135,16 +128,18 @@ def build_experiment(
     )
 
 
-def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -> dict[str, float]:
+def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -> dict[str, Any]:
     """Trains and evaluates the model of `config`, writing outputs into `workdir`.
 
-    `devices` restricts the mesh to a subset of the devices (default: all).
-    Returns the final metrics (eval/accuracy, eval/loss, train/loss, ...).
+    Resumes from the latest complete checkpoint in `workdir` when there is
+    one. On SIGTERM/SIGINT it saves at the current step and returns early
+    with `preempted` set. `devices` restricts the mesh to a subset of the
+    devices (default: all). Returns the final metrics (eval/accuracy,
+    eval/loss, train/loss, ...).
     """
-    # -- config and workdir ------------------------------------------------
+    # -- config ------------------------------------------------------------
     devices = jax.devices() if devices is None else list(devices)
     validate(config, len(devices), jax.process_count())
-    _check_workdir(workdir)
     is_main = jax.process_index() == 0
     data_config = config.data.copy_and_resolve_references()
     with data_config.unlocked():
@@ -160,78 +155,103 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
 
     # -- mesh, model, optimizer, sharded state, compiled steps --------------
     exp = build_experiment(config, spec, devices, total_steps, steps_per_epoch)
-    state = exp.init()
-    train_step, eval_step, batch_sharding = exp.train_step, exp.eval_step, exp.batch_sharding
+
+    # -- resume, warm-start or initialise (checks before writing anything) --
+    ckpt = Checkpointer(workdir, config.checkpoint.max_to_keep,
+                        config.checkpoint.keep_every_steps)
+    restored = restore_latest(workdir, config, ckpt, abstract_with_shardings(
+        exp.abstract_state, exp.state_sharding))
+    meta: dict = {}
+    changes: dict = {}
+    if restored is not None:
+        state, meta, changes = restored
+        start_step = int(meta["step"])
+        how = f"resumed from the checkpoint at step {start_step}"
+    elif config.init_from:
+        state, source = warm_start(config.init_from, exp.init(), exp.state_sharding)
+        start_step, how = 0, f"warm-started from {source}"
+    else:
+        state, start_step, how = exp.init(), 0, "initialised"
 
     # -- outputs -----------------------------------------------------------
-    writer = MetricWriter(workdir, enabled=is_main)
     if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        discarded = truncate_metrics(workdir, start_step)
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2))
         print(f"nme_train: {config.model.name} ({exp.num_params:,} parameters) on "
               f"{config.data.name}; {total_steps} steps of batch {config.batch_size} "
               f"({steps_per_epoch} steps/epoch); mesh {dict(exp.mesh.shape)} over "
-              f"{len(devices)} {devices[0].platform} device(s); workdir {workdir}",
+              f"{len(devices)} {devices[0].platform} device(s); workdir {workdir}; {how}",
               flush=True)
-    progress = Progress(total_steps, config.batch_size, enabled=is_main)
+        if changes and restored is not None:
+            print("config changes since the checkpoint: " + "; ".join(
+                f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()), flush=True)
+        if discarded:
+            print(f"moved {discarded} metrics lines written after step {start_step} to "
+                  "metrics.discarded.jsonl", flush=True)
+    writer = MetricWriter(workdir, enabled=is_main)
+    metrics = TrainMetrics(writer, Progress(total_steps, config.batch_size, enabled=is_main),
+                           config.log_every_steps, total_steps, workdir)
+    metrics.window = {k: list(v) for k, v in meta.get("metric_window", {}).items()}
+    metrics.last = dict(meta.get("metrics", {}))
+
+    def save(step: int) -> None:
+        ckpt.save(step, state, {
+            "step": step, "data_step": step, "seed": config.seed, "total_steps": total_steps,
+            "metrics": metrics.last, "metric_window": metrics.window,
+            "config": json.loads(config.to_json_best_effort()),
+        })
 
     # -- loop --------------------------------------------------------------
-    start_step = int(jax.device_get(state.step))
     host_batches = train_batches(spec, data_config, config.batch_size, config.seed, start_step,
                                  jax.process_index(), jax.process_count())
-    batches = _device_batches(host_batches, batch_sharding)
-    window: dict[str, list[float]] = collections.defaultdict(list)
-    last_train: dict[str, float] = {}
-
-    def record(step: int, metrics: Any) -> None:
-        """Host side of step `step` (1-based count of updates done)."""
-        values = jax.device_get(metrics)
-        loss = float(values["loss"])
-        if not np.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss} at step {step}; the metrics of earlier steps are in "
-                f"{workdir}/metrics.jsonl. Lower config.optimizer.learning_rate, add warmup "
-                "(config.optimizer.warmup_epochs) or gradient clipping "
-                "(config.optimizer.grad_clip_norm)."
-            )
-        for key, value in values.items():
-            window[key].append(float(value))
-        if step == start_step + 1:
-            progress.start(step)  # the first step includes compilation: not timed
-            window.clear()
-        elif (config.log_every_steps and step % config.log_every_steps == 0) or step == total_steps:
-            line = {f"train/{k}": float(np.mean(v)) for k, v in window.items()}
-            line.update(progress.rates(step))
-            writer.write(step, line)
-            progress.line(step, line)
-            last_train.update(line)
-            window.clear()
-
+    batches = _device_batches(host_batches, exp.batch_sharding)
+    every = config.checkpoint.every_steps
     started = time.perf_counter()
-    pending = None
-    for step in range(start_step, total_steps):
-        state, metrics = train_step(state, next(batches))
+    pending = None  # (step, device metrics): read after the next step is dispatched
+    with PreemptionGuard() as guard:
+        for step in range(start_step, total_steps):
+            state, step_metrics = exp.train_step(state, next(batches))
+            if pending is not None:
+                metrics.record(pending[0], jax.device_get(pending[1]))
+            pending, done = (step + 1, step_metrics), step + 1
+            stop = guard.should_stop(done)
+            if (every and done % every == 0 and done < total_steps) or stop:
+                metrics.record(pending[0], jax.device_get(pending[1]))
+                pending = None
+                save(done)
+            if stop:
+                ckpt.close()
+                writer.close()
+                if is_main:
+                    print(f"preempted by {guard.signal_name or 'the scheduler'} at step {done}; "
+                          f"checkpoint saved in {ckpt.directory}; run the same command to "
+                          "resume", flush=True)
+                return {**metrics.last, "preempted": True, "step": done}
+            if config.eval_every_steps and done % config.eval_every_steps == 0 \
+                    and done < total_steps:
+                if pending is not None:
+                    metrics.record(pending[0], jax.device_get(pending[1]))
+                    pending = None
+                results = evaluate(exp.eval_step, state, eval_data, exp.batch_sharding)
+                writer.write(done, results)
+                metrics.progress.line(done, results)
+                metrics.restart_timing(done)
         if pending is not None:
-            record(*pending)
-        pending = (step + 1, metrics)
-        done = step + 1
-        if config.eval_every_steps and done % config.eval_every_steps == 0 and done < total_steps:
-            record(*pending)
-            pending = None
-            results = evaluate(eval_step, state, eval_data, batch_sharding)
-            writer.write(done, results)
-            progress.line(done, results)
-            progress.start(done)
-    if pending is not None:
-        record(*pending)
+            metrics.record(pending[0], jax.device_get(pending[1]))
+        if start_step < total_steps:
+            save(total_steps)
 
     # -- final evaluation --------------------------------------------------
-    results = evaluate(eval_step, state, eval_data, batch_sharding)
+    results = evaluate(exp.eval_step, state, eval_data, exp.batch_sharding)
     results["train/wall_time_sec"] = time.perf_counter() - started
-    writer.write(total_steps, results)
+    if start_step < total_steps:
+        writer.write(total_steps, results)
+    ckpt.close()
+    writer.close()
     if is_main:
         print(f"final: step {total_steps} | eval loss {results['eval/loss']:.4f} | eval accuracy "
               f"{results['eval/accuracy']:.4f} | {results['train/wall_time_sec']:.1f} s",
               flush=True)
-    writer.close()
-    return {**last_train, **results}
+    return {**metrics.last, **results}

@@ -111,3 +111,71 @@ class Progress:
               f"{float(metrics['train/accuracy']):.3f} | {sps:.1f} steps/s | "
               f"{metrics.get('train/examples_per_sec', 0.0):.0f} ex/s | ETA {eta}",
               file=self.stream, flush=True)
+
+
+def truncate_metrics(workdir: str, step: int) -> int:
+    """Keeps the records of steps <= `step` in DIR/metrics.jsonl (a run resuming from `step`).
+
+    Later records (written after the checkpoint, before the run died) are
+    moved to DIR/metrics.discarded.jsonl, not deleted. Returns how many moved.
+    """
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    keep = [line for line in lines if json.loads(line)["step"] <= step]
+    drop = [line for line in lines if json.loads(line)["step"] > step]
+    if drop:
+        with open(os.path.join(workdir, "metrics.discarded.jsonl"), "a", encoding="utf-8") as f:
+            f.writelines(drop)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+    return len(drop)
+
+
+class TrainMetrics:
+    """Host side of the training metrics: checks, interval means, and where they go.
+
+    `record(step, values)` takes the fetched metrics of one step. The values
+    since the last log line (the window) are part of a checkpoint, so a
+    resumed run writes exactly the lines an uninterrupted run would.
+    """
+
+    def __init__(self, writer: MetricWriter, progress: Progress, log_every: int,
+                 total_steps: int, workdir: str):
+        self.writer, self.progress = writer, progress
+        self.log_every, self.total = log_every, total_steps
+        self.workdir = workdir
+        self.window: dict[str, list[float]] = {}
+        self.last: dict[str, float] = {}
+        self._timed_from: int | None = None
+
+    def record(self, step: int, values: Mapping[str, Any]) -> None:
+        loss = float(values["loss"])
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss} at step {step}; the metrics of earlier steps are in "
+                f"{self.workdir}/metrics.jsonl. Lower config.optimizer.learning_rate, add warmup "
+                "(config.optimizer.warmup_epochs) or gradient clipping "
+                "(config.optimizer.grad_clip_norm)."
+            )
+        for key, value in values.items():
+            self.window.setdefault(key, []).append(float(value))
+        if self._timed_from is None:  # the first step of a process includes compilation
+            self._timed_from = step
+            self.progress.start(step)
+        if (self.log_every and step % self.log_every == 0) or step == self.total:
+            line = {f"train/{k}": float(np.mean(v)) for k, v in self.window.items()}
+            if step > self._timed_from:
+                line.update(self.progress.rates(step))
+            self.writer.write(step, line)
+            self.progress.line(step, line)
+            self.last.update(line)
+            self.window = {}
+
+    def restart_timing(self, step: int) -> None:
+        """Excludes what happened before `step` (an evaluation) from the throughput."""
+        self.progress.start(step)

@@ -1,0 +1,168 @@
+"""Checkpoints with orbax: asynchronous saves, safe restore, and topology changes.
+
+Layout, in `DIR/checkpoints/<step>/`:
+  state/   the TrainState (params, opt_state, model_state, step, rng), as
+           orbax/tensorstore arrays; restorable onto any mesh
+  meta/metadata
+           JSON, readable without JAX: the step, the data position
+           (`data_step`, one integer: see nme_train.data.pipeline), the
+           metrics at save time and the full config
+orbax writes each checkpoint into a temporary directory and renames it when
+complete, so a checkpoint killed mid-save is never listed.
+
+Saving never holds the training loop for longer than an on-device copy of
+the state: the copy (the state's buffers are donated to the next step) is
+handed to one background thread, which runs the orbax save while training
+goes on. An error there (disk full, permissions) is raised in the loop at
+the next save or at the end, and older checkpoints are left in place.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or the workdir's checkpoints do not fit the config."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class Checkpointer:
+    """Saves and restores TrainStates in DIR/checkpoints with an orbax CheckpointManager."""
+
+    def __init__(self, workdir: str, max_to_keep: int | None = 3,
+                 keep_every_steps: int = 0, read_only: bool = False):
+        self.directory = checkpoint_dir(workdir)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep if max_to_keep and max_to_keep > 0 else None,
+            keep_period=keep_every_steps or None,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=False,  # our own thread makes the save asynchronous
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()},
+        )
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "checkpoint")
+        self._pending: concurrent.futures.Future | None = None
+        self._copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+    # -- saving ------------------------------------------------------------
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        """Starts saving `state` as checkpoint `step`; returns once a device copy is made."""
+        self.check()
+        snapshot = self._copy(state)
+        meta = json.loads(json.dumps(meta))  # a frozen copy: the caller's dicts keep changing
+        self._pending = self._executor.submit(self._save, step, snapshot, meta)
+
+    def _save(self, step: int, state: Any, meta: dict) -> None:
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                    meta=ocp.args.JsonSave(meta)),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def check(self) -> None:
+        """Raises the error of the previous save, if it failed (after it has finished)."""
+        if self._pending is None:
+            return
+        try:
+            self._pending.result()
+        except Exception as e:  # noqa: BLE001 - reported with the directory and the fix
+            raise CheckpointError(
+                f"saving a checkpoint into {self.directory} failed: {type(e).__name__}: {e}. "
+                "Older checkpoints were left in place; free disk space or fix the "
+                "permissions of the workdir, then rerun the same command to resume."
+            ) from e
+        finally:
+            self._pending = None
+
+    def wait(self) -> None:
+        """Blocks until the last save has finished (and raises its error, if any)."""
+        self.check()
+
+    def close(self) -> None:
+        try:
+            self.check()
+        finally:
+            self._executor.shutdown(wait=True)
+            self._manager.close()
+
+    # -- restoring ---------------------------------------------------------
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints, oldest first."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def saved_shapes(self, step: int) -> dict[str, tuple]:
+        """'path' -> shape of each array of checkpoint `step` (from its metadata only)."""
+        metadata = self._manager.item_metadata(step)["state"]
+        return tree_shapes(getattr(metadata, "tree", metadata))
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """Checkpoint `step`, placed with the shardings of `abstract_state` (any mesh)."""
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                    meta=ocp.args.JsonRestore()),
+        )
+        return restored["state"], restored["meta"]
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def tree_shapes(tree: Any) -> dict[str, tuple]:
+    """'a/b/0/c' -> shape for every array-like leaf; namedtuples and dicts spell alike."""
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {"/".join(_key_name(k) for k in path): tuple(leaf.shape) for path, leaf in flat
+            if hasattr(leaf, "shape")}
+
+
+def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying the target shardings: what a restore should produce."""
+    return jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        abstract_state, shardings,
+    )
+
+
+def load_checkpoint(workdir: str, step: int | None = None) -> tuple[dict, dict]:
+    """(state as a dict of arrays, meta) of a run's checkpoint, without building the trainer.
+
+    For notebooks and tools: `state["params"]` holds the parameters as a
+    nested dict; `meta` is the JSON summary (step, metrics, config). The
+    newest checkpoint is read when `step` is None.
+    """
+    directory = checkpoint_dir(workdir)
+    if step is None:
+        steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit())
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        step = steps[-1]
+    path = os.path.join(directory, str(step))
+    state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
+    with open(os.path.join(path, "meta", "metadata"), encoding="utf-8") as f:
+        meta = json.load(f)
+    return state, meta

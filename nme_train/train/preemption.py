@@ -1,0 +1,58 @@
+"""Preemption: stop at a step boundary on SIGTERM/SIGINT, save, and exit cleanly.
+
+Schedulers (SLURM, Kubernetes, TPU maintenance events) send SIGTERM some
+time before they kill a job. The guard turns the signal into a flag that
+the loop reads after each step; the loop then saves a checkpoint at that
+step, waits for it, and returns. In a multi-process job the processes must
+stop at the same step, or the cooperative save would deadlock: there the
+decision goes through JAX's preemption sync point (the coordination
+service catches SIGTERM itself, and all processes agree on the first step
+at which every one of them asks). Python handlers would replace that
+service's handler, so they are installed only in single-process jobs.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+import jax
+
+
+class PreemptionGuard:
+    """Installs SIGTERM/SIGINT handlers for its lifetime (a context manager)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> PreemptionGuard:
+        single = jax.process_count() == 1
+        if single and threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal_name = signal.Signals(signum).name
+
+    def should_stop(self, step: int) -> bool:
+        """True when the job must stop after `step`; the same answer on every process."""
+        if jax.process_count() == 1:
+            return self.signal_name is not None
+        from jax.experimental import multihost_utils
+
+        try:
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        except RuntimeError:  # no preemption service (jax.distributed without it)
+            return False

@@ -1,0 +1,248 @@
+"""Checkpoints: exact resume after kill -9 and SIGTERM, topology changes, faults."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import with_overrides
+
+from configs import default
+from nme_train.data import DATASETS
+from nme_train.train.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    abstract_with_shardings,
+    load_checkpoint,
+)
+from nme_train.train.loop import build_experiment, train_and_evaluate
+from nme_train.train.metrics import read_metrics
+from nme_train.train.resume import warm_start
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DETERMINISTIC = ("train/loss", "train/accuracy", "train/grad_norm", "train/learning_rate")
+STEPS = 1200
+
+
+def cli_args(data_dir, workdir, steps=STEPS, every=100):
+    return ["--config=configs/default.py", f"--workdir={workdir}",
+            f"--config.data.data_dir={data_dir}", "--config.num_epochs=-1",
+            f"--config.num_train_steps={steps}", f"--config.checkpoint.every_steps={every}",
+            "--config.log_every_steps=10", "--config.eval_every_steps=0",
+            "--config.model.features=(8,16)", "--config.model.hidden=(32,)"]
+
+
+def start(args):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    return subprocess.Popen([sys.executable, "-m", "nme_train.main", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def wait_for_checkpoint(workdir, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        d = os.path.join(workdir, "checkpoints")
+        if os.path.isdir(d) and any(s.isdigit() for s in os.listdir(d)):
+            return
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    raise TimeoutError("no checkpoint appeared")
+
+
+def assert_same_params(workdir_a, workdir_b, step):
+    a, _ = load_checkpoint(workdir_a, step)
+    b, _ = load_checkpoint(workdir_b, step)
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # bit for bit
+
+
+def assert_same_metric_lines(workdir_a, workdir_b):
+    lines_a = {r["step"]: r for r in read_metrics(workdir_a) if "train/loss" in r}
+    lines_b = {r["step"]: r for r in read_metrics(workdir_b) if "train/loss" in r}
+    assert sorted(lines_a) == sorted(lines_b)  # no step lost or written twice
+    for step in lines_a:
+        for key in DETERMINISTIC:
+            assert lines_a[step][key] == lines_b[step][key], (step, key)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+    finish(start(cli_args(data_dir, workdir)))
+    return workdir
+
+
+def test_kill_9_then_resume_is_bitwise_identical(data_dir, uninterrupted, tmp_path):
+    workdir = str(tmp_path / "killed")
+    proc = start(cli_args(data_dir, workdir))
+    wait_for_checkpoint(workdir, proc)
+    time.sleep(random.uniform(0.0, 1.0))
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
+                    if s.isdigit())
+    assert killed_at < STEPS
+    out = finish(start(cli_args(data_dir, workdir)))
+    assert f"resumed from the checkpoint at step {killed_at}" in out
+    assert_same_params(uninterrupted, workdir, STEPS)
+    assert_same_metric_lines(uninterrupted, workdir)
+
+
+def test_sigterm_saves_at_its_step_exits_0_and_resumes_exactly(data_dir, uninterrupted,
+                                                                tmp_path):
+    workdir = str(tmp_path / "terminated")
+    proc = start(cli_args(data_dir, workdir))
+    wait_for_checkpoint(workdir, proc)
+    time.sleep(random.uniform(0.0, 0.5))
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    line = [x for x in out.splitlines() if x.startswith("preempted by SIGTERM at step ")]
+    assert len(line) == 1, out[-2000:]
+    step = int(line[0].split("at step ")[1].split(";")[0])
+    saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
+                   if s.isdigit())
+    assert saved[-1] == step
+    out = finish(start(cli_args(data_dir, workdir)))
+    assert f"resumed from the checkpoint at step {step}" in out
+    assert_same_params(uninterrupted, workdir, STEPS)
+    assert_same_metric_lines(uninterrupted, workdir)
+
+
+def tiny_config(data_dir, **overrides):
+    c = default.get_config()
+    c.data.data_dir = data_dir
+    c.model.features, c.model.hidden = (8, 16), (32,)
+    c.num_epochs, c.num_train_steps = -1, 10
+    c.batch_size = 64
+    c.log_every_steps, c.eval_every_steps = 5, 0
+    c.checkpoint.every_steps = 5
+    return with_overrides(c, **overrides)
+
+
+def restore_on(config, workdir, devices, step):
+    exp = build_experiment(config, DATASETS["digits"], devices, 10, 10)
+    ckpt = Checkpointer(workdir, read_only=True)
+    state, meta = ckpt.restore(step, abstract_with_shardings(exp.abstract_state,
+                                                             exp.state_sharding))
+    return exp, state, meta
+
+
+def test_checkpoint_from_8_devices_restores_onto_1_and_4(data_dir, tmp_path):
+    workdir = str(tmp_path / "fsdp")
+    sharded = {"mesh.data": 4, "mesh.fsdp": 2, "sharding.fsdp_min_size": 256}
+    train_and_evaluate(tiny_config(data_dir, **sharded), workdir)
+    _, on8, meta = restore_on(tiny_config(data_dir, **sharded), workdir, jax.devices(), 10)
+    assert meta["step"] == 10
+    kernel8 = on8.params["Conv_1"]["kernel"]
+    assert kernel8.sharding.spec[-1] == "fsdp"
+    _, on1, _ = restore_on(tiny_config(data_dir, **{"mesh.data": 1}), workdir,
+                           jax.devices()[:1], 10)
+    exp4, on4, _ = restore_on(tiny_config(data_dir, **{"mesh.data": 2, "mesh.fsdp": 2,
+                                                       "sharding.fsdp_min_size": 256}),
+                              workdir, jax.devices()[:4], 10)
+    assert len(on1.params["Conv_1"]["kernel"].sharding.device_set) == 1
+    assert len(on4.params["Conv_1"]["kernel"].sharding.device_set) == 4
+    for a, b, c in zip(jax.tree.leaves(on8), jax.tree.leaves(on1), jax.tree.leaves(on4)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+    # and training goes on from it on one device
+    result = train_and_evaluate(tiny_config(data_dir, **{"mesh.data": 1, "num_train_steps": 15}),
+                                workdir, devices=jax.devices()[:1])
+    assert result["eval/accuracy"] > 0
+
+
+def tree_snapshot(root):
+    return sorted((os.path.relpath(os.path.join(d, f), root),
+                   os.path.getsize(os.path.join(d, f)), os.path.getmtime(os.path.join(d, f)))
+                  for d, _, files in os.walk(root) for f in files)
+
+
+def test_incompatible_config_lists_fields_and_touches_nothing(data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(tiny_config(data_dir, **{"mesh.data": 1}), workdir,
+                       devices=jax.devices()[:1])
+    before = tree_snapshot(workdir)
+    bad = tiny_config(data_dir, **{"mesh.data": 1, "model.features": (8, 24),
+                                   "num_train_steps": 20})
+    with pytest.raises(CheckpointError) as info:
+        train_and_evaluate(bad, workdir, devices=jax.devices()[:1])
+    message = str(info.value)
+    assert "model.features: (8, 16) -> (8, 24)" in message
+    assert "params/Conv_1/kernel: (3, 3, 8, 16) -> (3, 3, 8, 24)" in message
+    assert "Nothing was changed" in message
+    assert tree_snapshot(workdir) == before
+
+
+def test_incomplete_and_corrupt_checkpoints_are_skipped(data_dir, tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    config = tiny_config(data_dir, **{"mesh.data": 1})
+    train_and_evaluate(config, workdir, devices=jax.devices()[:1])  # checkpoints 5 and 10
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    # a save killed half-way: orbax's temporary directory, never renamed
+    os.makedirs(os.path.join(ckpt_dir, "15.orbax-checkpoint-tmp-1234567", "state"))
+    # a complete-looking checkpoint whose array files are garbage
+    for d, _, files in os.walk(os.path.join(ckpt_dir, "10", "state")):
+        for f in files:
+            with open(os.path.join(d, f), "wb") as fh:
+                fh.write(b"\x00garbage")
+    capsys.readouterr()
+    result = train_and_evaluate(tiny_config(data_dir, **{"mesh.data": 1, "num_train_steps": 12}),
+                                workdir, devices=jax.devices()[:1])
+    out = capsys.readouterr().out
+    assert "skipped unreadable checkpoint at step 10" in out
+    assert "resumed from the checkpoint at step 5" in out
+    assert result["eval/accuracy"] > 0
+    steps = [r["step"] for r in read_metrics(workdir) if "train/loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 12
+
+
+def test_failed_save_is_reported_and_keeps_older_checkpoints(data_dir, tmp_path, monkeypatch):
+    workdir = str(tmp_path / "full")
+    original = Checkpointer._save
+
+    def save_or_fail(self, step, state, meta):
+        if step > 5:
+            raise OSError(28, "No space left on device")
+        return original(self, step, state, meta)
+
+    monkeypatch.setattr(Checkpointer, "_save", save_or_fail)
+    config = tiny_config(data_dir, **{"mesh.data": 1, "num_train_steps": 15})
+    with pytest.raises(CheckpointError, match="No space left on device.*Older checkpoints were "
+                                              "left in place"):
+        train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+    state, meta = load_checkpoint(workdir)
+    assert meta["step"] == 5 and "params" in state
+
+
+def test_init_from_copies_params_with_a_fresh_optimizer(data_dir, tmp_path):
+    source = str(tmp_path / "source")
+    config = tiny_config(data_dir, **{"mesh.data": 1})
+    train_and_evaluate(config, source, devices=jax.devices()[:1])
+    exp = build_experiment(config, DATASETS["digits"], jax.devices()[:1], 10, 10)
+    fresh = exp.init()
+    warm, where = warm_start(source, fresh, exp.state_sharding)
+    saved, _ = load_checkpoint(source, 10)
+    for a, b in zip(jax.tree.leaves(warm.params), jax.tree.leaves(saved["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(warm.opt_state), jax.tree.leaves(fresh.opt_state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(warm.step) == 0 and "step 10" in where
+    # through the config: a new workdir starts from those weights
+    result = train_and_evaluate(tiny_config(data_dir, **{"mesh.data": 1, "init_from": source}),
+                                str(tmp_path / "warm"), devices=jax.devices()[:1])
+    assert result["eval/accuracy"] > 0
