@@ -215,10 +215,10 @@ def test_failed_save_is_reported_and_keeps_older_checkpoints(data_dir, tmp_path,
     workdir = str(tmp_path / "full")
     original = Checkpointer._save
 
-    def save_or_fail(self, step, state, meta):
+    def save_or_fail(self, step, state, meta, wait):
         if step > 5:
             raise OSError(28, "No space left on device")
-        return original(self, step, state, meta)
+        return original(self, step, state, meta, wait)
 
     monkeypatch.setattr(Checkpointer, "_save", save_or_fail)
     config = tiny_config(data_dir, **{"mesh.data": 1, "num_train_steps": 15})
@@ -246,3 +246,59 @@ def test_init_from_copies_params_with_a_fresh_optimizer(data_dir, tmp_path):
     result = train_and_evaluate(tiny_config(data_dir, **{"mesh.data": 1, "init_from": source}),
                                 str(tmp_path / "warm"), devices=jax.devices()[:1])
     assert result["eval/accuracy"] > 0
+
+
+def test_max_to_keep_and_keep_every_steps(data_dir, tmp_path):
+    workdir = str(tmp_path / "keep")
+    config = tiny_config(data_dir, **{"mesh.data": 1, "num_train_steps": 30,
+                                      "checkpoint.max_to_keep": 2,
+                                      "checkpoint.keep_every_steps": 10})
+    train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+    kept = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
+                  if s.isdigit())
+    assert kept == [10, 20, 25, 30]  # the newest two, plus every multiple of 10
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_workers(count, devices, workdir, data_dir, steps):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return [subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "tests", "multiprocess_worker.py"), str(i),
+         str(count), str(port), str(devices), workdir, data_dir, str(steps)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(count)]
+
+
+def test_multiprocess_sigterm_stops_all_processes_at_one_step(data_dir, tmp_path):
+    """SIGTERM to one process of two: both stop at the same step, save once, exit 0."""
+    workdir = str(tmp_path / "mp")
+    procs = start_workers(2, 2, workdir, data_dir, 5000)
+    wait_for_checkpoint(workdir, procs[0], timeout=180)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+        outs.append(out)
+    steps = {line.split("step=")[1].split()[0] for out in outs for line in out.splitlines()
+             if "preempted=True" in line}
+    assert len(steps) == 1, outs
+    step = int(steps.pop())
+    saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))
+                   if s.isdigit())
+    assert saved[-1] == step < 5000
+    # metrics are written by process 0 only: each logged step appears once
+    logged = [r["step"] for r in read_metrics(workdir) if "train/loss" in r]
+    assert logged == sorted(set(logged))
+    # the job moves to one process with one device and finishes from that checkpoint
+    out = finish(start(cli_args(data_dir, workdir, steps=step + 20) +
+                       ["--config.checkpoint.every_steps=100"]), timeout=120)
+    assert f"resumed from the checkpoint at step {step}" in out

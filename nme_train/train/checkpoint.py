@@ -10,11 +10,15 @@ Layout, in `DIR/checkpoints/<step>/`:
 orbax writes each checkpoint into a temporary directory and renames it when
 complete, so a checkpoint killed mid-save is never listed.
 
-Saving never holds the training loop for longer than an on-device copy of
-the state: the copy (the state's buffers are donated to the next step) is
-handed to one background thread, which runs the orbax save while training
-goes on. An error there (disk full, permissions) is raised in the loop at
-the next save or at the end, and older checkpoints are left in place.
+Saving is asynchronous. In a single-process job the loop pays only for an
+on-device copy of the state (its buffers are donated to the next step): the
+copy goes to one background thread, which runs the whole orbax save while
+training goes on. In a multi-process job the save must run in the same
+order as the training collectives on every process (orbax synchronises the
+processes), so it is started from the loop with orbax's own asynchronous
+mode, which returns after the device-to-host copy. An error of a save
+(disk full, permissions) is raised in the loop at the next save or at the
+end, and older checkpoints are left in place.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import threading
 from typing import Any
 
 import jax
@@ -30,6 +35,14 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+
+def _lower_thread_priority() -> None:
+    """Lets the OS favour the training threads over the checkpoint writer (Linux)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
 
 
 class CheckpointError(RuntimeError):
@@ -46,19 +59,21 @@ class Checkpointer:
     def __init__(self, workdir: str, max_to_keep: int | None = 3,
                  keep_every_steps: int = 0, read_only: bool = False):
         self.directory = checkpoint_dir(workdir)
+        self._threaded = jax.process_count() == 1
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep if max_to_keep and max_to_keep > 0 else None,
             keep_period=keep_every_steps or None,
             create=not read_only,
             read_only=read_only,
-            enable_async_checkpointing=False,  # our own thread makes the save asynchronous
+            enable_async_checkpointing=not self._threaded,
         )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "meta": ocp.JsonCheckpointHandler()},
         )
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, "checkpoint")
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1, "checkpoint", initializer=_lower_thread_priority)
         self._pending: concurrent.futures.Future | None = None
         self._copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
@@ -66,21 +81,36 @@ class Checkpointer:
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Starts saving `state` as checkpoint `step`; returns once a device copy is made."""
         self.check()
-        snapshot = self._copy(state)
         meta = json.loads(json.dumps(meta))  # a frozen copy: the caller's dicts keep changing
-        self._pending = self._executor.submit(self._save, step, snapshot, meta)
+        if self._threaded:
+            snapshot = self._copy(state)
+            self._pending = self._executor.submit(self._save, step, snapshot, meta, True)
+        else:
+            try:
+                self._save(step, state, meta, wait=False)
+            except Exception as e:  # noqa: BLE001 - reported like a failed background save
+                self._pending = concurrent.futures.Future()
+                self._pending.set_exception(e)
+                self.check()
 
-    def _save(self, step: int, state: Any, meta: dict) -> None:
+    def _save(self, step: int, state: Any, meta: dict, wait: bool) -> None:
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                     meta=ocp.args.JsonSave(meta)),
             force=True,
         )
-        self._manager.wait_until_finished()
+        if wait:
+            self._manager.wait_until_finished()
 
     def check(self) -> None:
         """Raises the error of the previous save, if it failed (after it has finished)."""
+        if not self._threaded:
+            try:
+                self._manager.wait_until_finished()
+            except Exception as e:  # noqa: BLE001 - orbax's background write failed
+                self._pending = concurrent.futures.Future()
+                self._pending.set_exception(e)
         if self._pending is None:
             return
         try:
