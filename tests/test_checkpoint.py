@@ -229,6 +229,16 @@ def test_failed_save_is_reported_and_keeps_older_checkpoints(data_dir, tmp_path,
     assert meta["step"] == 5 and "params" in state
 
 
+def test_unusable_checkpoint_dir_is_reported_before_training(data_dir, tmp_path):
+    workdir = tmp_path / "blocked"
+    workdir.mkdir()
+    (workdir / "checkpoints").write_text("a file where the checkpoint directory should be")
+    with pytest.raises(CheckpointError, match="cannot use .*checkpoints for checkpoints"):
+        train_and_evaluate(tiny_config(data_dir, **{"mesh.data": 1}), str(workdir),
+                           devices=jax.devices()[:1])
+    assert sorted(os.listdir(workdir)) == ["checkpoints"]  # nothing else was written
+
+
 def test_init_from_copies_params_with_a_fresh_optimizer(data_dir, tmp_path):
     source = str(tmp_path / "source")
     config = tiny_config(data_dir, **{"mesh.data": 1})

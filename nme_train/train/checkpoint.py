@@ -170,6 +170,26 @@ def tree_shapes(tree: Any) -> dict[str, tuple]:
             if hasattr(leaf, "shape")}
 
 
+def open_checkpointer(workdir: str, checkpoint_config: Any) -> Checkpointer:
+    """The run's Checkpointer, or a CheckpointError saying why DIR/checkpoints is unusable."""
+    directory = checkpoint_dir(workdir)
+    try:
+        if jax.process_index() == 0:  # fail now, not at the first save after hours of training
+            os.makedirs(directory, exist_ok=True)
+            probe = os.path.join(directory, f".write_test.{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        return Checkpointer(workdir, checkpoint_config.max_to_keep,
+                            checkpoint_config.keep_every_steps)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(
+            f"cannot use {directory} for checkpoints: {type(e).__name__}: {e}. "
+            "Check that the workdir is a writable directory with free space, or pass another "
+            "--workdir."
+        ) from e
+
+
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs carrying the target shardings: what a restore should produce."""
     return jax.tree.map(

@@ -29,7 +29,7 @@ from nme_train.data import (
     train_batches,
 )
 from nme_train.models import build_model
-from nme_train.train.checkpoint import Checkpointer, abstract_with_shardings
+from nme_train.train.checkpoint import abstract_with_shardings, open_checkpointer
 from nme_train.train.metrics import MetricWriter, Progress, TrainMetrics, truncate_metrics
 from nme_train.train.optim import learning_rate_schedule, make_optimizer
 from nme_train.train.preemption import PreemptionGuard
@@ -157,8 +157,7 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
     exp = build_experiment(config, spec, devices, total_steps, steps_per_epoch)
 
     # -- resume, warm-start or initialise (checks before writing anything) --
-    ckpt = Checkpointer(workdir, config.checkpoint.max_to_keep,
-                        config.checkpoint.keep_every_steps)
+    ckpt = open_checkpointer(workdir, config.checkpoint)
     restored = restore_latest(workdir, config, ckpt, abstract_with_shardings(
         exp.abstract_state, exp.state_sharding))
     meta: dict = {}
