@@ -40,6 +40,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # computation dtype (bfloat16 for mixed precision)
     c.model.param_dtype = "float32"  # parameter dtype
 
+    # -- regularizers ----------------------------------------------------
+    # A list of (name, {kwargs}) applied to the objective in order, innermost
+    # first (nme_train.regularizers): sam(rho, adaptive, m), gradient_penalty(rho,
+    # power, nme, mode), weight_noise(sigma), hessian_trace_penalty(coef,
+    # num_probes), gauss_newton_trace_penalty(coef, num_samples, estimator).
+    # E.g. (("gradient_penalty", {"rho": 0.1}),); () = plain training. On the command
+    # line: --config.regularizers="(('sam', {'rho': 0.05}),)"
+    c.regularizers = ()
+
     # -- optimization ----------------------------------------------------
     c.batch_size = 128  # global batch, split over all devices and processes
     c.eval_batch_size = 256  # global evaluation batch (the last one is padded)

@@ -7,11 +7,13 @@ minutes of compilation.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from nme_train.data.augment import AUGMENTATIONS
 from nme_train.data.datasets import DATASETS
 from nme_train.models import DTYPES, MODEL_NAMES, STAGE_SIZES, activation_names
+from nme_train.regularizers import REGISTRY as REGULARIZERS
 from nme_train.sharding import AXES, mesh_shape
 from nme_train.train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_ON
 
@@ -76,6 +78,46 @@ def _check_optimizer(problems: list[str], o: Any) -> None:
         problems.append(f"config.optimizer.momentum={o.momentum!r} must lie in [0, 1)")
 
 
+def _check_regularizers(problems: list[str], config: Any, num_devices: int) -> None:
+    entries = config.regularizers
+    if not isinstance(entries, (list, tuple)):
+        problems.append(f"config.regularizers={entries!r} must be a list of (name, {{kwargs}}) "
+                        "pairs, e.g. [('sam', {'rho': 0.05})]")
+        return
+    for i, entry in enumerate(entries):
+        field = f"config.regularizers[{i}]"
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2
+                and isinstance(entry[1], dict)):
+            problems.append(f"{field}={entry!r} must be a (name, {{kwargs}}) pair, e.g. "
+                            "('sam', {'rho': 0.05})")
+            continue
+        name, kwargs = entry
+        if name not in REGULARIZERS:
+            problems.append(f"{field}: unknown regularizer {name!r}; choose one of "
+                            f"{sorted(REGULARIZERS)}")
+            continue
+        accepted = set(inspect.signature(REGULARIZERS[name]).parameters)
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            problems.append(f"{field}: {name} takes no argument(s) {unknown}; it takes "
+                            f"{sorted(accepted)}")
+            continue
+        try:
+            REGULARIZERS[name](**kwargs)
+        except (TypeError, ValueError) as e:
+            problems.append(f"{field}: {e}")
+            continue
+        m = kwargs.get("m")
+        if name == "sam" and m and isinstance(config.batch_size, int):
+            per_device = config.batch_size // max(num_devices, 1)
+            if per_device % m:
+                divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
+                problems.append(
+                    f"{field}: sam m={m} does not divide the per-device batch of {per_device} "
+                    f"(config.batch_size={config.batch_size} over {num_devices} devices); "
+                    f"use one of {divisors}")
+
+
 def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
     """Raises ConfigError listing every problem of `config` for `num_devices` devices."""
     problems: list[str] = []
@@ -121,6 +163,7 @@ def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
     if config.label_smoothing >= 1:
         problems.append(f"config.label_smoothing={config.label_smoothing} must be < 1")
     _positive(problems, "config.data.num_threads", config.data.num_threads)
+    _check_regularizers(problems, config, num_devices)
     for field in ("every_steps", "max_to_keep", "keep_every_steps"):
         value = config.checkpoint[field]
         if not isinstance(value, int) or value < 0:

@@ -85,7 +85,8 @@ def test_activation_values():
         get_activation("swishh")
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu", "beta_gelu"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "beta_gelu", "gelu_nme_ablated",
+                                        "relu_synthetic_nme"])
 def test_every_model_accepts_every_activation(activation):
     for name in ("mlp", "cnn", "resnet", "wide_resnet"):
         config = model_config(name=name, activation=activation, beta=4.0, depth=10 if

@@ -74,3 +74,23 @@ def test_non_finite_loss_stops_with_the_step(data_dir, tmp_path):
     bad_step = int(str(info.value).split("at step ")[1].split(";")[0])
     logged = [r["step"] for r in read_metrics(workdir)]
     assert all(step < bad_step for step in logged)  # what was written before stays
+
+
+@pytest.mark.parametrize("regularizers,keys", [
+    ((("sam", {"rho": 0.05}),), ("train/sam/grad_norm", "train/sam/perturbed_loss")),
+    ((("weight_noise", {"sigma": 0.01}), ("gradient_penalty", {"rho": 0.05})),
+     ("train/weight_noise/loss", "train/gradient_penalty/grad_norm")),
+    ((("gauss_newton_trace_penalty", {"coef": 0.001}),),
+     ("train/gauss_newton_trace_penalty/trace",)),
+    ((("hessian_trace_penalty", {"coef": 0.0001}),), ("train/hessian_trace_penalty/trace",)),
+])
+def test_training_with_regularizers_logs_their_diagnostics(data_dir, tmp_path, regularizers,
+                                                           keys):
+    config = tiny_config(data_dir, regularizers=regularizers, num_train_steps=8,
+                         log_every_steps=4, eval_every_steps=0, **{"mesh.data": 1})
+    config.model.activation = "gelu"
+    result = train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
+    line = [r for r in read_metrics(str(tmp_path / "run")) if "train/loss" in r][-1]
+    for key in keys + ("train/objective", "train/loss", "train/accuracy"):
+        assert np.isfinite(line[key]), key
+    assert result["eval/accuracy"] > 0

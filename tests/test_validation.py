@@ -39,6 +39,18 @@ def test_default_config_is_valid_on_1_and_8_devices():
     ({"data.augment": "mixup"}, 1, r"config.data.augment='mixup' is not known"),
     ({"label_smoothing": 1.0}, 1, r"config.label_smoothing=1.0 must be < 1"),
     ({"eval_batch_size": 0}, 1, r"config.eval_batch_size=0 must be a positive integer"),
+    ({"regularizers": [("mixup", {})]}, 1, r"config.regularizers\[0\]: unknown regularizer "
+     r"'mixup'; choose one of \['gauss_newton_trace_penalty', 'gradient_penalty', "),
+    ({"regularizers": [("sam", {"rho": -0.1})]}, 1, r"config.regularizers\[0\]: sam: "
+     r"rho=-0.1 must be >= 0"),
+    ({"regularizers": [("sam", {"rho": 0.1, "m": 5})]}, 8, r"config.regularizers\[0\]: sam "
+     r"m=5 does not divide the per-device batch of 16 \(config.batch_size=128 over 8 "
+     r"devices\); use one of \[1, 2, 4, 8, 16\]"),
+    ({"regularizers": [("weight_noise", {"sigma": 0.1}), ("gradient_penalty", {"rh": 1})]}, 1,
+     r"config.regularizers\[1\]: gradient_penalty takes no argument\(s\) \['rh'\]"),
+    ({"regularizers": [("sam", 0.05)]}, 1, r"must be a \(name, \{kwargs\}\) pair"),
+    ({"regularizers": [("gauss_newton_trace_penalty", {"coef": 0.1, "estimator": "x"})]}, 1,
+     r"estimator='x' must be one of"),
 ])
 def test_bad_config_gives_a_clear_error(overrides, devices, message):
     with pytest.raises(ConfigError, match=message):

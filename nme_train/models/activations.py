@@ -4,10 +4,18 @@ Every activation here is a plain `jnp` function (or a `jax.custom_jvp` rule in
 later additions), so it stays differentiable to any order: the regularizers
 differentiate through the model two or three times.
 
-The activation family of the paper (see NOTES.md, section 2):
-  relu       max(x, 0)
-  gelu       x * Phi(x), exact erf form (not the tanh approximation)
-  beta_gelu  x * Phi(beta * x): beta = 1 is GELU, beta -> inf tends to ReLU
+The activation family of the paper ("Activations and the interventions on
+their second derivative" in the project's notes on the paper):
+  relu                 max(x, 0)
+  gelu                 x * Phi(x), exact erf form (not the tanh approximation)
+  beta_gelu            x * Phi(beta * x): beta = 1 is GELU, beta -> inf tends to ReLU;
+                       sigma''(x) = beta * phi(beta x) * (2 - beta^2 x^2)
+  gelu_nme_ablated     value and first derivative of GELU, second derivative 0
+  relu_synthetic_nme   value and first derivative of ReLU, second derivative
+                       that of beta-GELU (a surrogate NME signal)
+The two interventions are `jax.custom_jvp` rules; JAX differentiates the
+rule itself for higher orders, so they hold at every order (the trace
+penalties differentiate through the model three times).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import jax.numpy as jnp
 Activation = Callable[[jax.Array], jax.Array]
 
 _SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
 
 
 def relu(x: jax.Array) -> jax.Array:
@@ -38,11 +47,54 @@ def gelu(x: jax.Array) -> jax.Array:
     return beta_gelu(x, 1.0)
 
 
+def beta_gelu_derivative(x: jax.Array, beta: float = 1.0) -> jax.Array:
+    """d/dx [x Phi(beta x)] = Phi(beta x) + beta x phi(beta x), in closed form."""
+    phi = jnp.exp(-0.5 * (beta * x) ** 2) * _INV_SQRT_2PI
+    return 0.5 * (1.0 + jax.lax.erf(beta * x * _SQRT_HALF)) + beta * x * phi
+
+
+@jax.custom_jvp
+def gelu_nme_ablated(x: jax.Array) -> jax.Array:
+    """GELU whose second derivative is forced to 0 (the activation's NME removed)."""
+    return gelu(x)
+
+
+@gelu_nme_ablated.defjvp
+def _gelu_nme_ablated_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    # The slope is a constant to every further derivative: sigma'' = 0 at every order.
+    return gelu_nme_ablated(x), jax.lax.stop_gradient(beta_gelu_derivative(x, 1.0)) * t
+
+
+def relu_synthetic_nme(x: jax.Array, beta: float = 1.0) -> jax.Array:
+    """ReLU in value and slope, with the second derivative of beta-GELU (synthetic NME)."""
+    return _relu_synthetic_nme(x, beta)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _relu_synthetic_nme(x: jax.Array, beta: float) -> jax.Array:
+    return relu(x)
+
+
+@_relu_synthetic_nme.defjvp
+def _relu_synthetic_nme_jvp(beta, primals, tangents):
+    (x,), (t,) = primals, tangents
+    surrogate = beta_gelu_derivative(x, beta)
+    step = (x > 0).astype(x.dtype)
+    # Value step(x); derivative surrogate'' (= beta-GELU's sigma''), because the
+    # stop-gradient removes the step's (zero) derivative and keeps the surrogate's.
+    slope = jax.lax.stop_gradient(step - surrogate) + surrogate
+    return _relu_synthetic_nme(x, beta), slope * t
+
+
 # name -> (factory taking the config's keyword arguments, the keywords it accepts)
 _REGISTRY: dict[str, tuple[Callable[..., Activation], tuple[str, ...]]] = {
     "relu": (lambda: relu, ()),
     "gelu": (lambda: gelu, ()),
     "beta_gelu": (lambda beta: functools.partial(beta_gelu, beta=beta), ("beta",)),
+    "gelu_nme_ablated": (lambda: gelu_nme_ablated, ()),
+    "relu_synthetic_nme": (lambda beta: functools.partial(relu_synthetic_nme, beta=beta),
+                           ("beta",)),
 }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from nme_train import regularizers
 from nme_train import sharding as shd
 from nme_train.data import (
     DATASETS,
@@ -37,8 +38,8 @@ from nme_train.train.resume import restore_latest, warm_start
 from nme_train.train.step import (
     init_state,
     make_eval_step,
+    make_loss_fn,
     make_normalize,
-    make_objective,
     make_train_step,
 )
 from nme_train.validation import validate
@@ -101,13 +102,14 @@ def build_experiment(
     schedule = learning_rate_schedule(config.optimizer, total_steps, steps_per_epoch)
     tx = make_optimizer(config.optimizer, schedule)
     normalize = make_normalize(spec.mean, spec.std)
-    objective = make_objective(model, config.label_smoothing)
+    transform = regularizers.from_config(config.regularizers)
+    loss_fn = make_loss_fn(config.label_smoothing)
 
     init_fn = functools.partial(init_state, model, tx, config.seed, image_shape)
     abstract_state = jax.eval_shape(init_fn)
     state_sharding = shd.tree_shardings(abstract_state, mesh, config.sharding.fsdp_min_size)
     train_step = jax.jit(
-        make_train_step(objective, tx, schedule, normalize),
+        make_train_step(model, loss_fn, transform, tx, schedule, normalize),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, shd.replicated(mesh)),
         donate_argnums=0,

@@ -1,9 +1,9 @@
 """The objective, the train step and the eval step, as pure functions.
 
 `make_objective` gives the training objective in the form the regularizers
-and curvature probes use: a function of the parameters, computed from
-`apply_fn(params, inputs)` and a per-example output loss. The train step
-differentiates it once and applies the optax update.
+and curvature probes use (nme_train.regularizers.Objective), built from
+`apply_fn(params, inputs)` and the output loss. The train step
+differentiates the regularized objective once and applies the optax update.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nme_train import regularizers as reg
 from nme_train.train.losses import accuracy, cross_entropy
 from nme_train.train.state import TrainState
-
-Objective = Callable[..., tuple[jax.Array, tuple[Any, jax.Array]]]
 
 
 def _global_norm(tree: Any) -> jax.Array:
@@ -38,25 +37,32 @@ def make_normalize(mean: Sequence[float], std: Sequence[float]) -> Callable[[jax
     return normalize
 
 
-def make_objective(model: nn.Module, label_smoothing: float = 0.0) -> Objective:
-    """objective(params, model_state, inputs, labels, rng) -> (loss, (new_model_state, logits)).
+def make_loss_fn(label_smoothing: float = 0.0) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """(logits, integer labels) -> mean softmax cross-entropy (with optional smoothing)."""
+    def loss_fn(logits: jax.Array, labels: jax.Array) -> jax.Array:
+        return jnp.mean(cross_entropy(logits, labels, label_smoothing))
 
-    `model_state` holds mutable collections such as BatchNorm statistics; in
-    training mode they are updated from this (clean) forward pass.
+    return loss_fn
+
+
+def make_objective(model: nn.Module, model_state: Any, loss_fn: Callable,
+                   transform: reg.Transform) -> reg.Objective:
+    """The (regularized) training objective of a flax model, as nme_train.regularizers sees it.
+
+    In training mode BatchNorm normalises with the batch's own statistics, so
+    the outputs are a function of the parameters alone; `model_state` only
+    gives the collections to update. The objective's aux carries the new
+    state from the clean pass (see each regularizer for which pass that is).
     """
+    if model_state:
+        def apply_fn(params, inputs):
+            return model.apply({"params": params, **model_state}, inputs, train=True,
+                               mutable=list(model_state))
+    else:
+        def apply_fn(params, inputs):
+            return model.apply({"params": params}, inputs, train=True)
 
-    def objective(params, model_state, inputs, labels, rng):
-        del rng  # no stochastic layers yet; regularizers that need noise take it
-        variables = {"params": params, **model_state}
-        if model_state:
-            logits, new_state = model.apply(variables, inputs, train=True,
-                                            mutable=list(model_state))
-        else:
-            logits, new_state = model.apply(variables, inputs, train=True), model_state
-        loss = jnp.mean(cross_entropy(logits, labels, label_smoothing))
-        return loss, (new_state, logits)
-
-    return objective
+    return transform(reg.objective(apply_fn, loss_fn, has_state=bool(model_state)))
 
 
 def init_state(
@@ -79,28 +85,35 @@ def init_state(
 
 
 def make_train_step(
-    objective: Objective,
+    model: nn.Module,
+    loss_fn: Callable,
+    transform: reg.Transform,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     normalize: Callable[[jax.Array], jax.Array],
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """train_step(state, batch) -> (new_state, metrics of this step)."""
+    """train_step(state, batch) -> (new_state, metrics of this step).
+
+    The update is the gradient of the regularized objective; the metrics are
+    the clean data loss and accuracy, the objective's value, the gradient
+    norm, the learning rate, and every regularizer's diagnostics.
+    """
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
-        inputs = normalize(batch["image"])
-        grad_fn = jax.value_and_grad(objective, has_aux=True)
-        (loss, (model_state, logits)), grads = grad_fn(
-            state.params, state.model_state, inputs, batch["label"], rng
-        )
+        obj = make_objective(model, state.model_state, loss_fn, transform)
+        data = {"inputs": normalize(batch["image"]), "targets": batch["label"]}
+        (value, aux), grads = jax.value_and_grad(obj, has_aux=True)(state.params, data, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
-            "loss": loss,
-            "accuracy": jnp.mean(accuracy(logits, batch["label"])),
+            **aux["metrics"],
+            "objective": value,
+            "accuracy": jnp.mean(accuracy(aux["outputs"], batch["label"])),
             "grad_norm": _global_norm(grads),
             "learning_rate": schedule(state.step),
         }
+        model_state = aux["state"] if state.model_state else state.model_state
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   model_state=model_state)
         return new_state, metrics

@@ -1,0 +1,103 @@
+"""Objectives and their transforms: the common type of every regularizer.
+
+An `Objective` is the training loss as a function of the parameters,
+
+    value(params, batch, rng) -> (scalar, aux)
+
+built from a model `apply_fn(params, inputs) -> outputs` and an output
+loss `loss_fn(outputs, targets) -> scalar` (a mean over the batch). `batch`
+is a dict with "inputs" and "targets". `aux` is a dict with
+  "metrics": scalars for logging (each regularizer adds its diagnostics),
+  "outputs": the model outputs of the clean pass (for accuracy),
+  "state":   the updated model state (e.g. BatchNorm statistics) or None.
+
+A transform maps an Objective to an Objective; `jax.grad` of the result's
+value is the method's update direction. Transforms compose with `chain`,
+innermost first: `chain(weight_noise(0.01), sam(0.05))(obj)` is SAM applied
+to the noisy objective.
+
+Transforms that need the Gauss-Newton matrix (gradient penalty with
+`nme=False`, the Gauss-Newton trace penalty) use the objective's model
+(`apply_fn`, `loss_fn`) at the parameters they are given; when they sit on
+top of a transform that moves the parameters (weight noise, SAM), that is
+the model at the unperturbed point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+Params = Any
+Batch = dict
+Aux = dict
+ValueFn = Callable[[Params, Batch, jax.Array], tuple[jax.Array, Aux]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A loss to differentiate, with the model it is built on."""
+
+    value: ValueFn
+    apply_fn: Callable[[Params, Any], Any]  # (params, inputs) -> outputs (or (outputs, state))
+    loss_fn: Callable[[Any, Any], jax.Array]  # (outputs, targets) -> mean loss
+    has_state: bool = False  # apply_fn returns (outputs, new_state)
+
+    def __call__(self, params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Aux]:
+        return self.value(params, batch, rng)
+
+    def outputs(self, params: Params, inputs: Any) -> Any:
+        """Model outputs only (the state update, if any, is dropped)."""
+        out = self.apply_fn(params, inputs)
+        return out[0] if self.has_state else out
+
+    def with_value(self, value: ValueFn) -> Objective:
+        return dataclasses.replace(self, value=value)
+
+
+Transform = Callable[[Objective], Objective]
+
+
+def objective(apply_fn: Callable, loss_fn: Callable, has_state: bool = False) -> Objective:
+    """The plain objective loss_fn(apply_fn(params, inputs), targets).
+
+    With `has_state=True`, apply_fn returns (outputs, new_model_state), as a
+    flax model with BatchNorm does under `mutable=["batch_stats"]`.
+    """
+
+    def value(params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Aux]:
+        del rng
+        out = apply_fn(params, batch["inputs"])
+        outputs, state = out if has_state else (out, None)
+        loss = loss_fn(outputs, batch["targets"])
+        return loss, {"metrics": {"loss": loss}, "outputs": outputs, "state": state}
+
+    return Objective(value, apply_fn, loss_fn, has_state)
+
+
+def chain(*transforms: Transform) -> Transform:
+    """Applies `transforms` in order: the first one wraps the objective innermost."""
+
+    def apply(obj: Objective) -> Objective:
+        for transform in transforms:
+            obj = transform(obj)
+        return obj
+
+    return apply
+
+
+def loss_at(obj: Objective, batch: Batch, rng: jax.Array) -> Callable[[Params], jax.Array]:
+    """params -> scalar value of `obj` on a fixed batch and key."""
+    return lambda params: obj(params, batch, rng)[0]
+
+
+def add_metrics(aux: Aux, **metrics: jax.Array) -> Aux:
+    """`aux` with more diagnostics (names are prefixed by the caller)."""
+    return {**aux, "metrics": {**aux["metrics"], **metrics}}
+
+
+def tree_add(a: Params, b: Params, scale: float | jax.Array = 1.0) -> Params:
+    return jax.tree.map(lambda x, y: x + scale * y, a, b)

@@ -1,0 +1,89 @@
+"""Sharpness-aware minimisation (Foret et al., 2021) as an objective transform.
+
+    eps = rho * g / ||g||,  g = grad L(theta) on the batch;  update: grad L(theta + eps)
+
+The objective's value is L(theta + stop_gradient(eps)), so its gradient is
+SAM's update. `adaptive=True` is ASAM (Kwon et al., 2021): with T = |theta|
++ eta, eps = rho * T^2 g / ||T g||.
+
+m-sharpness (`m`): the batch is cut into groups of m consecutive examples;
+each group gets its own perturbation from its own gradient and contributes
+the gradient of its loss at its own perturbed point; the update is the mean
+over groups. Groups are formed from the global batch, so the result depends
+on m only, not on how many devices hold the batch. The reference SAM code
+perturbs each device's shard separately (its default, sync_perturbations
+False): that is m = per-device batch here. `m=None` (one perturbation for
+the whole batch) is SAM with synchronised perturbations. Within groups,
+BatchNorm statistics are computed per group, as on the reference code's
+devices; the kept model state is the mean of the groups' clean-pass states.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from nme_train.curvature.products import tree_norm
+from nme_train.regularizers.objective import Objective, Transform, add_metrics, tree_add
+
+
+def _ascent(grads, params, rho: float, adaptive: bool, eta: float):
+    """The perturbation eps (stop-gradient'ed) and ||g|| (or ||T g|| for ASAM)."""
+    if adaptive:
+        scale = jax.tree.map(lambda p: jnp.abs(p) + eta, params)
+        tg = jax.tree.map(lambda s, g: s * g, scale, grads)
+        norm = tree_norm(tg)
+        eps = jax.tree.map(lambda s, x: rho * s * x / (norm + 1e-12), scale, tg)
+    else:
+        norm = tree_norm(grads)
+        eps = jax.tree.map(lambda g: rho * g / (norm + 1e-12), grads)
+    return jax.lax.stop_gradient(eps), norm
+
+
+def _group(batch: dict, m: int) -> dict:
+    """[B, ...] -> [B / m, m, ...] for every array of the batch."""
+    def split(x):
+        if x.shape[0] % m:
+            raise ValueError(f"sam: m={m} does not divide the batch of {x.shape[0]} examples")
+        return x.reshape((x.shape[0] // m, m, *x.shape[1:]))
+
+    return jax.tree.map(split, batch)
+
+
+def sam(rho: float, adaptive: bool = False, m: int | None = None, eta: float = 0.01) -> Transform:
+    """SAM with radius `rho`; ASAM with `adaptive=True`; m-sharpness with groups of `m`."""
+    if rho < 0:
+        raise ValueError(f"sam: rho={rho} must be >= 0")
+    if m is not None and m <= 0:
+        raise ValueError(f"sam: m={m} must be a positive number of examples (or None)")
+
+    def transform(obj: Objective) -> Objective:
+        clean = jax.value_and_grad(obj.value, has_aux=True)
+
+        def one_group(params, batch, rng):
+            (loss, aux), grads = clean(params, batch, rng)
+            eps, norm = _ascent(grads, params, rho, adaptive, eta)
+            adv_loss, adv_aux = obj(tree_add(params, eps), batch, rng)
+            return adv_loss, aux, loss, norm, adv_aux
+
+        def value(params, batch, rng):
+            if m is None:
+                adv_loss, aux, loss, norm, _ = one_group(params, batch, rng)
+            else:
+                groups = _group(batch, m)
+                per_group = jax.vmap(one_group, in_axes=(None, 0, None))(params, groups, rng)
+                adv_loss, aux, loss, norm, _ = per_group
+                adv_loss, loss, norm = jnp.mean(adv_loss), jnp.mean(loss), jnp.mean(norm)
+                aux = {
+                    "metrics": jax.tree.map(jnp.mean, aux["metrics"]),
+                    "outputs": jax.tree.map(
+                        lambda x: x.reshape((-1, *x.shape[2:])), aux["outputs"]),
+                    "state": jax.tree.map(lambda x: jnp.mean(x, axis=0), aux["state"]),
+                }
+            return adv_loss, add_metrics(
+                aux, **{"sam/clean_loss": loss, "sam/perturbed_loss": adv_loss,
+                        "sam/grad_norm": norm})
+
+        return obj.with_value(value)
+
+    return transform

@@ -1,0 +1,41 @@
+"""Weight noise: the gradient of L(theta + eps), eps ~ N(0, sigma^2 I), applied to theta.
+
+In expectation (Bishop, 1995) E L(theta + eps) ~ L + (sigma^2 / 2) Tr(H)
+= L + (sigma^2 / 2) (Tr G + Tr NME): the NME enters through the trace.
+The noise is drawn from the step's key, so a resumed run draws the same.
+The model state (BatchNorm statistics) comes from the noisy pass, the only
+one this method makes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from nme_train.regularizers.objective import Objective, Transform, add_metrics, tree_add
+
+
+def gaussian_like(rng: jax.Array, tree):
+    """Standard normal noise shaped like `tree` (one independent key per leaf)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(rng, len(leaves))
+    return jax.tree.unflatten(treedef, [
+        jax.random.normal(k, x.shape, jnp.float32).astype(x.dtype) for k, x in zip(keys, leaves)
+    ])
+
+
+def weight_noise(sigma: float) -> Transform:
+    """Evaluates the objective at parameters perturbed by N(0, sigma^2) noise."""
+    if sigma < 0:
+        raise ValueError(f"weight_noise: sigma={sigma} must be >= 0")
+
+    def transform(obj: Objective) -> Objective:
+        def value(params, batch, rng):
+            noise_rng, rng = jax.random.split(rng)
+            noise = jax.lax.stop_gradient(gaussian_like(noise_rng, params))
+            loss, aux = obj(tree_add(params, noise, sigma), batch, rng)
+            return loss, add_metrics(aux, **{"weight_noise/loss": loss})
+
+        return obj.with_value(value)
+
+    return transform

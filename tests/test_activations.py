@@ -1,0 +1,81 @@
+"""Activations and their second derivatives against closed forms, at several orders."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nme_train.models import activation_names, get_activation
+from nme_train.models.activations import (
+    beta_gelu,
+    beta_gelu_derivative,
+    gelu,
+    gelu_nme_ablated,
+    relu,
+    relu_synthetic_nme,
+)
+
+X = jnp.array([-3.0, -1.3, -0.4, -0.05, 0.07, 0.5, 1.1, 2.9])  # avoids ReLU's kink at 0
+
+
+def derivative(f, order):
+    for _ in range(order):
+        f = jax.grad(f)
+    return jax.vmap(f)
+
+
+def phi(x):
+    return jnp.exp(-0.5 * x**2) / jnp.sqrt(2 * jnp.pi)
+
+
+def beta_gelu_second(x, beta):
+    """Closed form: beta phi(beta x) (2 - beta^2 x^2)."""
+    return beta * phi(beta * x) * (2 - beta**2 * x**2)
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 4.0])
+def test_beta_gelu_derivatives(beta):
+    f = functools.partial(beta_gelu, beta=beta)
+    np.testing.assert_allclose(derivative(f, 1)(X), beta_gelu_derivative(X, beta), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(derivative(f, 2)(X), beta_gelu_second(X, beta), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_relu_and_gelu_second_derivatives():
+    np.testing.assert_array_equal(derivative(relu, 2)(X), 0.0)
+    np.testing.assert_allclose(derivative(gelu, 2)(X), phi(X) * (2 - X**2), rtol=1e-4, atol=1e-5)
+
+
+def test_gelu_nme_ablated_keeps_value_and_slope_and_zeroes_curvature():
+    np.testing.assert_allclose(jax.vmap(gelu_nme_ablated)(X), gelu(X), rtol=1e-6)
+    np.testing.assert_allclose(derivative(gelu_nme_ablated, 1)(X), derivative(gelu, 1)(X),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(derivative(gelu_nme_ablated, 2)(X), 0.0)
+    np.testing.assert_array_equal(derivative(gelu_nme_ablated, 3)(X), 0.0)
+    # forward-over-reverse (what an HVP does) sees no curvature either
+    hvp = jax.jvp(jax.grad(lambda x: jnp.sum(gelu_nme_ablated(x))), (X,), (jnp.ones_like(X),))[1]
+    np.testing.assert_array_equal(hvp, 0.0)
+
+
+@pytest.mark.parametrize("beta", [1.0, 3.0])
+def test_relu_synthetic_nme_has_relu_slope_and_surrogate_curvature(beta):
+    f = functools.partial(relu_synthetic_nme, beta=beta)
+    np.testing.assert_array_equal(jax.vmap(f)(X), relu(X))
+    np.testing.assert_array_equal(derivative(f, 1)(X), (X > 0).astype(X.dtype))
+    np.testing.assert_allclose(derivative(f, 2)(X), beta_gelu_second(X, beta), rtol=1e-4,
+                               atol=1e-5)
+    surrogate = functools.partial(beta_gelu, beta=beta)
+    np.testing.assert_allclose(derivative(f, 3)(X), derivative(surrogate, 3)(X), rtol=1e-3,
+                               atol=1e-4)
+    hvp = jax.jvp(jax.grad(lambda x: jnp.sum(f(x))), (X,), (jnp.ones_like(X),))[1]
+    np.testing.assert_allclose(hvp, beta_gelu_second(X, beta), rtol=1e-4, atol=1e-5)
+
+
+def test_every_activation_is_registered_by_name():
+    assert {"relu", "gelu", "beta_gelu", "gelu_nme_ablated",
+            "relu_synthetic_nme"} <= set(activation_names())
+    y = get_activation("relu_synthetic_nme", beta=2.0)(X)
+    np.testing.assert_array_equal(y, relu(X))

@@ -1,0 +1,290 @@
+"""Regularizers against independent references on tiny float64 models.
+
+References: dense Hessians from jax.hessian, explicit Jacobians and output
+Hessians, hand-written two-step SAM, and Monte Carlo means for the trace
+estimators (compared within their standard errors).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from nme_train import regularizers as reg
+from nme_train.models.activations import gelu
+
+
+@pytest.fixture(autouse=True, scope="module")
+def float64():
+    """Double precision for this module only (the rest of the suite runs in float32)."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+N, D, H, C = 12, 4, 5, 3
+
+
+def mlp(params, x, activation=jnp.tanh):
+    h = activation(x @ params["w1"] + params["b1"])
+    return h @ params["w2"] + params["b2"]
+
+
+def ce(logits, labels):
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def mse(outputs, targets):
+    return jnp.mean(jnp.sum((outputs - targets) ** 2, axis=-1))
+
+
+@pytest.fixture(scope="module")
+def problem(float64):
+    rng = np.random.default_rng(0)
+    params = {"w1": rng.normal(size=(D, H)), "b1": rng.normal(size=H) * 0.1,
+              "w2": rng.normal(size=(H, C)), "b2": rng.normal(size=C) * 0.1}
+    params = jax.tree.map(jnp.asarray, params)
+    batch = {"inputs": jnp.asarray(rng.normal(size=(N, D))),
+             "targets": jnp.asarray(rng.integers(0, C, N))}
+    return params, batch
+
+
+def dense(params, batch, activation=jnp.tanh, loss=ce):
+    """Flat params, L, g, H, G, J, H_z as dense float64 arrays."""
+    flat, unravel = ravel_pytree(params)
+
+    def outputs(f):
+        return mlp(unravel(f), batch["inputs"], activation).reshape(-1)
+
+    def lossf(f):
+        return loss(outputs(f).reshape(N, C), batch["targets"])
+
+    z = outputs(flat)
+    jac = jax.jacfwd(outputs)(flat)
+    hz = jax.hessian(lambda zz: loss(zz.reshape(N, C), batch["targets"]))(z)
+    return {"flat": flat, "unravel": unravel, "L": lossf(flat), "g": jax.grad(lossf)(flat),
+            "H": jax.hessian(lossf)(flat), "G": jac.T @ hz @ jac, "loss": lossf}
+
+
+def grad_of(transform, params, batch, rng=jax.random.PRNGKey(0), activation=jnp.tanh,
+            loss=ce):
+    obj = transform(reg.objective(functools.partial(mlp, activation=activation), loss))
+    grads, aux = jax.grad(obj, has_aux=True)(params, batch, rng)
+    return ravel_pytree(grads)[0], aux
+
+
+@pytest.mark.parametrize("activation", [jnp.tanh, gelu])
+@pytest.mark.parametrize("mode", ["hvp", "double_backprop"])
+def test_gradient_penalty_power1_is_g_plus_rho_H_ghat(problem, activation, mode):
+    params, batch = problem
+    d = dense(params, batch, activation)
+    rho = 0.3
+    got, aux = grad_of(reg.gradient_penalty(rho, mode=mode), params, batch,
+                       activation=activation)
+    g = d["g"]
+    expected = g + rho * d["H"] @ g / jnp.linalg.norm(g)
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(aux["metrics"]["gradient_penalty/grad_norm"],
+                               jnp.linalg.norm(g), rtol=1e-12)
+
+
+def test_gradient_penalty_power2_and_without_nme(problem):
+    params, batch = problem
+    d = dense(params, batch)
+    g, rho = d["g"], 0.2
+    got, _ = grad_of(reg.gradient_penalty(rho, power=2), params, batch)
+    np.testing.assert_allclose(got, g + rho * d["H"] @ g, rtol=1e-10, atol=1e-12)
+    got, aux = grad_of(reg.gradient_penalty(rho, nme=False), params, batch)
+    np.testing.assert_allclose(got, g + rho * d["G"] @ g / jnp.linalg.norm(g), rtol=1e-10,
+                               atol=1e-12)
+    # the reported value is the penalised loss either way
+    value = d["L"] + rho * jnp.linalg.norm(g)
+    obj = reg.gradient_penalty(rho, nme=False)(reg.objective(mlp, ce))
+    np.testing.assert_allclose(obj(params, batch, jax.random.PRNGKey(0))[0], value, rtol=1e-12)
+    assert not np.allclose(d["H"] @ g, d["G"] @ g)  # the NME is not zero here
+
+
+def test_gradient_penalty_with_mse(problem):
+    params, batch = problem
+    targets = jax.nn.one_hot(batch["targets"], C)
+    b = {"inputs": batch["inputs"], "targets": targets}
+    d = dense(params, b, loss=mse)
+    got, _ = grad_of(reg.gradient_penalty(0.5, nme=False), params, b, loss=mse)
+    np.testing.assert_allclose(got, d["g"] + 0.5 * d["G"] @ d["g"] / jnp.linalg.norm(d["g"]),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_sam_is_the_two_step_update(problem):
+    params, batch = problem
+    d = dense(params, batch)
+    rho = 0.1
+    g = d["g"]
+    eps = rho * g / jnp.linalg.norm(g)
+    expected = jax.grad(d["loss"])(d["flat"] + eps)
+    got, aux = grad_of(reg.sam(rho), params, batch)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(aux["metrics"]["sam/clean_loss"], d["L"], rtol=1e-12)
+    np.testing.assert_allclose(aux["metrics"]["sam/perturbed_loss"], d["loss"](d["flat"] + eps),
+                               rtol=1e-12)
+
+
+def test_adaptive_sam(problem):
+    params, batch = problem
+    d = dense(params, batch)
+    rho, eta = 0.5, 0.01
+    t = jnp.abs(d["flat"]) + eta
+    eps = rho * t**2 * d["g"] / jnp.linalg.norm(t * d["g"])
+    got, _ = grad_of(reg.sam(rho, adaptive=True, eta=eta), params, batch)
+    np.testing.assert_allclose(got, jax.grad(d["loss"])(d["flat"] + eps), rtol=1e-9, atol=1e-13)
+
+
+def per_group_sam(params, batch, rho, m):
+    """The m-sharpness update written out: a loop over groups of m examples."""
+    grads = []
+    for k in range(N // m):
+        group = jax.tree.map(lambda x, k=k: x[k * m:(k + 1) * m], batch)
+
+        def loss(f, group=group):
+            return ce(mlp(ravel_pytree(params)[1](f), group["inputs"]), group["targets"])
+
+        flat = ravel_pytree(params)[0]
+        g = jax.grad(loss)(flat)
+        grads.append(jax.grad(loss)(flat + rho * g / jnp.linalg.norm(g)))
+    return jnp.mean(jnp.stack(grads), axis=0)
+
+
+def test_m_sharpness_matches_the_per_group_computation(problem):
+    params, batch = problem
+    got, _ = grad_of(reg.sam(0.2, m=3), params, batch)
+    np.testing.assert_allclose(got, per_group_sam(params, batch, 0.2, 3), rtol=1e-9, atol=1e-13)
+
+
+def test_m_sharpness_on_8_devices_equals_the_per_group_computation():
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(jnp.asarray, {
+        "w1": rng.normal(size=(D, H)), "b1": np.zeros(H), "w2": rng.normal(size=(H, C)),
+        "b2": np.zeros(C)})
+    n = 16  # 8 devices x 2 examples; groups of m = 2 = one group per device
+    batch = {"inputs": jnp.asarray(rng.normal(size=(n, D))),
+             "targets": jnp.asarray(rng.integers(0, C, n))}
+    mesh = jax.make_mesh((8,), ("data",))
+    sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
+    obj = reg.sam(0.2, m=2)(reg.objective(mlp, ce))
+    grads = jax.jit(jax.grad(lambda p, b: obj(p, b, jax.random.PRNGKey(0))[0]))(params, sharded)
+    expected = []
+    for k in range(n // 2):
+        def loss(f, k=k):
+            return ce(mlp(ravel_pytree(params)[1](f), batch["inputs"][2 * k:2 * k + 2]),
+                      batch["targets"][2 * k:2 * k + 2])
+        flat = ravel_pytree(params)[0]
+        g = jax.grad(loss)(flat)
+        expected.append(jax.grad(loss)(flat + 0.2 * g / jnp.linalg.norm(g)))
+    np.testing.assert_allclose(ravel_pytree(grads)[0], jnp.mean(jnp.stack(expected), axis=0),
+                               rtol=1e-9, atol=1e-13)
+
+
+def test_weight_noise_is_the_gradient_at_the_noisy_point(problem):
+    params, batch = problem
+    d = dense(params, batch)
+    rng, sigma = jax.random.PRNGKey(7), 0.05
+    noise_rng, _ = jax.random.split(rng)
+    from nme_train.regularizers.weight_noise import gaussian_like
+
+    noise = ravel_pytree(gaussian_like(noise_rng, params))[0]
+    got, aux = grad_of(reg.weight_noise(sigma), params, batch, rng)
+    np.testing.assert_allclose(got, jax.grad(d["loss"])(d["flat"] + sigma * noise), rtol=1e-12)
+    # another step's key draws other noise
+    other, _ = grad_of(reg.weight_noise(sigma), params, batch, jax.random.PRNGKey(8))
+    assert not np.allclose(got, other)
+
+
+def monte_carlo(metric_fn, keys):
+    values = np.asarray(jax.jit(jax.vmap(metric_fn))(keys))
+    return values.mean(), values.std(ddof=1) / np.sqrt(len(values))
+
+
+@pytest.mark.parametrize("activation", [jnp.tanh, gelu])
+def test_hessian_trace_estimate_is_unbiased(problem, activation):
+    params, batch = problem
+    d = dense(params, batch, activation)
+    obj = reg.hessian_trace_penalty(1.0)(reg.objective(
+        functools.partial(mlp, activation=activation), ce))
+    mean, se = monte_carlo(
+        lambda k: obj(params, batch, k)[1]["metrics"]["hessian_trace_penalty/trace"],
+        jax.random.split(jax.random.PRNGKey(0), 4000))
+    assert abs(mean - jnp.trace(d["H"])) < 4 * se, (mean, jnp.trace(d["H"]), se)
+
+
+@pytest.mark.parametrize("estimator", ["sampled_labels", "hutchinson"])
+def test_gauss_newton_trace_estimates_are_unbiased(problem, estimator):
+    params, batch = problem
+    d = dense(params, batch)
+    obj = reg.gauss_newton_trace_penalty(1.0, estimator=estimator)(reg.objective(mlp, ce))
+    mean, se = monte_carlo(
+        lambda k: obj(params, batch, k)[1]["metrics"]["gauss_newton_trace_penalty/trace"],
+        jax.random.split(jax.random.PRNGKey(1), 4000))
+    assert abs(mean - jnp.trace(d["G"])) < 4 * se, (mean, jnp.trace(d["G"]), se)
+
+
+def test_hessian_trace_penalty_gradient_is_the_third_derivative(problem):
+    params, batch = problem
+    d = dense(params, batch, gelu)
+    coef, rng = 0.3, jax.random.PRNGKey(3)
+    got, _ = grad_of(reg.hessian_trace_penalty(coef, num_probes=2), params, batch, rng,
+                     activation=gelu)
+    probe_rng, _ = jax.random.split(rng)
+    from nme_train.regularizers.trace_penalties import rademacher_like
+
+    vs = [ravel_pytree(rademacher_like(k, params))[0] for k in jax.random.split(probe_rng, 2)]
+    # reference: differentiate the dense Hessian (reverse over jax.hessian)
+    hess = jax.hessian(d["loss"])
+
+    def quad(f):
+        return sum(v @ hess(f) @ v for v in vs) / len(vs)
+
+    expected = d["g"] + coef * jax.grad(quad)(d["flat"])
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_gauss_newton_sampled_penalty_gradient(problem):
+    params, batch = problem
+    d = dense(params, batch)
+    coef, rng = 0.2, jax.random.PRNGKey(4)
+    got, _ = grad_of(reg.gauss_newton_trace_penalty(coef), params, batch, rng)
+    sample_rng, _ = jax.random.split(rng)
+    (key,) = jax.random.split(sample_rng, 1)
+    logits = mlp(params, batch["inputs"])
+    labels = jax.random.categorical(key, logits)
+
+    def sampled_sq_norm(f):  # N ||grad CE(f; y')||^2 by double backprop (independent path)
+        g = jax.grad(lambda q: ce(mlp(d["unravel"](q), batch["inputs"]), labels))(f)
+        return N * g @ g
+
+    expected = d["g"] + coef * jax.grad(sampled_sq_norm)(d["flat"])
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_chain_applies_inner_first(problem):
+    params, batch = problem
+    rng = jax.random.PRNGKey(5)
+    chained, _ = grad_of(reg.chain(reg.weight_noise(0.05), reg.sam(0.1)), params, batch, rng)
+    by_hand, _ = grad_of(lambda o: reg.sam(0.1)(reg.weight_noise(0.05)(o)), params, batch, rng)
+    np.testing.assert_allclose(chained, by_hand, rtol=1e-14)
+    assert reg.from_config([("weight_noise", {"sigma": 0.05}), ("sam", {"rho": 0.1})])
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="rho=-1"):
+        reg.sam(-1)
+    with pytest.raises(ValueError, match="power=3"):
+        reg.gradient_penalty(0.1, power=3)
+    with pytest.raises(ValueError, match="estimator='exact'"):
+        reg.gauss_newton_trace_penalty(0.1, estimator="exact")
+    with pytest.raises(ValueError, match="unknown regularizer 'mixup'"):
+        reg.from_config([("mixup", {})])

@@ -1,0 +1,107 @@
+"""Times one training step with each regularizer against the plain step, in one process.
+
+    python tools/bench_regularizers.py                       # CIFAR ResNet-18, batch 128
+    python tools/bench_regularizers.py --config configs/default.py --rounds 20
+
+Every method runs the framework's real train step (jit, donated state) on
+the same synthetic batch. Rounds alternate over the methods so machine
+noise hits all alike; the figure is each method's median step time over
+the plain step's median. Memory is the compiled step's temporary buffers
+(XLA's memory analysis), which is what a method adds on top of the state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nme_train.data import DATASETS  # noqa: E402
+from nme_train.sharding import global_batch  # noqa: E402
+from nme_train.train.loop import build_experiment  # noqa: E402
+from tools.bench_step import load_config  # noqa: E402
+
+METHODS = {
+    "plain": (),
+    "weight_noise": (("weight_noise", {"sigma": 0.01}),),
+    "sam": (("sam", {"rho": 0.05}),),
+    "gradient_penalty": (("gradient_penalty", {"rho": 0.1}),),
+    "gradient_penalty_no_nme": (("gradient_penalty", {"rho": 0.1, "nme": False}),),
+    "gradient_penalty_double_backprop": (
+        ("gradient_penalty", {"rho": 0.1, "mode": "double_backprop"}),),
+    "gn_trace_sampled_labels": (("gauss_newton_trace_penalty", {"coef": 0.01}),),
+    "gn_trace_hutchinson": (
+        ("gauss_newton_trace_penalty", {"coef": 0.01, "estimator": "hutchinson"}),),
+    "hessian_trace": (("hessian_trace_penalty", {"coef": 0.01}),),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/cifar10_resnet18.py")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    args = parser.parse_args()
+    names = args.methods.split(",")
+
+    runs = {}
+    for name in names:
+        config = load_config(args.config)
+        config.batch_size = args.batch_size
+        config.mesh.data, config.mesh.fsdp = 1, 1
+        config.regularizers = METHODS[name]
+        spec = DATASETS[config.data.name]
+        size = config.data.image_size or spec.image_size
+        rng = np.random.default_rng(0)
+        host = {"image": rng.integers(0, 256, (config.batch_size, size, size, spec.channels),
+                                      dtype=np.uint8),
+                "label": rng.integers(0, spec.num_classes, config.batch_size).astype(np.int32)}
+        exp = build_experiment(config, spec, jax.devices()[:1], 10_000, 100)
+        batch = global_batch(host, exp.batch_sharding)
+        state = exp.init()
+        start = time.perf_counter()
+        compiled = exp.train_step.lower(state, batch).compile()
+        compile_s = time.perf_counter() - start
+        memory = compiled.memory_analysis()
+        temp = getattr(memory, "temp_size_in_bytes", 0) if memory is not None else 0
+        state, metrics = compiled(state, batch)  # warm-up step
+        jax.block_until_ready(state)
+        runs[name] = {"step": compiled, "state": state, "batch": batch, "times": [],
+                      "temp_bytes": temp, "compile_s": compile_s}
+        print(f"compiled {name} in {compile_s:.1f} s; temporaries {temp / 2**20:.0f} MiB",
+              flush=True)
+
+    for _ in range(args.rounds):
+        for name in names:
+            run = runs[name]
+            start = time.perf_counter()
+            run["state"], metrics = run["step"](run["state"], run["batch"])
+            jax.block_until_ready((run["state"], metrics))
+            run["times"].append(time.perf_counter() - start)
+
+    base = statistics.median(runs[names[0]]["times"])
+    print(f"\n{args.config}, batch {args.batch_size}, {args.rounds} rounds, "
+          f"device {jax.devices()[0].device_kind}")
+    print(f"{'method':34s} {'median s':>9s} {'ratio':>6s} {'temp MiB':>9s}")
+    results = {}
+    for name in names:
+        med = statistics.median(runs[name]["times"])
+        results[name] = {"median_s": med, "ratio": med / base,
+                         "temp_mib": runs[name]["temp_bytes"] / 2**20,
+                         "times_s": runs[name]["times"]}
+        print(f"{name:34s} {med:9.3f} {med / base:6.2f} {runs[name]['temp_bytes'] / 2**20:9.0f}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
