@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nme_train.curvature.products import hvp, output_hvp, tree_dot
+from nme_train.curvature.products import output_hvp, tree_dot
 from nme_train.regularizers.gradient_penalty import loss_and_gradient_norm
 from nme_train.regularizers.objective import Objective, Transform, add_metrics, loss_at
 
@@ -105,10 +105,7 @@ def gauss_newton_trace_penalty(coef: float, num_samples: int = 1,
                         ce = optax.softmax_cross_entropy_with_integer_labels(z, labels)
                         return jnp.mean(ce), None
 
-                    def matvec(p, v, sampled=sampled):
-                        return hvp(lambda q: sampled(q)[0], p, v)
-
-                    _, half_sq_norm, _, _ = loss_and_gradient_norm(sampled, params, 2, matvec)
+                    _, half_sq_norm, _, _ = loss_and_gradient_norm(sampled, params, 2)
                     estimates.append(2.0 * n * half_sq_norm)  # N ||g'||^2
             else:
                 def jv_quadratic(p, v):
