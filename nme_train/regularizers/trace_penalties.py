@@ -15,8 +15,9 @@ gauss_newton_trace_penalty, two unbiased estimators:
      fixed); with g' = grad of the mean cross-entropy against y' over a batch
      of N examples, E ||g'||^2 = Tr(G) / N (the cross terms between examples
      vanish because E[p - e_y'] = 0), so Tr(G) ~ N * mean_s ||g'_s||^2. Needs
-     outputs that are softmax cross-entropy logits. One backward pass per
-     sample; the gradient of ||g'||^2 is 2 H' g', taken forward-over-reverse.
+     outputs that are softmax cross-entropy logits. One more backward pass
+     per sample; the gradient of ||g'||^2 is 2 H' g', from the tangent map of
+     one linearisation of all the gradients.
   "hutchinson": v^T G v = (J v)^T H_z (J v) for Rademacher v: one jvp of the
      model and an output-space Hessian product; any loss.
 The gradient of either estimate is the exact derivative of the estimate, so
@@ -30,7 +31,6 @@ import jax.numpy as jnp
 import optax
 
 from nme_train.curvature.products import output_hvp, tree_dot
-from nme_train.regularizers.gradient_penalty import loss_and_gradient_norm
 from nme_train.regularizers.objective import Objective, Transform, add_metrics, loss_at
 
 GN_ESTIMATORS = ("sampled_labels", "hutchinson")
@@ -91,23 +91,16 @@ def gauss_newton_trace_penalty(coef: float, num_samples: int = 1,
     def transform(obj: Objective) -> Objective:
         def value(params, batch, rng):
             sample_rng, rng = jax.random.split(rng)
-            loss, aux = obj(params, batch, rng)
             inputs = batch["inputs"]
             if estimator == "sampled_labels":
-                logits = jax.lax.stop_gradient(aux["outputs"])
-                n = logits.shape[0]
-                estimates = []
-                for k in jax.random.split(sample_rng, num_samples):
-                    labels = jax.random.categorical(k, logits)
-
-                    def sampled(p, labels=labels):
-                        z = obj.outputs(p, inputs)
-                        ce = optax.softmax_cross_entropy_with_integer_labels(z, labels)
-                        return jnp.mean(ce), None
-
-                    _, half_sq_norm, _, _ = loss_and_gradient_norm(sampled, params, 2)
-                    estimates.append(2.0 * n * half_sq_norm)  # N ||g'||^2
+                keys = jax.random.split(sample_rng, num_samples)
+                loss, sq_norms, aux = _loss_and_sampled_gradient_norms(obj, params, batch,
+                                                                       rng, keys)
+                n = aux["outputs"].shape[0]
+                estimates = [n * sq for sq in sq_norms]  # Tr G ~ N ||g'||^2
             else:
+                loss, aux = obj(params, batch, rng)
+
                 def jv_quadratic(p, v):
                     z, jv = jax.jvp(lambda q: obj.outputs(q, inputs), (p,), (v,))
                     hz = output_hvp(lambda y: obj.loss_fn(y, batch["targets"]), z, jv)
@@ -122,3 +115,54 @@ def gauss_newton_trace_penalty(coef: float, num_samples: int = 1,
         return obj.with_value(value)
 
     return transform
+
+
+def _loss_and_sampled_gradient_norms(obj: Objective, params, batch, rng, keys):
+    """(L, [||g'_s||^2 for each key], aux) with a VJP of one linearisation.
+
+    g'_s is the gradient of the mean cross-entropy against labels drawn (key
+    s) from the model's own softmax, held fixed. The forward pass linearises
+    the map params -> (grad L, g'_1, ...), which shares one forward pass of
+    the model between all the gradients; the backward pass returns
+    ct_L * grad L + sum_s ct_s * 2 H'_s g'_s, each H'_s g'_s by the
+    linearisation's tangent map (no further forward or backward pass).
+    """
+    value_and_grad = jax.value_and_grad(obj.value, has_aux=True)
+
+    def gradients(p):
+        (loss, aux), g = value_and_grad(p, batch, rng)
+        logits = jax.lax.stop_gradient(aux["outputs"])
+        sampled = []
+        for k in keys:
+            labels = jax.random.categorical(k, logits)
+
+            def ce(q, labels=labels):
+                z = obj.outputs(q, batch["inputs"])
+                return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(z, labels))
+
+            sampled.append(jax.grad(ce)(p))
+        return (g, sampled), (loss, aux)
+
+    def outputs(g, sampled, loss, aux):
+        return loss, [tree_dot(gs, gs) for gs in sampled], aux
+
+    @jax.custom_vjp
+    def fn(p):
+        (g, sampled), (loss, aux) = gradients(p)
+        return outputs(g, sampled, loss, aux)
+
+    def fwd(p):
+        (g, sampled), linear, (loss, aux) = jax.linearize(gradients, p, has_aux=True)
+        return outputs(g, sampled, loss, aux), (g, sampled, linear)
+
+    def bwd(residuals, cotangents):
+        g, sampled, linear = residuals
+        ct_loss, ct_norms = cotangents[0], cotangents[1]
+        total = jax.tree.map(lambda x: ct_loss * x, g)
+        for s, (gs, ct) in enumerate(zip(sampled, ct_norms)):
+            hs_gs = linear(gs)[1][s]  # H'_s g'_s (other tangent outputs are unused)
+            total = jax.tree.map(lambda t, h, ct=ct: t + 2.0 * ct * h, total, hs_gs)
+        return (total,)
+
+    fn.defvjp(fwd, bwd)
+    return fn(params)
