@@ -22,13 +22,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
-from nme_train.data import DATASETS  # noqa: E402
-from nme_train.sharding import global_batch  # noqa: E402
 from nme_train.train.checkpoint import Checkpointer  # noqa: E402
-from nme_train.train.loop import build_experiment  # noqa: E402
-from tools.bench_step import load_config  # noqa: E402
+from tools.bench_step import load_config, one_device_experiment  # noqa: E402
 
 
 def main() -> None:
@@ -40,16 +36,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = load_config(args.config)
-    config.mesh.data, config.mesh.fsdp = 1, 1
-    spec = DATASETS[config.data.name]
-    size = config.data.image_size or spec.image_size
-    rng = np.random.default_rng(0)
-    host = {"image": rng.integers(0, 256, (config.batch_size, size, size, spec.channels),
-                                  dtype=np.uint8),
-            "label": rng.integers(0, spec.num_classes, config.batch_size).astype(np.int32)}
-    exp = build_experiment(config, spec, jax.devices()[:1], 10_000, 100)
-    batch = global_batch(host, exp.batch_sharding)
-    state = exp.init()
+    exp, _, batch, state = one_device_experiment(config)
     for _ in range(3):  # compile and warm up
         state, metrics = exp.train_step(state, batch)
     jax.block_until_ready(state)

@@ -22,12 +22,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
-from nme_train.data import DATASETS  # noqa: E402
-from nme_train.sharding import global_batch  # noqa: E402
-from nme_train.train.loop import build_experiment  # noqa: E402
-from tools.bench_step import load_config  # noqa: E402
+from tools.bench_step import load_config, one_device_experiment  # noqa: E402
 
 METHODS = {
     "plain": (),
@@ -58,17 +54,8 @@ def main() -> None:
     for name in names:
         config = load_config(args.config)
         config.batch_size = args.batch_size
-        config.mesh.data, config.mesh.fsdp = 1, 1
         config.regularizers = METHODS[name]
-        spec = DATASETS[config.data.name]
-        size = config.data.image_size or spec.image_size
-        rng = np.random.default_rng(0)
-        host = {"image": rng.integers(0, 256, (config.batch_size, size, size, spec.channels),
-                                      dtype=np.uint8),
-                "label": rng.integers(0, spec.num_classes, config.batch_size).astype(np.int32)}
-        exp = build_experiment(config, spec, jax.devices()[:1], 10_000, 100)
-        batch = global_batch(host, exp.batch_sharding)
-        state = exp.init()
+        exp, _, batch, state = one_device_experiment(config)
         start = time.perf_counter()
         compiled = exp.train_step.lower(state, batch).compile()
         compile_s = time.perf_counter() - start

@@ -43,6 +43,23 @@ def load_config(path: str):
     return module.get_config(arg) if arg else module.get_config()
 
 
+def one_device_experiment(config):
+    """(experiment, spec, synthetic batch, initial state) on one device, no data read.
+
+    The batch is random uint8 images of the dataset's shape and random labels.
+    """
+    config.mesh.data, config.mesh.fsdp = 1, 1
+    spec = DATASETS[config.data.name]
+    size = config.data.image_size or spec.image_size
+    rng = np.random.default_rng(0)
+    host = {"image": rng.integers(0, 256, (config.batch_size, size, size, spec.channels),
+                                  dtype=np.uint8),
+            "label": rng.integers(0, spec.num_classes, config.batch_size).astype(np.int32)}
+    exp = build_experiment(config, spec, jax.devices()[:1], total_steps=10_000,
+                           steps_per_epoch=100)
+    return exp, spec, global_batch(host, exp.batch_sharding), exp.init()
+
+
 def hand_written_step(config, spec, tx):
     """The plainest correct step: normalise, forward, cross-entropy, grad, optax update."""
     model = build_model(config.model, spec.num_classes)
@@ -85,18 +102,10 @@ def main() -> None:
     config = load_config(args.config)
     if args.batch_size:
         config.batch_size = args.batch_size
-    config.mesh.data, config.mesh.fsdp = 1, 1
-    spec = DATASETS[config.data.name]
-    size = config.data.image_size or spec.image_size
-    rng = np.random.default_rng(0)
-    host = {"image": rng.integers(0, 256, (config.batch_size, size, size, spec.channels),
-                                  dtype=np.uint8),
-            "label": rng.integers(0, spec.num_classes, config.batch_size).astype(np.int32)}
-
+    exp, spec, batch, state = one_device_experiment(config)
     devices = jax.devices()[:1]
-    exp = build_experiment(config, spec, devices, total_steps=10_000, steps_per_epoch=100)
-    batch = global_batch(host, exp.batch_sharding)
-    state = exp.init()
+    size = batch["image"].shape[1]
+    host = {"image": np.asarray(batch["image"]), "label": np.asarray(batch["label"])}
 
     schedule = learning_rate_schedule(config.optimizer, 10_000, 100)
     init, step = hand_written_step(config, spec, make_optimizer(config.optimizer, schedule))

@@ -1,0 +1,33 @@
+"""The benchmark tools run (tiny settings; their figures are in the README)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_tool(*args):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_bench_step_reports_a_ratio():
+    out = run_tool("tools/bench_step.py", "--steps", "3", "--rounds", "2")
+    assert out["ratio"] > 0 and out["framework_ms"] > 0
+
+
+def test_bench_checkpoint_reports_the_save_step():
+    out = run_tool("tools/bench_checkpoint.py", "--steps", "40", "--every", "20")
+    assert out["save_step_ratio"] > 0
+
+
+def test_bench_regularizers_reports_each_method():
+    out = run_tool("tools/bench_regularizers.py", "--config", "configs/default.py",
+                   "--rounds", "1", "--methods", "plain,sam,gradient_penalty")
+    assert set(out) == {"plain", "sam", "gradient_penalty"}
+    assert out["plain"]["ratio"] == 1.0 and out["sam"]["temp_mib"] > 0
