@@ -78,6 +78,7 @@ def test_non_finite_loss_stops_with_the_step(data_dir, tmp_path):
 
 @pytest.mark.parametrize("regularizers,keys", [
     ((("sam", {"rho": 0.05}),), ("train/sam/grad_norm", "train/sam/perturbed_loss")),
+    ((("sam", {"rho": 0.05, "m": 16, "adaptive": True}),), ("train/sam/grad_norm",)),
     ((("weight_noise", {"sigma": 0.01}), ("gradient_penalty", {"rho": 0.05})),
      ("train/weight_noise/loss", "train/gradient_penalty/grad_norm")),
     ((("gauss_newton_trace_penalty", {"coef": 0.001}),),
