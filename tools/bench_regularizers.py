@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--compile_only", action="store_true", help="memory figures only")
     args = parser.parse_args()
     names = args.methods.split(",")
 
@@ -61,13 +62,21 @@ def main() -> None:
         compile_s = time.perf_counter() - start
         memory = compiled.memory_analysis()
         temp = getattr(memory, "temp_size_in_bytes", 0) if memory is not None else 0
+        peak = temp + sum(getattr(memory, f"{k}_size_in_bytes", 0) for k in
+                          ("argument", "output")) - getattr(memory, "alias_size_in_bytes", 0)
+        if args.compile_only:
+            print(json.dumps({"method": name, "temp_mib": temp / 2**20,
+                              "peak_mib": peak / 2**20}), flush=True)
+            continue
         state, metrics = compiled(state, batch)  # warm-up step
         jax.block_until_ready(state)
         runs[name] = {"step": compiled, "state": state, "batch": batch, "times": [],
-                      "temp_bytes": temp, "compile_s": compile_s}
+                      "temp_bytes": temp, "peak_bytes": peak, "compile_s": compile_s}
         print(f"compiled {name} in {compile_s:.1f} s; temporaries {temp / 2**20:.0f} MiB",
               flush=True)
 
+    if args.compile_only:
+        return
     for _ in range(args.rounds):
         for name in names:
             run = runs[name]
@@ -79,14 +88,16 @@ def main() -> None:
     base = statistics.median(runs[names[0]]["times"])
     print(f"\n{args.config}, batch {args.batch_size}, {args.rounds} rounds, "
           f"device {jax.devices()[0].device_kind}")
-    print(f"{'method':34s} {'median s':>9s} {'ratio':>6s} {'temp MiB':>9s}")
+    print(f"{'method':34s} {'median s':>9s} {'ratio':>6s} {'temp MiB':>9s} {'peak MiB':>9s}")
     results = {}
     for name in names:
         med = statistics.median(runs[name]["times"])
         results[name] = {"median_s": med, "ratio": med / base,
                          "temp_mib": runs[name]["temp_bytes"] / 2**20,
+                         "peak_mib": runs[name]["peak_bytes"] / 2**20,
                          "times_s": runs[name]["times"]}
-        print(f"{name:34s} {med:9.3f} {med / base:6.2f} {runs[name]['temp_bytes'] / 2**20:9.0f}")
+        print(f"{name:34s} {med:9.3f} {med / base:6.2f} {runs[name]['temp_bytes'] / 2**20:9.0f} "
+              f"{runs[name]['peak_bytes'] / 2**20:9.0f}")
     print(json.dumps(results))
 
 
