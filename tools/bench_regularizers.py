@@ -6,8 +6,10 @@
 Every method runs the framework's real train step (jit, donated state) on
 the same synthetic batch. Rounds alternate over the methods so machine
 noise hits all alike; the figure is each method's median step time over
-the plain step's median. Memory is the compiled step's temporary buffers
-(XLA's memory analysis), which is what a method adds on top of the state.
+the plain step's median. Memory comes from XLA's analysis of the compiled
+step: "temp" is its temporary buffers (what a method adds on top of the
+state), "peak" adds arguments and outputs less the donated buffers.
+`--compile_only` prints the memory figures without timing.
 """
 
 from __future__ import annotations
