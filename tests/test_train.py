@@ -95,3 +95,15 @@ def test_training_with_regularizers_logs_their_diagnostics(data_dir, tmp_path, r
     for key in keys + ("train/objective", "train/loss", "train/accuracy"):
         assert np.isfinite(line[key]), key
     assert result["eval/accuracy"] > 0
+
+
+def test_m_sharpness_with_one_group_per_device_on_8_devices(data_dir, tmp_path):
+    """m = per-device batch (the reference SAM code's default) on a data=8 mesh."""
+    config = tiny_config(data_dir, regularizers=(("sam", {"rho": 0.05, "m": 8}),),
+                         num_train_steps=6, log_every_steps=3, eval_every_steps=0,
+                         **{"mesh.data": 8})
+    result = train_and_evaluate(config, str(tmp_path / "msam"))
+    lines = [r for r in read_metrics(str(tmp_path / "msam")) if "train/loss" in r]
+    assert [r["step"] for r in lines] == [3, 6]
+    assert all(np.isfinite(r["train/sam/grad_norm"]) for r in lines)
+    assert result["eval/accuracy"] > 0
