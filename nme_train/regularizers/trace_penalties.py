@@ -32,17 +32,14 @@ import optax
 
 from nme_train.curvature.products import output_hvp, tree_dot
 from nme_train.regularizers.objective import Objective, Transform, add_metrics, loss_at
+from nme_train.regularizers.weight_noise import random_like
 
 GN_ESTIMATORS = ("sampled_labels", "hutchinson")
 
 
 def rademacher_like(rng: jax.Array, tree):
     """Independent +-1 entries shaped like `tree`."""
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(rng, len(leaves))
-    return jax.tree.unflatten(treedef, [
-        jax.random.rademacher(k, x.shape, jnp.float32).astype(x.dtype)
-        for k, x in zip(keys, leaves)])
+    return random_like(jax.random.rademacher, rng, tree)
 
 
 def second_directional_derivative(f, params, v) -> jax.Array:

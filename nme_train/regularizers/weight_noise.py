@@ -15,13 +15,17 @@ import jax.numpy as jnp
 from nme_train.regularizers.objective import Objective, Transform, add_metrics, tree_add
 
 
-def gaussian_like(rng: jax.Array, tree):
-    """Standard normal noise shaped like `tree` (one independent key per leaf)."""
+def random_like(sampler, rng: jax.Array, tree):
+    """`sampler(key, shape, float32)` drawn for every leaf of `tree`, one key per leaf."""
     leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(rng, len(leaves))
     return jax.tree.unflatten(treedef, [
-        jax.random.normal(k, x.shape, jnp.float32).astype(x.dtype) for k, x in zip(keys, leaves)
-    ])
+        sampler(k, x.shape, jnp.float32).astype(x.dtype) for k, x in zip(keys, leaves)])
+
+
+def gaussian_like(rng: jax.Array, tree):
+    """Standard normal noise shaped like `tree`."""
+    return random_like(jax.random.normal, rng, tree)
 
 
 def weight_noise(sigma: float) -> Transform:
