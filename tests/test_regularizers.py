@@ -252,19 +252,30 @@ def test_hessian_trace_penalty_gradient_is_the_third_derivative(problem):
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_gauss_newton_sampled_penalty_gradient(problem):
+def rewrapped(obj):
+    """The same objective, no longer marked plain (takes the wrapped-objective path)."""
+    return obj.with_value(obj.value)
+
+
+@pytest.mark.parametrize("wrapped,samples", [(False, 1), (False, 2), (True, 2)])
+def test_gauss_newton_sampled_penalty_gradient(problem, wrapped, samples):
     params, batch = problem
     d = dense(params, batch)
     coef, rng = 0.2, jax.random.PRNGKey(4)
-    got, _ = grad_of(reg.gauss_newton_trace_penalty(coef), params, batch, rng)
+    penalty = reg.gauss_newton_trace_penalty(coef, num_samples=samples)
+    got, _ = grad_of(reg.chain(rewrapped, penalty) if wrapped else penalty,
+                     params, batch, rng)
     sample_rng, _ = jax.random.split(rng)
-    (key,) = jax.random.split(sample_rng, 1)
     logits = mlp(params, batch["inputs"])
-    labels = jax.random.categorical(key, logits)
+    all_labels = [jax.random.categorical(k, logits)
+                  for k in jax.random.split(sample_rng, samples)]
 
-    def sampled_sq_norm(f):  # N ||grad CE(f; y')||^2 by double backprop (independent path)
-        g = jax.grad(lambda q: ce(mlp(d["unravel"](q), batch["inputs"]), labels))(f)
-        return N * g @ g
+    def sampled_sq_norm(f):  # mean_s N ||grad CE(f; y'_s)||^2 by double backprop
+        total = 0.0
+        for labels in all_labels:
+            g = jax.grad(lambda q, y=labels: ce(mlp(d["unravel"](q), batch["inputs"]), y))(f)
+            total += N * g @ g
+        return total / samples
 
     expected = d["g"] + coef * jax.grad(sampled_sq_norm)(d["flat"])
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)

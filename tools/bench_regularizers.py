@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/cifar10_resnet18.py")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1, help="steps per timed round")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--compile_only", action="store_true", help="memory figures only")
     args = parser.parse_args()
@@ -83,12 +84,13 @@ def main() -> None:
         for name in names:
             run = runs[name]
             start = time.perf_counter()
-            run["state"], metrics = run["step"](run["state"], run["batch"])
+            for _ in range(args.steps):
+                run["state"], metrics = run["step"](run["state"], run["batch"])
             jax.block_until_ready((run["state"], metrics))
-            run["times"].append(time.perf_counter() - start)
+            run["times"].append((time.perf_counter() - start) / args.steps)
 
     base = statistics.median(runs[names[0]]["times"])
-    print(f"\n{args.config}, batch {args.batch_size}, {args.rounds} rounds, "
+    print(f"\n{args.config}, batch {args.batch_size}, {args.rounds} rounds of {args.steps}, "
           f"device {jax.devices()[0].device_kind}")
     print(f"{'method':34s} {'median s':>9s} {'ratio':>6s} {'temp MiB':>9s} {'peak MiB':>9s}")
     results = {}

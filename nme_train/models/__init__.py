@@ -1,9 +1,10 @@
 """Models chosen by name from `config.model`.
 
 All models are flax linen modules called as `model.apply(variables, images,
-train=...)` on NHWC images and return float32 logits. The activation is
-picked by name (`config.model.activation`), so every architecture accepts
-every activation, including the second-derivative interventions.
+train=...)` on NHWC images and return float32 logits (float64 for a float64
+model, for reference computations). The activation is picked by name
+(`config.model.activation`), so every architecture accepts every activation,
+including the second-derivative interventions.
 """
 
 from __future__ import annotations

@@ -44,4 +44,4 @@ class CNN(nn.Module):
             x = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype)(x)
             x = self.activation(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # f32, or f64

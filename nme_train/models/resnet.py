@@ -103,7 +103,7 @@ class ResNet(nn.Module):
                 x = block_cls(self.width * 2**stage, conv, norm, self.activation, strides)(x)
         x = global_avg_pool(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # f32, or f64
 
 
 def resnet_stage_sizes(depth: int) -> Sequence[int]:

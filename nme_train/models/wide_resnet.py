@@ -63,4 +63,4 @@ class WideResNet(nn.Module):
         x = self.activation(norm(name="final_norm")(x))
         x = global_avg_pool(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # f32, or f64

@@ -45,6 +45,9 @@ class Objective:
     apply_fn: Callable[[Params, Any], Any]  # (params, inputs) -> outputs (or (outputs, state))
     loss_fn: Callable[[Any, Any], jax.Array]  # (outputs, targets) -> mean loss
     has_state: bool = False  # apply_fn returns (outputs, new_state)
+    # value is loss_fn(aux["outputs"], targets) with aux["outputs"] = apply_fn(params):
+    # true for `objective(...)`, false once a transform has wrapped it.
+    plain: bool = False
 
     def __call__(self, params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Aux]:
         return self.value(params, batch, rng)
@@ -55,7 +58,7 @@ class Objective:
         return out[0] if self.has_state else out
 
     def with_value(self, value: ValueFn) -> Objective:
-        return dataclasses.replace(self, value=value)
+        return dataclasses.replace(self, value=value, plain=False)
 
 
 Transform = Callable[[Objective], Objective]
@@ -75,7 +78,7 @@ def objective(apply_fn: Callable, loss_fn: Callable, has_state: bool = False) ->
         loss = loss_fn(outputs, batch["targets"])
         return loss, {"metrics": {"loss": loss}, "outputs": outputs, "state": state}
 
-    return Objective(value, apply_fn, loss_fn, has_state)
+    return Objective(value, apply_fn, loss_fn, has_state, plain=True)
 
 
 def chain(*transforms: Transform) -> Transform:

@@ -119,38 +119,103 @@ def _loss_and_sampled_gradient_norms(obj: Objective, params, batch, rng, keys):
 
     g'_s is the gradient of the mean cross-entropy against labels drawn (key
     s) from the model's own softmax, held fixed. The forward pass linearises
-    the map params -> (grad L, g'_1, ...), which shares one forward pass of
-    the model between all the gradients; the backward pass returns
-    ct_L * grad L + sum_s ct_s * 2 H'_s g'_s, each H'_s g'_s by the
-    linearisation's tangent map (no further forward or backward pass).
+    the map from the parameters to the sampled gradients (and, for a wrapped
+    objective, grad L), sharing one forward pass of the model between them;
+    the backward pass returns ct_L * grad L + sum_s ct_s * 2 H'_s g'_s, each
+    H'_s g'_s by the linearisation's tangent map (no further forward or
+    backward pass).
+
+    On a plain objective the sampled losses are taken on the objective's own
+    outputs, and grad L is not computed in the forward pass at all: the
+    linearised map is (params, t) -> grad [CE'_1 + t L, CE'_2, ...] at t = 0,
+    whose tangent along (2 ct_1 g'_1, ct_L) is 2 ct_1 H'_1 g'_1 + ct_L grad L.
+    The two cotangents meet at the model outputs, so one tangent backward pass
+    carries both: the update costs what a gradient penalty's does, one
+    backward pass less than computing grad L separately.
     """
+    if not obj.plain:
+        return _wrapped_objective_sampled_norms(obj, params, batch, rng, keys)
+
+    def gradients(p, t):
+        def losses(q):
+            loss, aux = obj.value(q, batch, rng)
+            logits = aux["outputs"]
+            sampled = [_cross_entropy(logits, sample_labels(k, logits)) for k in keys]
+            return (sampled, loss), aux
+
+        (sampled, loss), pullback, aux = jax.vjp(losses, p, has_aux=True)
+        grads = []
+        for s in range(len(keys)):
+            ct_sampled = [jnp.asarray(1.0 if i == s else 0.0, x.dtype)
+                          for i, x in enumerate(sampled)]
+            ct_loss = t.astype(loss.dtype) if s == 0 else jnp.zeros_like(loss)
+            grads.append(pullback((ct_sampled, ct_loss))[0])
+        return grads, (loss, aux)
+
+    @jax.custom_vjp
+    def fn(p):
+        sampled, (loss, aux) = gradients(p, jnp.zeros((), jnp.float32))
+        return loss, [tree_dot(gs, gs) for gs in sampled], aux
+
+    def fwd(p):
+        sampled, linear, (loss, aux) = jax.linearize(
+            gradients, p, jnp.zeros((), jnp.float32), has_aux=True)
+        return (loss, [tree_dot(gs, gs) for gs in sampled], aux), (sampled, linear)
+
+    def bwd(residuals, cotangents):
+        sampled, linear = residuals
+        ct_loss, ct_norms = cotangents[0], cotangents[1]
+        total = None
+        for s, (gs, ct) in enumerate(zip(sampled, ct_norms)):
+            t_dot = ct_loss if s == 0 else jnp.zeros_like(ct_loss)
+            term = linear(jax.tree.map(lambda x, ct=ct: 2.0 * ct * x, gs),
+                          t_dot.astype(jnp.float32))[s]
+            total = term if total is None else jax.tree.map(jnp.add, total, term)
+        return (total,)
+
+    fn.defvjp(fwd, bwd)
+    return fn(params)
+
+
+def sample_labels(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """Labels drawn from softmax(logits), held fixed (no gradient).
+
+    Drawn from float32 logits whatever the model's dtype, so that a float64
+    reference and a float32 or bf16 run draw the same labels from one key.
+    """
+    return jax.random.categorical(key, jax.lax.stop_gradient(logits).astype(jnp.float32))
+
+
+def _cross_entropy(logits, labels) -> jax.Array:
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def _wrapped_objective_sampled_norms(obj: Objective, params, batch, rng, keys):
+    """As above for an objective another transform has wrapped: grad L separately."""
     value_and_grad = jax.value_and_grad(obj.value, has_aux=True)
 
     def gradients(p):
         (loss, aux), g = value_and_grad(p, batch, rng)
-        logits = jax.lax.stop_gradient(aux["outputs"])
+        logits = jax.lax.stop_gradient(obj.outputs(p, batch["inputs"]))
         sampled = []
         for k in keys:
-            labels = jax.random.categorical(k, logits)
-
-            def ce(q, labels=labels):
-                z = obj.outputs(q, batch["inputs"])
-                return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(z, labels))
-
-            sampled.append(jax.grad(ce)(p))
+            labels = sample_labels(k, logits)
+            sampled.append(jax.grad(
+                lambda q, labels=labels: _cross_entropy(obj.outputs(q, batch["inputs"]),
+                                                        labels))(p))
         return (g, sampled), (loss, aux)
 
-    def outputs(g, sampled, loss, aux):
+    def outputs(sampled, loss, aux):
         return loss, [tree_dot(gs, gs) for gs in sampled], aux
 
     @jax.custom_vjp
     def fn(p):
         (g, sampled), (loss, aux) = gradients(p)
-        return outputs(g, sampled, loss, aux)
+        return outputs(sampled, loss, aux)
 
     def fwd(p):
         (g, sampled), linear, (loss, aux) = jax.linearize(gradients, p, has_aux=True)
-        return outputs(g, sampled, loss, aux), (g, sampled, linear)
+        return outputs(sampled, loss, aux), (g, sampled, linear)
 
     def bwd(residuals, cotangents):
         g, sampled, linear = residuals
