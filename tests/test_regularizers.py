@@ -13,11 +13,12 @@ import numpy as np
 import optax
 import pytest
 from jax.flatten_util import ravel_pytree
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nme_train import regularizers as reg
 from nme_train.models.activations import gelu
+from nme_train.regularizers.trace_penalties import sample_labels
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -173,7 +174,7 @@ def test_m_sharpness_on_8_devices_equals_the_per_group_computation():
     n = 16  # 8 devices x 2 examples; groups of m = 2 = one group per device
     batch = {"inputs": jnp.asarray(rng.normal(size=(n, D))),
              "targets": jnp.asarray(rng.integers(0, C, n))}
-    mesh = jax.make_mesh((8,), ("data",))
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))  # as the trainer builds it
     sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
     obj = reg.sam(0.2, m=2)(reg.objective(mlp, ce))
     grads = jax.jit(jax.grad(lambda p, b: obj(p, b, jax.random.PRNGKey(0))[0]))(params, sharded)
@@ -267,8 +268,7 @@ def test_gauss_newton_sampled_penalty_gradient(problem, wrapped, samples):
                      params, batch, rng)
     sample_rng, _ = jax.random.split(rng)
     logits = mlp(params, batch["inputs"])
-    all_labels = [jax.random.categorical(k, logits)
-                  for k in jax.random.split(sample_rng, samples)]
+    all_labels = [sample_labels(k, logits) for k in jax.random.split(sample_rng, samples)]
 
     def sampled_sq_norm(f):  # mean_s N ||grad CE(f; y'_s)||^2 by double backprop
         total = 0.0
