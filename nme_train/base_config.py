@@ -80,6 +80,29 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # another run's workdir (or .../checkpoints/STEP): start from its
     #                   params and model state with a fresh optimizer
 
+    # -- curvature probes (nme_train.curvature; also run by tools/probe.py) ----
+    c.probes = ml_collections.ConfigDict()
+    c.probes.every_steps = 0  # probe interval in steps; 0 = off (also probes at the start
+    #                           and the end of training when on)
+    c.probes.kinds = ("hessian", "gauss_newton", "nme")  # operators to probe
+    c.probes.num_batches = 1  # probe batches: a fixed set from the training split, no
+    c.probes.batch_size = 0  # augmentation; 0 = the training batch size (global)
+    c.probes.batch_norm = "batch_stats"  # batch_stats (train mode) | running_average (eval)
+    c.probes.lanczos_steps = 20  # Lanczos steps per operator (0 = no eigenvalues)
+    c.probes.top_k = 5  # largest Ritz values reported
+    c.probes.bottom_k = 5  # smallest Ritz values reported (NME: its negative end)
+    c.probes.trace_probes = 10  # Hutchinson probes shared by H, G, NME (0 = no traces)
+    c.probes.density_runs = 0  # SLQ start vectors per operator (0 = no densities)
+    c.probes.density_steps = 30  # Lanczos steps of each SLQ run
+    c.probes.alignment = True  # g^T M g / ||g||^2 for each operator
+    c.probes.sparsity_threshold = 1e-3  # E9: fraction of |sigma''(x)| above this, per layer
+    c.probes.seed = 0  # probe vectors and probe-batch selection
+    c.probes.linearize = True  # reuse each batch's linearisation across matvecs
+    c.probes.basis_memory = "auto"  # auto | device | host: where the Lanczos basis lives
+    c.probes.max_basis_mib = 2048.0  # auto: host memory when the basis is larger than this
+    c.probes.precision = "highest"  # matmul precision inside probes (GPU/TPU default is lower)
+    c.probes.check_determinism = True  # refuse an operator that changes between calls
+
     # -- outputs ---------------------------------------------------------
     c.log_every_steps = 50  # train metrics line (means over the interval)
     c.eval_every_steps = 200  # evaluation interval; 0 = only at the end

@@ -118,6 +118,43 @@ def _check_regularizers(problems: list[str], config: Any, num_devices: int) -> N
                     f"use one of {divisors}")
 
 
+PROBE_KINDS = ("hessian", "gauss_newton", "nme")
+PROBE_BATCH_NORM = ("batch_stats", "running_average")
+PROBE_BASIS_MEMORY = ("auto", "device", "host")
+PRECISIONS = ("default", "high", "highest")
+
+
+def _check_probes(problems: list[str], config: Any, num_devices: int,
+                  process_count: int) -> None:
+    p = config.probes
+    unknown = [k for k in p.kinds if k not in PROBE_KINDS]
+    if unknown or not p.kinds or len(set(p.kinds)) != len(p.kinds):
+        problems.append(f"config.probes.kinds={tuple(p.kinds)!r}: give distinct names from "
+                        f"{PROBE_KINDS}")
+    for field in ("every_steps", "lanczos_steps", "top_k", "bottom_k", "trace_probes",
+                  "density_runs", "batch_size"):
+        value = p[field]
+        if not isinstance(value, int) or value < 0:
+            problems.append(f"config.probes.{field}={value!r} must be an integer >= 0")
+    for field in ("num_batches", "density_steps"):
+        value = p[field]
+        if not isinstance(value, int) or value < 1:
+            problems.append(f"config.probes.{field}={value!r} must be an integer >= 1")
+    if isinstance(p.trace_probes, int) and p.trace_probes == 1:
+        problems.append("config.probes.trace_probes=1 gives no standard error; use >= 2 "
+                        "(or 0 for no traces)")
+    batch = p.batch_size or config.batch_size
+    if isinstance(batch, int) and batch > 0 and (batch % num_devices or batch % process_count):
+        problems.append(f"config.probes.batch_size={batch} (0 = the training batch) is not "
+                        f"divisible by {num_devices} devices and {process_count} process(es)")
+    _choice(problems, "config.probes.batch_norm", p.batch_norm, PROBE_BATCH_NORM)
+    _choice(problems, "config.probes.basis_memory", p.basis_memory, PROBE_BASIS_MEMORY)
+    _choice(problems, "config.probes.precision", p.precision, PRECISIONS)
+    _positive(problems, "config.probes.max_basis_mib", p.max_basis_mib)
+    _positive(problems, "config.probes.sparsity_threshold", p.sparsity_threshold,
+              allow_zero=True)
+
+
 def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
     """Raises ConfigError listing every problem of `config` for `num_devices` devices."""
     problems: list[str] = []
@@ -164,6 +201,8 @@ def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
         problems.append(f"config.label_smoothing={config.label_smoothing} must be < 1")
     _positive(problems, "config.data.num_threads", config.data.num_threads)
     _check_regularizers(problems, config, num_devices)
+    if "probes" in config:
+        _check_probes(problems, config, num_devices, process_count)
     for field in ("every_steps", "max_to_keep", "keep_every_steps"):
         value = config.checkpoint[field]
         if not isinstance(value, int) or value < 0:

@@ -1,5 +1,45 @@
-"""Curvature of the loss: matrix-free products with H, G (Gauss-Newton) and the NME."""
+"""Curvature of the loss: H, its Gauss-Newton part G and the NME, matrix-free.
 
-from nme_train.curvature.products import gvp, hvp, output_hvp, tree_dot, tree_norm
+    curv = Curvature(apply_fn, softmax_cross_entropy())
+    matvec = curv.operator("nme", params, batches)        # v -> NME v
+    alphas, betas, basis = lanczos(matvec, v0, 20)        # jittable
+    LanczosResult(alphas, betas).top(5)                   # Ritz values, error bounds
 
-__all__ = ["gvp", "hvp", "output_hvp", "tree_dot", "tree_norm"]
+See operators.py (the products), lanczos.py, estimators.py (Hutchinson
+traces with shared probes, stochastic Lanczos quadrature) and probes.py
+(the probe suite the trainer and tools/probe.py run).
+"""
+
+from nme_train.curvature.estimators import (
+    hutchinson_quadratic_forms,
+    mean_and_standard_error,
+    rademacher_like,
+    slq_nodes_and_weights,
+    spectral_density,
+)
+from nme_train.curvature.lanczos import LanczosResult, lanczos, lanczos_host
+from nme_train.curvature.losses import (
+    OutputLoss,
+    as_output_loss,
+    mean_squared_error,
+    softmax_cross_entropy,
+)
+from nme_train.curvature.operators import KINDS, Curvature, batch_weights, check_deterministic
+from nme_train.curvature.products import (
+    gvp,
+    hvp,
+    nme_vp,
+    output_hvp,
+    tree_axpy,
+    tree_dot,
+    tree_norm,
+    tree_scale,
+)
+
+__all__ = [
+    "KINDS", "Curvature", "LanczosResult", "OutputLoss", "as_output_loss", "batch_weights",
+    "check_deterministic", "gvp", "hutchinson_quadratic_forms", "hvp", "lanczos",
+    "lanczos_host", "mean_and_standard_error", "mean_squared_error", "nme_vp", "output_hvp",
+    "rademacher_like", "slq_nodes_and_weights", "softmax_cross_entropy", "spectral_density",
+    "tree_axpy", "tree_dot", "tree_norm", "tree_scale",
+]

@@ -1,4 +1,4 @@
-"""Matrix-free products with the Hessian H and its Gauss-Newton part G.
+"""Matrix-free products with the Hessian H, its Gauss-Newton part G and the NME.
 
 With outputs z = f(theta) and a loss l(z) (see "The Hessian decomposition"
 in the project's notes on the paper):
@@ -8,7 +8,13 @@ in the project's notes on the paper):
 `hvp` is forward-over-reverse (jvp of the gradient): one forward and one
 backward pass carrying tangents, about 2x a gradient, where double
 backprop costs much more. `gvp` never differentiates f twice: a jvp of f,
-the output-space Hessian of l (small), and a vjp of f.
+the output-space Hessian of l (small), and a vjp of f. `nme_vp` computes
+the NME product directly, as the jvp of theta -> J(theta)^T r with the
+residual r = dl/dz held fixed, so it does not suffer the cancellation of
+H v - G v.
+
+Every function here takes and returns pytrees shaped like the parameters;
+none gathers or reshapes them, so sharded parameters stay sharded.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import jax.numpy as jnp
 Params = Any
 
 
+# -- pytree vector algebra -------------------------------------------------
 def tree_dot(a: Any, b: Any) -> jax.Array:
     """Sum over leaves of <a_leaf, b_leaf>, accumulated in float32 or wider."""
     leaves = [jnp.vdot(x, y).real for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
@@ -33,6 +40,21 @@ def tree_norm(a: Any) -> jax.Array:
     return jnp.sqrt(tree_dot(a, a))
 
 
+def tree_axpy(alpha: jax.Array | float, x: Any, y: Any) -> Any:
+    """alpha * x + y, leaf by leaf (alpha cast to each leaf's dtype)."""
+    return jax.tree.map(lambda a, b: (jnp.asarray(alpha).astype(a.dtype) * a + b), x, y)
+
+
+def tree_scale(alpha: jax.Array | float, x: Any) -> Any:
+    return jax.tree.map(lambda a: jnp.asarray(alpha).astype(a.dtype) * a, x)
+
+
+def tree_sum(trees: list) -> Any:
+    """Leafwise sum of a non-empty list of pytrees."""
+    return jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *trees)
+
+
+# -- products ----------------------------------------------------------------
 def hvp(f: Callable[[Params], jax.Array], params: Params, v: Params) -> Params:
     """H v for the scalar function f at params (forward-over-reverse)."""
     return jax.jvp(jax.grad(f), (params,), (v,))[1]
@@ -49,3 +71,15 @@ def gvp(model_fn: Callable[[Params], Any], loss_of_outputs: Callable[[Any], jax.
     outputs, jv = jax.jvp(model_fn, (params,), (v,))
     _, vjp = jax.vjp(model_fn, params)
     return vjp(output_hvp(loss_of_outputs, outputs, jv))[0]
+
+
+def nme_vp(model_fn: Callable[[Params], Any], loss_of_outputs: Callable[[Any], jax.Array],
+           params: Params, v: Params) -> Params:
+    """NME v = sum_c r_c (d^2 z_c / d theta^2) v with r = dl/dz fixed, computed directly."""
+    outputs = model_fn(params)
+    residual = jax.lax.stop_gradient(jax.grad(loss_of_outputs)(outputs))
+
+    def jt_r(p):
+        return jax.vjp(model_fn, p)[1](residual)[0]
+
+    return jax.jvp(jt_r, (params,), (v,))[1]

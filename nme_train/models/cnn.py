@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from nme_train.models.activations import Activation
-from nme_train.models.layers import make_norm
+from nme_train.models.layers import activate, make_norm
 
 
 class CNN(nn.Module):
@@ -37,11 +37,11 @@ class CNN(nn.Module):
         for width in self.features:
             x = nn.Conv(width, (3, 3), use_bias=not self.batch_norm, dtype=self.dtype,
                         param_dtype=self.param_dtype)(x)
-            x = self.activation(norm()(x))
+            x = activate(self, self.activation, norm()(x))
             x = pool(x, (2, 2), strides=(2, 2))
         x = x.reshape((x.shape[0], -1))
         for width in self.hidden:
             x = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-            x = self.activation(x)
+            x = activate(self, self.activation, x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # f32, or f64

@@ -1,4 +1,4 @@
-"""Small building blocks shared by the architectures: the norm choice."""
+"""Small building blocks shared by the architectures: the norm choice, activations."""
 
 from __future__ import annotations
 
@@ -35,3 +35,20 @@ def make_norm(
 def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
     """Mean over the spatial axes of an NHWC tensor."""
     return jnp.mean(x, axis=(1, 2))
+
+
+PREACTIVATIONS = "preactivations"
+
+
+def activate(module: nn.Module, fn: Callable[[jnp.ndarray], jnp.ndarray],
+             x: jnp.ndarray) -> jnp.ndarray:
+    """fn(x), keeping x in `module`'s "preactivations" collection when that is mutable.
+
+    Applying a model with mutable=["preactivations"] returns every
+    activation's input (per module, in call order); the activation-sparsity
+    probe reads them. Otherwise flax's `sow` does nothing and costs nothing
+    (and `init` never creates the collection).
+    """
+    if not module.is_initializing():
+        module.sow(PREACTIVATIONS, "inputs", x)
+    return fn(x)

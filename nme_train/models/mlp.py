@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from nme_train.models.activations import Activation
-from nme_train.models.layers import make_norm
+from nme_train.models.layers import activate, make_norm
 
 
 class MLP(nn.Module):
@@ -28,6 +28,6 @@ class MLP(nn.Module):
         x = x.reshape((x.shape[0], -1)).astype(self.dtype)
         for width in self.hidden:
             x = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-            x = self.activation(norm()(x))
+            x = activate(self, self.activation, norm()(x))
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # f32, or f64

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from nme_train.models.activations import Activation
-from nme_train.models.layers import global_avg_pool, make_norm
+from nme_train.models.layers import activate, global_avg_pool, make_norm
 
 STAGE_SIZES = {
     18: (2, 2, 2, 2),
@@ -39,13 +39,13 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
-        y = self.activation(self.norm()(y))
+        y = activate(self, self.activation, self.norm()(y))
         y = self.conv(self.filters, (3, 3))(y)
         y = self.norm(scale_init=nn.initializers.zeros)(y)
         if x.shape != y.shape:
             x = self.conv(self.filters, (1, 1), (self.strides, self.strides), name="proj")(x)
             x = self.norm(name="proj_norm")(x)
-        return self.activation(x + y)
+        return activate(self, self.activation, x + y)
 
 
 class BottleneckBlock(nn.Module):
@@ -59,15 +59,15 @@ class BottleneckBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        y = self.activation(self.norm()(self.conv(self.filters, (1, 1))(x)))
+        y = activate(self, self.activation, self.norm()(self.conv(self.filters, (1, 1))(x)))
         y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)
-        y = self.activation(self.norm()(y))
+        y = activate(self, self.activation, self.norm()(y))
         y = self.conv(self.filters * 4, (1, 1))(y)
         y = self.norm(scale_init=nn.initializers.zeros)(y)
         if x.shape != y.shape:
             x = self.conv(self.filters * 4, (1, 1), (self.strides, self.strides), name="proj")(x)
             x = self.norm(name="proj_norm")(x)
-        return self.activation(x + y)
+        return activate(self, self.activation, x + y)
 
 
 class ResNet(nn.Module):
@@ -92,11 +92,11 @@ class ResNet(nn.Module):
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
             x = conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
-            x = self.activation(norm(name="stem_norm")(x))
+            x = activate(self, self.activation, norm(name="stem_norm")(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         else:
             x = conv(self.width, (3, 3), name="stem_conv")(x)
-            x = self.activation(norm(name="stem_norm")(x))
+            x = activate(self, self.activation, norm(name="stem_norm")(x))
         for stage, num_blocks in enumerate(STAGE_SIZES[self.depth]):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1

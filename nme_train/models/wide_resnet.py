@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from nme_train.models.activations import Activation
-from nme_train.models.layers import global_avg_pool, make_norm
+from nme_train.models.layers import activate, global_avg_pool, make_norm
 
 
 class WideBlock(nn.Module):
@@ -28,9 +28,9 @@ class WideBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        o = self.activation(self.norm()(x))
+        o = activate(self, self.activation, self.norm()(x))
         y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(o)
-        y = self.activation(self.norm()(y))
+        y = activate(self, self.activation, self.norm()(y))
         y = self.conv(self.filters, (3, 3))(y)
         if x.shape != y.shape:
             x = self.conv(self.filters, (1, 1), (self.strides, self.strides), name="proj")(o)
@@ -60,7 +60,7 @@ class WideResNet(nn.Module):
             for block in range(blocks_per_group):
                 strides = 2 if group > 0 and block == 0 else 1
                 x = WideBlock(base * self.width, conv, norm, self.activation, strides)(x)
-        x = self.activation(norm(name="final_norm")(x))
+        x = activate(self, self.activation, norm(name="final_norm")(x))
         x = global_avg_pool(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # f32, or f64

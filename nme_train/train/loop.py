@@ -34,6 +34,8 @@ from nme_train.train.checkpoint import abstract_with_shardings, open_checkpointe
 from nme_train.train.metrics import MetricWriter, Progress, TrainMetrics, truncate_metrics
 from nme_train.train.optim import learning_rate_schedule, make_optimizer
 from nme_train.train.preemption import PreemptionGuard
+from nme_train.train.probing import RunProbes, write_record
+from nme_train.train.probing import summary as probe_summary
 from nme_train.train.resume import restore_latest, warm_start
 from nme_train.train.step import (
     init_state,
@@ -178,6 +180,7 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
     if is_main:
         os.makedirs(workdir, exist_ok=True)
         discarded = truncate_metrics(workdir, start_step)
+        truncate_metrics(workdir, start_step, "probes")
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2))
         print(f"nme_train: {config.model.name} ({exp.num_params:,} parameters) on "
@@ -196,6 +199,14 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
                            config.log_every_steps, total_steps, workdir)
     metrics.window = {k: list(v) for k, v in meta.get("metric_window", {}).items()}
     metrics.last = dict(meta.get("metrics", {}))
+    probes = RunProbes(config, spec, exp, data_config) if config.probes.every_steps else None
+
+    def probe(step: int) -> None:
+        record = probes.probe(state, step)
+        write_record(workdir, record, writer=writer)
+        if is_main:
+            print(probe_summary(record), flush=True)
+        metrics.restart_timing(step)
 
     def save(step: int) -> None:
         ckpt.save(step, state, {
@@ -210,6 +221,8 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
     batches = _device_batches(host_batches, exp.batch_sharding)
     every = config.checkpoint.every_steps
     started = time.perf_counter()
+    if probes and start_step == 0:
+        probe(0)
     pending = None  # (step, device metrics): read after the next step is dispatched
     with PreemptionGuard() as guard:
         for step in range(start_step, total_steps):
@@ -239,10 +252,14 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
                 writer.write(done, results)
                 metrics.progress.line(done, results)
                 metrics.restart_timing(done)
+            if probes and done % config.probes.every_steps == 0 and done < total_steps:
+                probe(done)
         if pending is not None:
             metrics.record(pending[0], jax.device_get(pending[1]))
         if start_step < total_steps:
             save(total_steps)
+            if probes:
+                probe(total_steps)
 
     # -- final evaluation --------------------------------------------------
     results = evaluate(exp.eval_step, state, eval_data, exp.batch_sharding)

@@ -59,6 +59,12 @@ class MetricWriter:
                 if key != "step" and isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, int(step))
 
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """TensorBoard only (e.g. probe figures, which have their own JSON file)."""
+        if self.enabled and self._tb is not None:
+            for key, value in values.items():
+                self._tb.add_scalar(key, value, int(step))
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -113,13 +119,13 @@ class Progress:
               file=self.stream, flush=True)
 
 
-def truncate_metrics(workdir: str, step: int) -> int:
-    """Keeps the records of steps <= `step` in DIR/metrics.jsonl (a run resuming from `step`).
+def truncate_metrics(workdir: str, step: int, name: str = "metrics") -> int:
+    """Keeps the records of steps <= `step` in DIR/<name>.jsonl (a run resuming from `step`).
 
     Later records (written after the checkpoint, before the run died) are
-    moved to DIR/metrics.discarded.jsonl, not deleted. Returns how many moved.
+    moved to DIR/<name>.discarded.jsonl, not deleted. Returns how many moved.
     """
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = os.path.join(workdir, f"{name}.jsonl")
     if not os.path.exists(path):
         return 0
     with open(path, encoding="utf-8") as f:
@@ -127,7 +133,8 @@ def truncate_metrics(workdir: str, step: int) -> int:
     keep = [line for line in lines if json.loads(line)["step"] <= step]
     drop = [line for line in lines if json.loads(line)["step"] > step]
     if drop:
-        with open(os.path.join(workdir, "metrics.discarded.jsonl"), "a", encoding="utf-8") as f:
+        with open(os.path.join(workdir, f"{name}.discarded.jsonl"), "a",
+                  encoding="utf-8") as f:
             f.writelines(drop)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:

@@ -1,0 +1,75 @@
+"""Stochastic estimates built on the operators: traces, spectral densities, alignment.
+
+hutchinson_quadratic_forms  v^T M v for every kind M, with the SAME Rademacher
+    probes v for all kinds, so that tr H = tr G + tr NME holds probe by
+    probe (up to round-off); the trace is their mean, with a standard error.
+slq  stochastic Lanczos quadrature: for each random start vector, a Lanczos
+    run gives Gauss quadrature nodes (Ritz values) and weights (squared first
+    components of T's eigenvectors); their average over start vectors is an
+    estimate of the spectral density (1/P) sum_i delta(lambda - lambda_i),
+    smoothed here with a Gaussian kernel on a grid.
+alignment  g^T M g / ||g||^2 for the gradient g over the probe batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nme_train.curvature.lanczos import LanczosResult
+from nme_train.curvature.products import tree_dot
+
+Params = Any
+
+
+def rademacher_like(key: jax.Array, tree: Params) -> Params:
+    """Independent +-1 entries shaped (and typed) like `tree`, one key per leaf."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(treedef, [
+        jax.random.rademacher(k, x.shape, jnp.float32).astype(x.dtype)
+        for k, x in zip(keys, leaves)])
+
+
+def hutchinson_quadratic_forms(matvecs: Sequence[Callable[[Params], Params]], params: Params,
+                               key: jax.Array, num_probes: int) -> jax.Array:
+    """[num_probes, len(matvecs)] values v_s^T M_k v_s, one shared probe v_s per row; jittable."""
+
+    def one(k):
+        v = rademacher_like(k, params)
+        return jnp.stack([tree_dot(v, mv(v)) for mv in matvecs])
+
+    return jax.lax.map(one, jax.random.split(key, num_probes))
+
+
+def mean_and_standard_error(samples: np.ndarray) -> tuple[float, float]:
+    samples = np.asarray(samples, np.float64)
+    if samples.size < 2:
+        return float(samples.mean()), float("nan")
+    return float(samples.mean()), float(samples.std(ddof=1) / np.sqrt(samples.size))
+
+
+def slq_nodes_and_weights(runs: Sequence[LanczosResult]) -> tuple[np.ndarray, np.ndarray]:
+    """Quadrature nodes and weights of all runs, the weights summing to 1 overall."""
+    nodes, weights = zip(*(r.quadrature() for r in runs))
+    return np.concatenate(nodes), np.concatenate(weights) / len(runs)
+
+
+def spectral_density(nodes: np.ndarray, weights: np.ndarray, num_points: int = 200,
+                     bandwidth: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """(grid, density): the quadrature measure smoothed by a Gaussian.
+
+    The kernel's width is `bandwidth` times the span of the nodes; the grid
+    extends 5 widths beyond the extreme nodes, and the density integrates
+    to (about) 1 over it.
+    """
+    lo, hi = float(np.min(nodes)), float(np.max(nodes))
+    sigma = max(bandwidth * (hi - lo), 1e-12 * max(abs(lo), abs(hi), 1.0))
+    grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, num_points)
+    kernel = np.exp(-0.5 * ((grid[:, None] - nodes[None, :]) / sigma) ** 2)
+    density = kernel @ weights / (sigma * np.sqrt(2 * np.pi))
+    return grid, density

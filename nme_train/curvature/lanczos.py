@@ -1,0 +1,186 @@
+"""Lanczos with full reorthogonalisation on parameter pytrees, and its Ritz values.
+
+`lanczos(matvec, v0, num_steps)` is jittable: the basis is a pytree whose
+leaves carry a leading axis of num_steps + 1 in front of the parameter's
+shape, so a basis vector is sharded exactly like the parameter (pass
+`shardings`, the parameters' NamedShardings, to pin that layout inside jit)
+and nothing is gathered to one host. Every new vector is orthogonalised
+against the whole basis twice (classical Gram-Schmidt, repeated), which
+keeps the Ritz values free of the ghost copies plain Lanczos produces.
+
+`lanczos_host` runs the same iteration from Python with the basis kept in
+host memory (when the backend has a host memory space; on CPU it is the
+same memory), for bases too large for the accelerator: each iteration
+streams the stored vectors back for the reorthogonalisation.
+
+`LanczosResult` turns the tridiagonal coefficients into Ritz values with
+error bounds: for a Ritz pair (theta, y) of T_m, the residual
+||M x - theta x|| = |beta_m y_m| bounds the distance from theta to an
+eigenvalue of M. A run stops early (breakdown) when the Krylov space is
+invariant; only the steps before it are used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from nme_train.curvature.products import tree_axpy, tree_dot, tree_norm, tree_scale
+
+Params = Any
+
+
+@dataclasses.dataclass
+class LanczosResult:
+    """Tridiagonal coefficients of a Lanczos run (host numpy), and the basis if kept."""
+
+    alphas: np.ndarray  # [m] diagonal of T
+    betas: np.ndarray  # [m] betas[i] = norm of the residual after step i
+    basis: Any = None  # pytree, leaves [m + 1, ...], when kept
+
+    def __post_init__(self):
+        self.alphas = np.asarray(self.alphas, np.float64)
+        self.betas = np.asarray(self.betas, np.float64)
+        scale = max(np.max(np.abs(self.alphas), initial=0.0),
+                    np.max(np.abs(self.betas), initial=0.0), 1e-300)
+        small = np.nonzero(self.betas <= 1e-10 * scale)[0]
+        self.steps = int(small[0]) + 1 if small.size else len(self.alphas)
+
+    def tridiagonal(self) -> np.ndarray:
+        m = self.steps
+        t = np.diag(self.alphas[:m])
+        off = self.betas[: m - 1]
+        return t + np.diag(off, 1) + np.diag(off, -1)
+
+    def ritz(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(values ascending, eigenvectors of T as columns, residual bounds)."""
+        values, vectors = np.linalg.eigh(self.tridiagonal())
+        bounds = np.abs(self.betas[self.steps - 1] * vectors[-1, :])
+        return values, vectors, bounds
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k largest Ritz values (descending) and their error bounds."""
+        values, _, bounds = self.ritz()
+        order = np.argsort(values)[::-1][:k]
+        return values[order], bounds[order]
+
+    def bottom(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k smallest Ritz values (ascending) and their error bounds."""
+        values, _, bounds = self.ritz()
+        order = np.argsort(values)[:k]
+        return values[order], bounds[order]
+
+    def quadrature(self) -> tuple[np.ndarray, np.ndarray]:
+        """Gauss quadrature nodes and weights of the start vector's spectral measure."""
+        values, vectors, _ = self.ritz()
+        return values, vectors[0, :] ** 2
+
+    def ritz_vectors(self, which: np.ndarray) -> Any:
+        """Ritz vectors (pytree, leaves [len(which), ...]) for eigenvector columns `which`."""
+        if self.basis is None:
+            raise ValueError("the Lanczos run did not keep its basis (keep_basis=True)")
+        _, vectors, _ = self.ritz()
+        coeffs = jnp.asarray(vectors[:, which].T)
+        m = self.steps
+        return jax.tree.map(lambda b: jnp.tensordot(coeffs.astype(b.dtype), b[:m], axes=1),
+                            self.basis)
+
+
+def basis_sharding(shardings: Any) -> Any:
+    """Shardings of a stacked basis: the parameters' layouts behind an unsharded axis."""
+    return jax.tree.map(lambda s: NamedSharding(s.mesh, P(None, *s.spec)), shardings)
+
+
+def _project(basis: Any, w: Any) -> jax.Array:
+    """[m + 1] coefficients <b_i, w>."""
+    parts = [jnp.tensordot(b, x, axes=x.ndim).astype(jnp.float32 if x.dtype != jnp.float64
+                                                       else jnp.float64)
+             for b, x in zip(jax.tree.leaves(basis), jax.tree.leaves(w))]
+    return sum(parts[1:], parts[0])
+
+
+def _reorthogonalize(basis: Any, w: Any) -> Any:
+    for _ in range(2):
+        coeffs = _project(basis, w)
+        w = jax.tree.map(lambda x, b, c=coeffs: x - jnp.tensordot(c.astype(b.dtype), b, axes=1),
+                         w, basis)
+    return w
+
+
+def lanczos(matvec: Callable[[Params], Params], v0: Params, num_steps: int,
+            shardings: Any = None) -> tuple[jax.Array, jax.Array, Any]:
+    """(alphas [m], betas [m], basis) of `num_steps` Lanczos steps from v0; jittable."""
+    v0 = tree_scale(1.0 / tree_norm(v0), v0)
+    basis = jax.tree.map(lambda x: jnp.zeros((num_steps + 1, *x.shape), x.dtype), v0)
+    if shardings is not None:
+        basis = jax.lax.with_sharding_constraint(basis, basis_sharding(shardings))
+    basis = jax.tree.map(lambda b, x: b.at[0].set(x), basis, v0)
+    dtype = jnp.result_type(*[x.dtype for x in jax.tree.leaves(v0)], jnp.float32)
+
+    def step(i, carry):
+        basis, alphas, betas = carry
+        v = jax.tree.map(lambda b: b[i], basis)
+        w = matvec(v)
+        alpha = tree_dot(w, v)
+        w = _reorthogonalize(basis, w)
+        beta = tree_norm(w)
+        scale = jnp.maximum(jnp.max(jnp.abs(alphas)), jnp.abs(alpha))
+        live = beta > 1e-10 * jnp.maximum(scale, 1e-30)
+        w = tree_scale(jnp.where(live, 1.0 / jnp.where(live, beta, 1.0), 0.0), w)
+        basis = jax.tree.map(lambda b, x: b.at[i + 1].set(x), basis, w)
+        return basis, alphas.at[i].set(alpha), betas.at[i].set(beta)
+
+    zeros = jnp.zeros((num_steps,), dtype)
+    basis, alphas, betas = jax.lax.fori_loop(0, num_steps, step, (basis, zeros, zeros))
+    return alphas, betas, basis
+
+
+def host_memory_sharding(sharding: Any) -> Any:
+    """`sharding` in the host memory space when the backend has one, else unchanged."""
+    try:
+        kinds = {m.kind for d in sharding.mesh.devices.flat for m in d.addressable_memories()}
+    except (AttributeError, NotImplementedError):
+        return sharding
+    for kind in ("pinned_host", "unpinned_host"):
+        if kind in kinds and kind != sharding.memory_kind:
+            return sharding.with_memory_kind(kind)
+    return sharding
+
+
+def lanczos_host(matvec: Callable[[Params], Params], v0: Params, num_steps: int,
+                 shardings: Any) -> LanczosResult:
+    """Lanczos driven from Python with the basis in host memory; same algorithm."""
+    host = jax.tree.map(host_memory_sharding, shardings)
+    dot = jax.jit(tree_dot)
+    axpy = jax.jit(tree_axpy)
+    norm = jax.jit(tree_norm)
+    scale = jax.jit(tree_scale)
+
+    def to_device(x):
+        return jax.device_put(x, shardings)
+
+    v = scale(1.0 / norm(v0), v0)
+    basis = [jax.device_put(v, host)]
+    alphas, betas = [], []
+    for _ in range(num_steps):
+        w = matvec(v)
+        alpha = float(dot(w, v))
+        for _ in range(2):
+            coeffs = [dot(to_device(b), w) for b in basis]
+            for c, b in zip(coeffs, basis):
+                w = axpy(-c, to_device(b), w)
+        beta = float(norm(w))
+        alphas.append(alpha)
+        betas.append(beta)
+        if beta <= 1e-10 * max(max(abs(a) for a in alphas), 1e-30):
+            break
+        v = scale(1.0 / beta, w)
+        basis.append(jax.device_put(v, host))
+    return LanczosResult(np.asarray(alphas), np.asarray(betas))  # Ritz vectors: device runs

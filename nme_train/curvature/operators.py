@@ -1,0 +1,136 @@
+"""Curvature operators H, G and NME of a loss averaged over probe batches.
+
+A `Curvature` describes the loss
+
+    L(theta) = sum_b (n_b / N) loss(apply_fn(theta, inputs_b), targets_b)
+
+over a list of probe batches of n_b examples each (N = sum n_b; `loss` is a
+mean over its batch, so batches of unequal size are weighted by their
+size). `operator(kind, params, batches)` returns the matvec v -> M v for M
+in {"hessian", "gauss_newton", "nme"}:
+
+  hessian       jvp of the gradient (forward over reverse);
+  gauss_newton  J^T H_z J v: the model's JVP, the closed-form output
+                Hessian, the model's VJP (no second derivative of the model);
+  nme           the jvp of theta -> J(theta)^T r with the residual
+                r = dloss/dz held fixed: the NME directly, not H v - G v.
+
+With `linearize=True` (the default) the work that does not depend on v is
+done once when the operator is built, and each matvec runs only the linear
+passes: the gradient map is linearised (`jax.linearize`) for H and NME; for
+G one `jax.vjp` of the model is kept and its transpose gives J v, so both
+directions share one set of residuals. This holds the residuals of every
+probe batch in memory; `linearize=False` recomputes them in every matvec
+instead. Build the operator inside the jitted function that uses it (a
+Lanczos run, a trace estimate): XLA then keeps the residuals for the whole
+run and nothing is gathered or re-traced per matvec.
+
+`apply_fn(params, inputs)` must be deterministic: the operators are only
+symmetric if every call sees the same function (no dropout, or a fixed
+key; BatchNorm in one fixed mode). `check_deterministic` tests that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nme_train.curvature.losses import OutputLoss, as_output_loss
+from nme_train.curvature.products import tree_norm, tree_scale, tree_sum
+
+KINDS = ("hessian", "gauss_newton", "nme")
+Params = Any
+Batch = dict  # {"inputs": ..., "targets": ...}
+Matvec = Callable[[Params], Params]
+
+
+@dataclasses.dataclass(frozen=True)
+class Curvature:
+    """The loss `loss(apply_fn(params, inputs), targets)` whose curvature is probed."""
+
+    apply_fn: Callable[[Params, Any], Any]
+    loss: OutputLoss | Callable[[Any, Any], jax.Array]
+
+    @property
+    def output_loss(self) -> OutputLoss:
+        return as_output_loss(self.loss)
+
+    def batch_loss(self, params: Params, batch: Batch) -> jax.Array:
+        return self.output_loss(self.apply_fn(params, batch["inputs"]), batch["targets"])
+
+    def loss_value(self, params: Params, batches: Sequence[Batch]) -> jax.Array:
+        """L(params): the size-weighted mean of the batch losses."""
+        weights = batch_weights(batches)
+        return sum(w * self.batch_loss(params, b) for w, b in zip(weights, batches))
+
+    def gradient(self, params: Params, batches: Sequence[Batch]) -> Params:
+        return jax.grad(self.loss_value)(params, batches)
+
+    def operator(self, kind: str, params: Params, batches: Sequence[Batch],
+                 linearize: bool = True) -> Matvec:
+        """The matvec v -> M v of M = `kind` at `params` over `batches`."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown curvature kind {kind!r}; choose one of {KINDS}")
+        weights = batch_weights(batches)
+        build = {"hessian": self._hessian, "gauss_newton": self._gauss_newton,
+                 "nme": self._nme}[kind]
+        if linearize:
+            parts = [build(params, b) for b in batches]
+            return lambda v: tree_sum([tree_scale(w, mv(v)) for w, mv in zip(weights, parts)])
+        return lambda v: tree_sum([tree_scale(w, build(params, b)(v))
+                                   for w, b in zip(weights, batches)])
+
+    # each builder returns the linear map of one batch, its v-independent work done
+    def _hessian(self, params: Params, batch: Batch) -> Matvec:
+        return jax.linearize(jax.grad(lambda p: self.batch_loss(p, batch)), params)[1]
+
+    def _gauss_newton(self, params: Params, batch: Batch) -> Matvec:
+        loss = self.output_loss
+        z, pullback = jax.vjp(lambda p: self.apply_fn(p, batch["inputs"]), params)
+        push = jax.linear_transpose(pullback, z)  # J v from the same residuals
+
+        def matvec(v):
+            (jv,) = push((v,))
+            return pullback(loss.hessian_product(z, batch["targets"], jv))[0]
+
+        return matvec
+
+    def _nme(self, params: Params, batch: Batch) -> Matvec:
+        def model(p):
+            return self.apply_fn(p, batch["inputs"])
+
+        z = model(params)
+        r = jax.lax.stop_gradient(self.output_loss.residual(z, batch["targets"]))
+        return jax.linearize(lambda p: jax.vjp(model, p)[1](r)[0], params)[1]
+
+
+def batch_weights(batches: Sequence[Batch]) -> list[float]:
+    """n_b / N for each batch (n_b from the leading axis of its targets)."""
+    if not batches:
+        raise ValueError("curvature: no probe batches given")
+    sizes = [int(jax.tree.leaves(b["targets"])[0].shape[0]) for b in batches]
+    total = sum(sizes)
+    return [n / total for n in sizes]
+
+
+def check_deterministic(matvec: Matvec, v: Params, name: str = "operator") -> None:
+    """Raises ValueError when two products with the same vector differ.
+
+    A model with dropout (without a fixed key) or a BatchNorm that updates
+    its statistics between calls gives a different operator on every call;
+    Lanczos and trace estimates are then meaningless.
+    """
+    a = jax.block_until_ready(matvec(v))  # one at a time: concurrent multi-device
+    b = matvec(v)  # programs can starve each other's collectives on a small CPU
+    diff = float(tree_norm(jax.tree.map(jnp.subtract, a, b)))
+    scale = float(tree_norm(a))
+    if not np.isfinite(diff) or diff > 1e-6 * max(scale, 1e-30):
+        raise ValueError(
+            f"{name} is not deterministic: two products with the same vector differ by "
+            f"{diff:.3g} (norm {scale:.3g}). Turn dropout off or fix its key, and use one "
+            "BatchNorm mode (probes.batch_norm) for every call.")

@@ -1,0 +1,123 @@
+"""Curvature probes of a training run: the trainer's periodic hook and tools/probe.py.
+
+`RunProbes` binds the curvature engine (nme_train.curvature) to one
+experiment: the model with its BatchNorm mode, the training loss, a fixed
+set of probe batches and the parameters' shardings. `probe(state, step)`
+runs the probe suite and the activation-sparsity probe on a TrainState and
+returns one record; `write(record, ...)` appends it as a JSON line (main
+process only) and sends its scalars to TensorBoard.
+
+Probe batches are the first `probes.num_batches` batches of a fixed
+shuffle (seed `probes.seed`) of the training split, without augmentation:
+the same examples at every probe, so the figures of one run are comparable
+over training. BatchNorm: "batch_stats" probes the function the training
+step differentiates (statistics of the probe batch; the running averages
+are not updated), "running_average" the evaluation-mode network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+
+from nme_train.curvature import Curvature, softmax_cross_entropy
+from nme_train.curvature.probes import ProbeSettings, ProbeSuite, scalars, sparsity_probe
+from nme_train.data import train_batches
+from nme_train.models import get_activation
+from nme_train.sharding import global_batch
+from nme_train.train.step import make_normalize
+
+PROBES_FILE = "probes.jsonl"
+
+
+class RunProbes:
+    """The probe suite of one experiment (model, loss, probe batches, shardings)."""
+
+    def __init__(self, config: Any, spec: Any, exp: Any, data_config: Any):
+        p = config.probes
+        self.config = config
+        self.train_mode = p.batch_norm == "batch_stats"
+        normalize = make_normalize(spec.mean, spec.std)
+        model, train = exp.model, self.train_mode
+
+        def apply_fn(params, inputs):
+            variables = {"params": params, **inputs["model_state"]}
+            x = normalize(inputs["images"])
+            if train and inputs["model_state"]:
+                return model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+            return model.apply(variables, x, train=train)
+
+        self.curvature = Curvature(apply_fn, softmax_cross_entropy(config.label_smoothing))
+        self.suite = ProbeSuite(self.curvature, ProbeSettings.from_config(p),
+                                exp.state_sharding.params)
+        self.normalize = normalize
+        self.sparsity = sparsity_probe(
+            model, get_activation(config.model.activation, beta=config.model.beta),
+            p.sparsity_threshold, self.train_mode)
+        self.host_batches = _probe_batches(config, spec, data_config)
+        self.batch_sharding = exp.batch_sharding
+
+    def probe(self, state: Any, step: int) -> dict:
+        images = [global_batch(b, self.batch_sharding) for b in self.host_batches]
+        batches = [{"inputs": {"images": b["image"], "model_state": state.model_state},
+                    "targets": b["label"]} for b in images]
+        record = self.suite.run(state.params, batches, step)
+        threshold = self.config.probes.sparsity_threshold
+        variables = {"params": state.params, **state.model_state}
+        sites = self.sparsity(variables,
+                              [{"inputs": self.normalize(b["image"])} for b in images])
+        record["sparsity/threshold"] = threshold
+        record["sparsity/layers"] = sites
+        record["sparsity/mean"] = sum(sites.values()) / len(sites) if sites else None
+        return record
+
+
+def _probe_batches(config: Any, spec: Any, data_config: Any) -> list[dict]:
+    """This process's rows of the fixed probe batches (host numpy)."""
+    p = config.probes
+    probe_data = data_config.copy_and_resolve_references()
+    with probe_data.unlocked():
+        probe_data.augment = "none"
+        probe_data.num_workers = 0
+    it = train_batches(spec, probe_data, p.batch_size or config.batch_size, p.seed, 0,
+                       jax.process_index(), jax.process_count())
+    return [next(it) for _ in range(p.num_batches)]
+
+
+def write_record(workdir: str, record: dict, filename: str = PROBES_FILE,
+                 writer: Any = None) -> None:
+    """Appends `record` to DIR/`filename` (main process only) and its scalars to `writer`."""
+    if jax.process_index() != 0:
+        return
+    with open(os.path.join(workdir, filename), "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    if writer is not None:
+        writer.scalars(record["step"], scalars(record))
+
+
+def summary(record: dict) -> str:
+    """One console line for a probe record."""
+    parts = [f"probe at step {record['step']}"]
+    for kind, short in (("hessian", "H"), ("gauss_newton", "G"), ("nme", "NME")):
+        top = record.get(f"{kind}/top_eigenvalues")
+        if top:
+            text = f"{short} top {top[0]:.4g}"
+            if kind == "nme" and record.get("nme/bottom_eigenvalues"):
+                text += f" bottom {record['nme/bottom_eigenvalues'][0]:.4g}"
+            parts.append(text)
+        if f"{kind}/trace" in record:
+            parts.append(f"tr {short} {record[f'{kind}/trace']:.4g}"
+                         f"±{record[f'{kind}/trace_se']:.2g}")
+    parts.append(f"{record['matvecs']} matvecs in {record['seconds']:.1f} s")
+    return " | ".join(parts)
+
+
+def read_probes(workdir: str, filename: str = PROBES_FILE) -> list[dict]:
+    path = os.path.join(workdir, filename)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

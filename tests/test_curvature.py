@@ -1,0 +1,260 @@
+"""Curvature operators and algorithms against dense float64 references.
+
+References: jax.hessian of the flattened loss (H), explicit Jacobians and
+output Hessians (G = J^T H_z J), jax.hessian of the residual-weighted
+outputs (NME, computed independently of H - G), numpy.linalg.eigh, and
+Monte Carlo means compared within their standard errors.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from nme_train import curvature as cv
+from nme_train.models.activations import gelu
+
+
+@pytest.fixture(autouse=True, scope="module")
+def float64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+D, C = 4, 3  # input features, classes
+
+
+def mlp(activation):
+    def apply(params, x):
+        h = activation(x @ params["w1"] + params["b1"])
+        return h @ params["w2"] + params["b2"]
+    return apply
+
+
+def cnn(params, x):  # x: [n, 6, 6, 1]; one 3x3 conv (2 channels), GELU, mean pool, dense
+    y = jax.lax.conv_general_dilated(x, params["k"], (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = gelu(y + params["c"])
+    return jnp.mean(y, axis=(1, 2)) @ params["w"] + params["b"]
+
+
+def init(kind, rng):
+    if kind == "cnn":
+        p = {"k": rng.normal(size=(3, 3, 1, 2)), "c": rng.normal(size=2) * 0.1,
+             "w": rng.normal(size=(2, C)), "b": rng.normal(size=C) * 0.1}
+    else:
+        p = {"w1": rng.normal(size=(D, 6)), "b1": rng.normal(size=6) * 0.1,
+             "w2": rng.normal(size=(6, C)), "b2": rng.normal(size=C) * 0.1}
+    return jax.tree.map(jnp.asarray, p)
+
+
+def batches_for(kind, rng, sizes, loss_name):
+    out = []
+    for n in sizes:
+        x = rng.normal(size=(n, 6, 6, 1) if kind == "cnn" else (n, D))
+        y = rng.integers(0, C, n) if loss_name == "ce" else rng.normal(size=(n, C))
+        out.append({"inputs": jnp.asarray(x), "targets": jnp.asarray(y)})
+    return out
+
+
+CASES = {  # name -> (apply_fn, model kind, loss)
+    "mlp_tanh_ce": (mlp(jnp.tanh), "mlp", "ce"),
+    "mlp_gelu_ce": (mlp(gelu), "mlp", "ce"),
+    "mlp_gelu_mse": (mlp(gelu), "mlp", "mse"),
+    "cnn_gelu_ce": (cnn, "cnn", "ce"),
+}
+
+
+def make_case(name, sizes=(5, 3)):
+    apply, kind, loss_name = CASES[name]
+    rng = np.random.default_rng(0)
+    params = init(kind, rng)
+    batches = batches_for(kind, rng, sizes, loss_name)
+    loss = cv.softmax_cross_entropy() if loss_name == "ce" else cv.mean_squared_error()
+    return cv.Curvature(apply, loss), params, batches
+
+
+def dense_matrices(curv, params, batches):
+    """H, G, NME as dense matrices; each averaged over batches with weights n_b / N."""
+    flat, unravel = ravel_pytree(params)
+    total = sum(b["targets"].shape[0] for b in batches)
+    H = G = NME = 0.0
+    for b in batches:
+        w = b["targets"].shape[0] / total
+
+        def z_of(f, b=b):
+            return curv.apply_fn(unravel(f), b["inputs"]).reshape(-1)
+
+        def loss_of_z(z, b=b):
+            return curv.loss(z.reshape(b["targets"].shape[0], C), b["targets"])
+
+        z = z_of(flat)
+        J = jax.jacfwd(z_of)(flat)
+        Hz = jax.hessian(loss_of_z)(z)
+        r = jax.grad(loss_of_z)(z)
+        H = H + w * jax.hessian(lambda f, b=b: loss_of_z(z_of(f)))(flat)
+        G = G + w * J.T @ Hz @ J
+        NME = NME + w * jax.hessian(lambda f, z_of=z_of, r=r: r @ z_of(f))(flat)
+    return {"hessian": np.asarray(H), "gauss_newton": np.asarray(G), "nme": np.asarray(NME)}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_products_match_dense_matrices(name):
+    curv, params, batches = make_case(name)
+    dense = dense_matrices(curv, params, batches)
+    np.testing.assert_allclose(dense["hessian"], dense["gauss_newton"] + dense["nme"],
+                               rtol=1e-10, atol=1e-12)
+    flat, unravel = ravel_pytree(params)
+    v = jnp.asarray(np.random.default_rng(1).normal(size=flat.shape))
+    for kind in cv.KINDS:
+        for linearize in (True, False):
+            mv = jax.jit(lambda p, vv, kind=kind, lin=linearize: curv.operator(
+                kind, p, batches, linearize=lin)(vv))(params, unravel(v))
+            np.testing.assert_allclose(ravel_pytree(mv)[0], dense[kind] @ v, rtol=1e-10,
+                                       atol=1e-12, err_msg=f"{kind} linearize={linearize}")
+
+
+def test_output_losses_closed_forms_match_autodiff():
+    rng = np.random.default_rng(2)
+    z = jnp.asarray(rng.normal(size=(4, C)))
+    u = jnp.asarray(rng.normal(size=(4, C)))
+    for loss, y in ((cv.softmax_cross_entropy(0.1), jnp.asarray([0, 2, 1, 1])),
+                    (cv.mean_squared_error(), jnp.asarray(rng.normal(size=(4, C))))):
+        auto = cv.as_output_loss(loss.value)
+        np.testing.assert_allclose(loss.residual(z, y), auto.residual(z, y), rtol=1e-12)
+        np.testing.assert_allclose(loss.hessian_product(z, y, u), auto.hessian_product(z, y, u),
+                                   rtol=1e-12, atol=1e-15)
+
+
+def run_lanczos(curv, params, batches, kind, steps, seed=0):
+    v0 = cv.rademacher_like(jax.random.PRNGKey(seed), params)
+    alphas, betas, basis = jax.jit(lambda p, v: cv.lanczos(
+        curv.operator(kind, p, batches), v, steps))(params, v0)
+    return cv.LanczosResult(alphas, betas, basis)
+
+
+@pytest.mark.parametrize("name", ["mlp_gelu_ce", "cnn_gelu_ce", "mlp_gelu_mse"])
+def test_lanczos_extreme_eigenvalues_match_eigh(name):
+    curv, params, batches = make_case(name)
+    dense = dense_matrices(curv, params, batches)
+    size = ravel_pytree(params)[0].size
+    for kind in cv.KINDS:
+        exact = np.linalg.eigvalsh(dense[kind])
+        scale = np.max(np.abs(exact))
+        # a Krylov space holds one copy of a repeated eigenvalue (G has many zeros)
+        exact = exact[np.concatenate([[True], np.diff(exact) > 1e-8 * scale])]
+        result = run_lanczos(curv, params, batches, kind, steps=size)
+        top, top_bounds = result.top(3)
+        bottom, _ = result.bottom(3)
+        np.testing.assert_allclose(top, exact[::-1][:3], atol=1e-6 * scale, err_msg=kind)
+        np.testing.assert_allclose(bottom, exact[:3], atol=1e-6 * scale, err_msg=kind)
+        assert np.all(top_bounds < 1e-6 * scale)
+        # the Ritz vector of the top value is an eigenvector: ||M x - theta x|| small
+        x = result.ritz_vectors(np.array([np.argmax(result.ritz()[0])]))
+        x = jax.tree.map(lambda a: a[0], x)
+        mx = curv.operator(kind, params, batches)(x)
+        residual = ravel_pytree(mx)[0] - top[0] * ravel_pytree(x)[0]
+        assert np.linalg.norm(residual) < 1e-6 * scale
+
+
+def test_lanczos_error_bounds_hold_before_convergence():
+    curv, params, batches = make_case("cnn_gelu_ce")
+    exact = np.linalg.eigvalsh(dense_matrices(curv, params, batches)["hessian"])
+    result = run_lanczos(curv, params, batches, "hessian", steps=6)
+    values, bounds = result.top(1)
+    assert abs(values[0] - exact[-1]) <= bounds[0] + 1e-12
+    assert values[0] <= exact[-1] + 1e-10  # Ritz values lie inside the spectrum
+
+
+def test_host_basis_lanczos_equals_the_jitted_one():
+    curv, params, batches = make_case("mlp_tanh_ce")
+    device = run_lanczos(curv, params, batches, "nme", steps=10)
+    mv = jax.jit(lambda v: curv.operator("nme", params, batches)(v))
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    host = cv.lanczos_host(mv, cv.rademacher_like(jax.random.PRNGKey(0), params), 10, shardings)
+    np.testing.assert_allclose(host.alphas, device.alphas, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(host.betas, device.betas, rtol=1e-9, atol=1e-12)
+
+
+def test_hutchinson_traces_share_probes_and_are_unbiased():
+    curv, params, batches = make_case("mlp_gelu_ce")
+    dense = dense_matrices(curv, params, batches)
+    forms = np.asarray(jax.jit(lambda p, k: cv.hutchinson_quadratic_forms(
+        [curv.operator(kind, p, batches) for kind in cv.KINDS], p, k, 2000))(
+        params, jax.random.PRNGKey(3)))
+    # per probe: v^T H v = v^T G v + v^T NME v
+    np.testing.assert_allclose(forms[:, 0], forms[:, 1] + forms[:, 2], rtol=1e-9, atol=1e-12)
+    for i, kind in enumerate(cv.KINDS):
+        mean, se = cv.mean_and_standard_error(forms[:, i])
+        assert abs(mean - np.trace(dense[kind])) < 4 * se, (kind, mean, np.trace(dense[kind]), se)
+
+
+def test_slq_quadrature_is_exact_for_low_degree_moments():
+    curv, params, batches = make_case("mlp_tanh_ce")
+    H = dense_matrices(curv, params, batches)["hessian"]
+    steps = 5
+    v0 = cv.rademacher_like(jax.random.PRNGKey(7), params)
+    result = run_lanczos(curv, params, batches, "hessian", steps, seed=7)
+    nodes, weights = result.quadrature()
+    u = np.asarray(ravel_pytree(v0)[0])
+    u = u / np.linalg.norm(u)
+    for k in range(2 * steps):  # Gauss quadrature with m nodes: exact to degree 2m - 1
+        exact = u @ np.linalg.matrix_power(H, k) @ u
+        np.testing.assert_allclose(np.sum(weights * nodes**k), exact, rtol=1e-8,
+                                   atol=1e-10 * np.max(np.abs(np.linalg.eigvalsh(H))) ** k)
+
+
+def test_slq_density_estimates_the_spectrum():
+    curv, params, batches = make_case("mlp_gelu_ce")
+    H = dense_matrices(curv, params, batches)["hessian"]
+    runs = [run_lanczos(curv, params, batches, "hessian", 8, seed=s) for s in range(40)]
+    nodes, weights = cv.slq_nodes_and_weights(runs)
+    assert abs(np.sum(weights) - 1.0) < 1e-10
+    grid, density = cv.spectral_density(nodes, weights)
+    assert abs(np.trapezoid(density, grid) - 1.0) < 1e-3
+    # the measure's mean is tr(H) / P: compare per run within the spread of the runs
+    per_run = [np.sum(w * n) for n, w in (r.quadrature() for r in runs)]
+    mean, se = cv.mean_and_standard_error(per_run)
+    assert abs(mean - np.trace(H) / H.shape[0]) < 4 * se
+
+
+def test_nondeterministic_operator_is_refused():
+    curv, params, batches = make_case("mlp_tanh_ce")
+    calls = []
+
+    def noisy_apply(p, x):  # a different function on every call, like unkeyed dropout
+        calls.append(1)
+        return curv.apply_fn(p, x) * (1.0 + 0.01 * len(calls))
+
+    noisy = cv.Curvature(noisy_apply, curv.loss)
+    v = cv.rademacher_like(jax.random.PRNGKey(0), params)
+    with pytest.raises(ValueError, match="not deterministic"):
+        cv.check_deterministic(lambda u: noisy.operator("hessian", params, batches)(u), v)
+    cv.check_deterministic(lambda u: curv.operator("hessian", params, batches)(u), v)
+
+
+def test_distributed_operators_equal_single_device():
+    """Params sharded over fsdp, batches over data (8 fake devices): same products."""
+    curv, params, batches = make_case("mlp_gelu_ce", sizes=(8, 16))
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "fsdp"))
+    pshard = {"w1": NamedSharding(mesh, P(None, "fsdp")), "b1": NamedSharding(mesh, P("fsdp")),
+              "w2": NamedSharding(mesh, P("fsdp", None)), "b2": NamedSharding(mesh, P())}
+    bshard = NamedSharding(mesh, P("data"))
+    sharded_params = jax.device_put(params, pshard)
+    sharded_batches = [jax.device_put(b, bshard) for b in batches]
+    v0 = cv.rademacher_like(jax.random.PRNGKey(0), params)
+    for kind in cv.KINDS:
+        def run(p, bs, v, kind=kind, shardings=None):
+            return cv.lanczos(curv.operator(kind, p, bs), v, 12, shardings)
+
+        single = jax.jit(run)(params, batches, v0)
+        multi = jax.jit(lambda p, bs, v, kind=kind: run(p, bs, v, kind, pshard))(
+            sharded_params, sharded_batches, jax.device_put(v0, pshard))
+        np.testing.assert_allclose(multi[0], single[0], rtol=1e-9, err_msg=kind)
+        np.testing.assert_allclose(multi[1], single[1], rtol=1e-9, err_msg=kind)
+        assert multi[2]["w1"].sharding.spec == P(None, None, "fsdp")

@@ -1,0 +1,168 @@
+"""The probe suite in training, the offline probe tool on a running job, and the plots."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import with_overrides
+from test_checkpoint import ROOT, cli_args, start, wait_for_checkpoint
+from test_train import tiny_config
+
+from nme_train.train.loop import train_and_evaluate
+from nme_train.train.probing import read_probes
+from nme_train.validation import ConfigError, validate
+
+PROBES = {"probes.every_steps": 10, "probes.lanczos_steps": 6, "probes.top_k": 2,
+          "probes.bottom_k": 2, "probes.trace_probes": 3, "probes.density_runs": 1,
+          "probes.density_steps": 4, "probes.batch_size": 64}
+
+
+def test_training_writes_probes_on_8_devices(data_dir, tmp_path):
+    """data=4 x fsdp=2 with sharded parameters; probes at steps 0, 10 and 20 (the end)."""
+    workdir = str(tmp_path / "run")
+    config = tiny_config(data_dir, **PROBES, **{
+        "num_train_steps": 20, "mesh.data": 4, "mesh.fsdp": 2, "sharding.fsdp_min_size": 256,
+        "model.activation": "gelu"})
+    train_and_evaluate(config, workdir)
+    records = read_probes(workdir)
+    assert [r["step"] for r in records] == [0, 10, 20]
+    for r in records:
+        for kind in ("hessian", "gauss_newton", "nme"):
+            assert len(r[f"{kind}/top_eigenvalues"]) == 2
+            assert np.all(np.isfinite(r[f"{kind}/top_eigenvalues"]))
+            assert r[f"{kind}/trace_se"] > 0
+            assert len(r[f"{kind}/density"]["grid"]) == 200
+            assert np.isfinite(r[f"{kind}/alignment"])
+        # G is positive semi-definite
+        g_top, g_bottom = (r[f"gauss_newton/{end}_eigenvalues"][0] for end in ("top", "bottom"))
+        assert g_bottom > -1e-3 * g_top
+        # tr H = tr G + tr NME, probe by probe
+        assert r["trace/identity_residual"] < 1e-4
+        assert r["basis_memory"] == "device" and r["basis_mib"] > 0
+        assert set(r["sparsity/layers"]) and r["sparsity/threshold"] == 1e-3
+    assert all(0.0 < r["sparsity/mean"] <= 1.0 for r in records)
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+@pytest.mark.parametrize("activation,expected", [
+    ("relu", "zero"), ("gelu_nme_ablated", "zero"), ("gelu", "dense"),
+    ("relu_synthetic_nme", "sparse"), ("beta_gelu", "sparse")])
+def test_activation_sparsity_probe(activation, expected):
+    """E9: the fraction of |sigma''| > threshold per activation site, against closed forms."""
+    from configs import default
+    from nme_train.curvature.probes import sparsity_probe
+    from nme_train.models import build_model, get_activation
+
+    c = default.get_config()
+    c.model.activation, c.model.beta = activation, 20.0
+    model = build_model(c.model, 10)
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
+    fn = get_activation(activation, beta=20.0)
+    sites = sparsity_probe(model, fn, 1e-3, train=True)(variables, [{"inputs": x}])
+    assert len(sites) == len(c.model.features) + len(c.model.hidden)  # one per activation
+    values = np.array(list(sites.values()))
+    if expected == "zero":
+        assert np.all(values == 0.0)
+    elif expected == "dense":  # GELU'' = phi(x)(2 - x^2) is above 1e-3 for |x| < ~3.9
+        assert np.all(values > 0.9)
+    else:  # beta = 20 (the surrogate of relu_synthetic_nme too): non-zero within ~1/beta of 0
+        assert np.all((values > 0.0) & (values < 0.5))
+
+
+def test_probe_config_errors_name_the_field():
+    from configs import default
+
+    c = with_overrides(default.get_config(), **{
+        "probes.kinds": ("hessian", "curvature"), "probes.trace_probes": 1,
+        "probes.batch_norm": "frozen", "probes.num_batches": 0, "probes.batch_size": 12})
+    with pytest.raises(ConfigError) as err:
+        validate(c, 8)
+    text = str(err.value)
+    for field in ("config.probes.kinds", "config.probes.trace_probes=1",
+                  "config.probes.batch_norm='frozen'", "config.probes.num_batches=0",
+                  "config.probes.batch_size=12"):
+        assert field in text, (field, text)
+
+
+def tree_digest(directory):
+    digest = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                digest[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return digest
+
+
+def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
+    """tools/probe.py --watch on a job while it trains: both finish, checkpoints untouched.
+
+    The job would run for long; once the tool has probed two of its
+    checkpoints while it trains, the job is preempted (SIGTERM: it saves and
+    exits 0), and the tool probes that last checkpoint and stops when no new
+    one comes.
+    """
+    workdir = str(tmp_path / "job")
+    job = start(cli_args(data_dir, workdir, steps=10**6, every=400)
+                + ["--config.checkpoint.max_to_keep=2"])
+    wait_for_checkpoint(workdir, job)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    tool = subprocess.Popen(
+        [sys.executable, "tools/probe.py", f"--workdir={workdir}", "--watch",
+         "--poll_seconds=0.5", "--idle_timeout=20", "--set", "probes.lanczos_steps=4",
+         "--set", "probes.trace_probes=2", "--set", "probes.batch_size=32",
+         "--set", "probes.top_k=1", "--set", "probes.bottom_k=1"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while len(read_probes(workdir, "probes_offline.jsonl")) < 2:
+        if job.poll() is not None or tool.poll() is not None or time.time() > deadline:
+            for proc in (job, tool):
+                proc.kill()
+            raise AssertionError("the tool did not probe two checkpoints while the job ran:\n"
+                                 + job.communicate()[1][-2000:] + tool.communicate()[1][-3000:])
+        time.sleep(0.2)
+    probed_while_training = [r["step"] for r in read_probes(workdir, "probes_offline.jsonl")]
+    job.send_signal(signal.SIGTERM)
+    job_out, job_err = job.communicate(timeout=120)
+    assert job.returncode == 0, job_err[-3000:]
+    last = int(job_out.split("preempted by SIGTERM at step ")[1].split(";")[0])
+    after_job = tree_digest(os.path.join(workdir, "checkpoints"))
+    tool_out, tool_err = tool.communicate(timeout=300)
+    assert tool.returncode == 0, tool_err[-3000:]
+    assert tree_digest(os.path.join(workdir, "checkpoints")) == after_job
+    records = read_probes(workdir, "probes_offline.jsonl")
+    steps = [r["step"] for r in records]
+    assert steps == sorted(steps) and steps[:2] == probed_while_training[:2]
+    assert steps[-1] == last  # the checkpoint written at the preemption
+    assert all(r["source"] == "offline" and np.isfinite(r["hessian/top_eigenvalues"][0])
+               for r in records)
+    assert "no new checkpoint for 20 s; stopping" in tool_out
+    assert not os.path.exists(os.path.join(workdir, "probes.jsonl"))  # the job had none
+
+    # a one-shot probe of a given step, then the plots
+    out = subprocess.run([sys.executable, "tools/plot_curvature.py", workdir], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for name in ("curvature_spectra.png", "curvature_traces.png"):
+        path = os.path.join(workdir, name)
+        assert os.path.getsize(path) > 10_000
+    assert "skipped curvature_density.png" in out.stdout  # no density in these probes
+
+
+def test_offline_probe_reports_missing_step(data_dir, tmp_path):
+    workdir = str(tmp_path / "short")
+    config = tiny_config(data_dir, **{"num_train_steps": 8})
+    train_and_evaluate(config, workdir)
+    out = subprocess.run([sys.executable, "tools/probe.py", f"--workdir={workdir}",
+                          "--step=5", "--set", "probes.batch_size=16"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "XLA_FLAGS": ""})
+    assert out.returncode != 0
+    assert "no finished checkpoint at step 5; have [8]" in out.stderr

@@ -1,0 +1,149 @@
+"""Cost of the curvature products and of a Lanczos run, as ratios to one gradient.
+
+    python tools/bench_curvature.py                        # CIFAR ResNet-18, batch 128
+    python tools/bench_curvature.py --config configs/default.py --batch_size 256 --steps 30
+
+On one device, synthetic data of the dataset's shape, BatchNorm in the
+mode of --batch_norm (running_average = evaluation mode, as the peers in
+PERFORMANCE.md were measured). Prints, in one process:
+
+  gradient                  jit(grad L), the unit of every ratio;
+  single  H v, G v, NME v   one product from scratch (its forward and backward
+                            work included), jitted;
+  amortised                 per matvec inside a Lanczos run whose operator was
+                            linearised once: (T(m2) - T(m1)) / (m2 - m1) for two
+                            run lengths, reorthogonalisation included;
+  convergence               one --steps Lanczos run on H: the top Ritz value after
+                            m steps (the leading m x m block of T) against the
+                            final one, the matvecs needed for 1e-3 and 1e-6
+                            relative, and the final error bound;
+  memory                    XLA's temporaries and peak of the compiled Lanczos run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+from nme_train import curvature as cv  # noqa: E402
+from tools.bench_step import load_config, one_device_experiment  # noqa: E402
+
+
+def timed(fn, *args, rounds: int):
+    out = fn(*args)  # compile and warm up
+    jax.block_until_ready(out)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def memory_mib(jitted, *args) -> tuple[float, float]:
+    memory = jitted.lower(*args).compile().memory_analysis()
+    if memory is None:
+        return float("nan"), float("nan")
+    temp = memory.temp_size_in_bytes
+    peak = temp + memory.argument_size_in_bytes + memory.output_size_in_bytes \
+        - memory.alias_size_in_bytes
+    return temp / 2**20, peak / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/cifar10_resnet18.py")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--batch_norm", default="running_average",
+                        choices=["running_average", "batch_stats"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--m1", type=int, default=3)
+    parser.add_argument("--m2", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=40, help="convergence run length (0: skip)")
+    parser.add_argument("--kinds", default=",".join(cv.KINDS))
+    args = parser.parse_args()
+    kinds = args.kinds.split(",")
+
+    config = load_config(args.config)
+    config.batch_size = args.batch_size
+    exp, spec, batch, state = one_device_experiment(config)
+    from nme_train.train.step import make_normalize
+
+    normalize = make_normalize(spec.mean, spec.std)
+    train = args.batch_norm == "batch_stats"
+
+    def apply_fn(params, inputs):
+        variables = {"params": params, **inputs["model_state"]}
+        if train and inputs["model_state"]:
+            return exp.model.apply(variables, normalize(inputs["images"]), train=True,
+                                   mutable=["batch_stats"])[0]
+        return exp.model.apply(variables, normalize(inputs["images"]), train=train)
+
+    curv = cv.Curvature(apply_fn, cv.softmax_cross_entropy())
+    batches = [{"inputs": {"images": batch["image"], "model_state": state.model_state},
+                "targets": batch["label"]}]
+    params = state.params
+    v = jax.jit(cv.rademacher_like)(jax.random.PRNGKey(0), params)
+    results: dict = {"config": args.config, "batch_size": args.batch_size,
+                     "batch_norm": args.batch_norm, "device": jax.devices()[0].device_kind,
+                     "parameters": exp.num_params}
+
+    grad = jax.jit(curv.gradient)
+    base, base_times = timed(grad, params, batches, rounds=args.rounds)
+    results["gradient_s"] = base
+    print(f"gradient: {base:.3f} s (rounds {', '.join(f'{t:.3f}' for t in base_times)})",
+          flush=True)
+
+    for kind in kinds:
+        single = jax.jit(lambda p, bs, u, kind=kind: curv.operator(kind, p, bs,
+                                                                   linearize=False)(u))
+        t, _ = timed(single, params, batches, v, rounds=args.rounds)
+        run = {m: jax.jit(lambda p, bs, u, kind=kind, m=m: cv.lanczos(
+            curv.operator(kind, p, bs), u, m)[:2]) for m in (args.m1, args.m2)}
+        t1, _ = timed(run[args.m1], params, batches, v, rounds=max(1, args.rounds - 1))
+        t2, _ = timed(run[args.m2], params, batches, v, rounds=max(1, args.rounds - 1))
+        amortised = (t2 - t1) / (args.m2 - args.m1)
+        temp, peak = memory_mib(run[args.m2], params, batches, v)
+        results[kind] = {"single_s": t, "single_ratio": t / base, "amortised_s": amortised,
+                         "amortised_ratio": amortised / base,
+                         "lanczos_m1_s": t1, "lanczos_m2_s": t2,
+                         "lanczos_temp_mib": temp, "lanczos_peak_mib": peak}
+        print(f"{kind:13s} single {t:7.3f} s = {t / base:5.2f}x | amortised {amortised:7.3f} s "
+              f"= {amortised / base:5.2f}x | Lanczos({args.m2}) temporaries {temp:.0f} MiB, "
+              f"peak {peak:.0f} MiB", flush=True)
+
+    if args.steps:
+        run = jax.jit(lambda p, bs, u: cv.lanczos(curv.operator("hessian", p, bs), u,
+                                                  args.steps)[:2])
+        start = time.perf_counter()
+        alphas, betas = jax.device_get(run(params, batches, v))
+        wall = time.perf_counter() - start
+        full = cv.LanczosResult(alphas, betas)
+        (reference,), (bound,) = full.top(1)
+        history = []
+        for m in range(1, full.steps + 1):
+            (value,), (err,) = cv.LanczosResult(alphas[:m], betas[:m]).top(1)
+            history.append((m, float(value), float(err)))
+        rel = [(m, abs(val - reference) / abs(reference)) for m, val, _ in history]
+        need = {tol: next((m for m, r in rel if r <= tol), None) for tol in (1e-3, 1e-6)}
+        results["convergence"] = {
+            "steps": full.steps, "wall_s_incl_compile": wall, "top_eigenvalue": float(reference),
+            "final_error_bound": float(bound), "matvecs_to_1e-3": need[1e-3],
+            "matvecs_to_1e-6": need[1e-6], "history": history}
+        print(f"Lanczos on H, {full.steps} steps ({wall:.0f} s with compile): top eigenvalue "
+              f"{reference:.6g} (error bound {bound:.2g}); 1e-3 relative after {need[1e-3]} "
+              f"matvecs, 1e-6 after {need[1e-6]}", flush=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Draw a run's curvature probes as PNG files.
+
+    python tools/plot_curvature.py DIR            # reads DIR/probes.jsonl and probes_offline.jsonl
+    python tools/plot_curvature.py DIR --out figs
+
+Writes into DIR (or --out):
+  curvature_spectra.png   top eigenvalue of H, G and NME and the bottom one of
+                          the NME over training, with the Ritz error bounds
+  curvature_traces.png    tr H, tr G, tr NME over training (+- 2 standard errors)
+  curvature_density.png   the spectral densities (SLQ) of the last probe that has them
+  activation_sparsity.png mean fraction of |sigma''| above the threshold over training
+A figure whose data the probes do not hold is skipped (and said so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+KINDS = (("hessian", "H", "C0"), ("gauss_newton", "G", "C1"), ("nme", "NME", "C2"))
+
+
+def read_records(workdir: str) -> list[dict]:
+    records = []
+    for name in ("probes.jsonl", "probes_offline.jsonl"):
+        path = os.path.join(workdir, name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                records += [json.loads(line) for line in f if line.strip()]
+    return sorted(records, key=lambda r: (r["step"], r.get("source", "")))
+
+
+def _series(records, key, index=0):
+    pts = [(r["step"], r[key][index] if isinstance(r[key], list) else r[key])
+           for r in records if r.get(key) not in (None, [])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_spectra(records, path) -> bool:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for kind, label, color in KINDS:
+        for end, style in (("top", "-"), ("bottom", "--")):
+            if end == "bottom" and kind != "nme":
+                continue
+            steps, values = _series(records, f"{kind}/{end}_eigenvalues")
+            if not steps:
+                continue
+            _, bounds = _series(records, f"{kind}/{end}_error_bounds")
+            ax.plot(steps, values, style, color=color, marker="o", ms=3,
+                    label=f"{label} {'largest' if end == 'top' else 'smallest'} eigenvalue")
+            if len(bounds) == len(values):
+                ax.fill_between(steps, [v - b for v, b in zip(values, bounds)],
+                                [v + b for v, b in zip(values, bounds)], color=color, alpha=0.2)
+            drawn = True
+    if drawn:
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set(xlabel="training step", ylabel="eigenvalue",
+               title="Extreme eigenvalues of H = G + NME (Lanczos)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn
+
+
+def plot_traces(records, path) -> bool:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for kind, label, color in KINDS:
+        steps, values = _series(records, f"{kind}/trace")
+        if not steps:
+            continue
+        _, se = _series(records, f"{kind}/trace_se")
+        ax.errorbar(steps, values, yerr=[2 * s for s in se], color=color, marker="o", ms=3,
+                    capsize=2, label=f"tr {label}")
+        drawn = True
+    if drawn:
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set(xlabel="training step", ylabel="trace (Hutchinson, ±2 SE)",
+               title="tr H = tr G + tr NME over training")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn
+
+
+def plot_density(records, path) -> bool:
+    last = next((r for r in reversed(records)
+                 if any(f"{k}/density" in r for k, _, _ in KINDS)), None)
+    if last is None:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind, label, color in KINDS:
+        d = last.get(f"{kind}/density")
+        if d:
+            ax.plot(d["grid"], d["density"], color=color, label=label)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=1e-6)
+    ax.set(xlabel="eigenvalue", ylabel="density (SLQ, Gaussian-smoothed)",
+           title=f"Spectral densities at step {last['step']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_sparsity(records, path) -> bool:
+    steps, values = _series(records, "sparsity/mean")
+    if not steps:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(steps, values, marker="o", ms=3)
+    threshold = records[-1].get("sparsity/threshold")
+    ax.set(xlabel="training step", ylabel=f"fraction with |σ''| > {threshold}",
+           title="Activation second derivatives (mean over layers)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("workdir")
+    parser.add_argument("--out", default="", help="output directory (default: the workdir)")
+    args = parser.parse_args(argv)
+    records = read_records(args.workdir)
+    if not records:
+        raise SystemExit(f"plot_curvature: no probes.jsonl or probes_offline.jsonl in "
+                         f"{args.workdir}")
+    out = args.out or args.workdir
+    os.makedirs(out, exist_ok=True)
+    written = []
+    for name, fn in (("curvature_spectra.png", plot_spectra), ("curvature_traces.png",
+                     plot_traces), ("curvature_density.png", plot_density),
+                     ("activation_sparsity.png", plot_sparsity)):
+        path = os.path.join(out, name)
+        if fn(records, path):
+            written.append(path)
+            print(f"wrote {path}")
+        else:
+            print(f"skipped {name}: the probes hold no data for it")
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
