@@ -143,10 +143,11 @@ def _check_probes(problems: list[str], config: Any, num_devices: int,
     if isinstance(p.trace_probes, int) and p.trace_probes == 1:
         problems.append("config.probes.trace_probes=1 gives no standard error; use >= 2 "
                         "(or 0 for no traces)")
-    batch = p.batch_size or config.batch_size
+    batch = p.batch_size  # 0 = the training batch, checked above
     if isinstance(batch, int) and batch > 0 and (batch % num_devices or batch % process_count):
-        problems.append(f"config.probes.batch_size={batch} (0 = the training batch) is not "
-                        f"divisible by {num_devices} devices and {process_count} process(es)")
+        problems.append(f"config.probes.batch_size={batch} is not divisible by {num_devices} "
+                        f"devices and {process_count} process(es); use a multiple of "
+                        f"{max(num_devices, process_count)}")
     _choice(problems, "config.probes.batch_norm", p.batch_norm, PROBE_BATCH_NORM)
     _choice(problems, "config.probes.basis_memory", p.basis_memory, PROBE_BASIS_MEMORY)
     _choice(problems, "config.probes.precision", p.precision, PRECISIONS)

@@ -212,7 +212,9 @@ def test_slq_quadrature_is_exact_for_low_degree_moments():
 def test_slq_density_estimates_the_spectrum():
     curv, params, batches = make_case("mlp_gelu_ce")
     H = dense_matrices(curv, params, batches)["hessian"]
-    runs = [run_lanczos(curv, params, batches, "hessian", 8, seed=s) for s in range(40)]
+    run = jax.jit(lambda p, v: cv.lanczos(curv.operator("hessian", p, batches), v, 8)[:2])
+    runs = [cv.LanczosResult(*run(params, cv.rademacher_like(jax.random.PRNGKey(s), params)))
+            for s in range(40)]
     nodes, weights = cv.slq_nodes_and_weights(runs)
     assert abs(np.sum(weights) - 1.0) < 1e-10
     grid, density = cv.spectral_density(nodes, weights)

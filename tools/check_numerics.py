@@ -114,21 +114,25 @@ def main() -> None:
     v = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
     v = jax.tree.map(lambda a: a / tree_norm(v), v)
 
-    results = {}
-    for name, (dtype, param_dtype, precision) in SETTINGS.items():
+    def compute(name):
+        dtype, param_dtype, precision = SETTINGS[name]
         config.model.dtype, config.model.param_dtype = dtype, param_dtype
         device = cpu if dtype == "float64" else accel
         with jax.default_matmul_precision(precision):
-            results[name] = quantities(config, params, stats, images, labels, v, device)
-    ref = results.pop("float64 (reference)")
+            return quantities(config, params, stats, images, labels, v, device)
+
     print(f"{args.config} (width {args.width}), batch {args.batch_size}; accelerator "
-          f"{accel.device_kind}, reference float64 on {cpu.device_kind}")
-    print(f"{'setting':18s} " + " ".join(f"{k:>10s}" for k in ref))
+          f"{accel.device_kind}, reference float64 on {cpu.device_kind}", flush=True)
+    ref = compute("float64 (reference)")
+    print(f"{'setting':18s} " + " ".join(f"{k:>10s}" for k in ref), flush=True)
     table = {}
-    for name, got in results.items():
+    for name in SETTINGS:
+        if name == "float64 (reference)":
+            continue
+        got = compute(name)
         errors = {k: float(np.linalg.norm(got[k] - ref[k]) / np.linalg.norm(ref[k])) for k in ref}
         table[name] = errors
-        print(f"{name:18s} " + " ".join(f"{errors[k]:10.2e}" for k in ref))
+        print(f"{name:18s} " + " ".join(f"{errors[k]:10.2e}" for k in ref), flush=True)
     print(json.dumps({"device": accel.device_kind, "relative_errors": table}))
 
 
