@@ -103,6 +103,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.probes.precision = "highest"  # matmul precision inside probes (GPU/TPU default is lower)
     c.probes.check_determinism = True  # refuse an operator that changes between calls
 
+    # -- faults ----------------------------------------------------------
+    c.watchdog_seconds = 0.0  # exit (code 3) when no step completes for this long; 0 = off.
+    #                           Set it in multi-process jobs (e.g. 600), above the slowest
+    #                           step; evaluations, probes and checkpoint waits are excluded
+
     # -- outputs ---------------------------------------------------------
     c.log_every_steps = 50  # train metrics line (means over the interval)
     c.eval_every_steps = 200  # evaluation interval; 0 = only at the end

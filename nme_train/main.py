@@ -2,6 +2,10 @@
 
     python -m nme_train.main --config=configs/default.py --workdir=/tmp/run
     python -m nme_train.main --config=configs/default.py:mlp --config.batch_size=256 ...
+
+In a multi-process job every process runs the same command; the job's
+layout comes from the environment (launch/, nme_train.distributed) or from
+--coordinator_address, --num_processes and --process_id.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from nme_train import distributed
 from nme_train.train.checkpoint import CheckpointError
 from nme_train.train.loop import train_and_evaluate
 from nme_train.validation import ConfigError
@@ -20,6 +25,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, logs and checkpoints.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (default: $NME_COORDINATOR or the "
+                                   "scheduler's environment)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the job")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -27,6 +37,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.ERROR)  # library chatter (TFDS, XLA) hides the progress lines
+    try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, CheckpointError) as e:

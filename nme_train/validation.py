@@ -198,6 +198,8 @@ def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
     for field in ("log_every_steps", "eval_every_steps"):
         _positive(problems, f"config.{field}", config[field], allow_zero=True)
     _positive(problems, "config.label_smoothing", config.label_smoothing, allow_zero=True)
+    if "watchdog_seconds" in config:
+        _positive(problems, "config.watchdog_seconds", config.watchdog_seconds, allow_zero=True)
     if config.label_smoothing >= 1:
         problems.append(f"config.label_smoothing={config.label_smoothing} must be < 1")
     _positive(problems, "config.data.num_threads", config.data.num_threads)

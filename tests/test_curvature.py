@@ -260,3 +260,18 @@ def test_distributed_operators_equal_single_device():
         np.testing.assert_allclose(multi[0], single[0], rtol=1e-9, err_msg=kind)
         np.testing.assert_allclose(multi[1], single[1], rtol=1e-9, err_msg=kind)
         assert multi[2]["w1"].sharding.spec == P(None, None, "fsdp")
+
+
+def test_stepwise_lanczos_equals_the_jitted_loop():
+    """lanczos_iterate on a Partial operator (the probes' driver) = lanczos in one jit."""
+    curv, params, batches = make_case("cnn_gelu_ce")
+    loop = run_lanczos(curv, params, batches, "nme", steps=8)
+    linear = jax.jit(curv.linear_operator, static_argnums=0)("nme", params, batches)
+    step = cv.lanczos_iterate(linear, cv.rademacher_like(jax.random.PRNGKey(0), params), 8,
+                              keep_basis=True)
+    np.testing.assert_allclose(step.alphas, loop.alphas, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(step.betas, loop.betas, rtol=1e-10, atol=1e-13)
+    v = cv.rademacher_like(jax.random.PRNGKey(5), params)
+    np.testing.assert_allclose(ravel_pytree(cv.apply(linear, v))[0],
+                               ravel_pytree(curv.operator("nme", params, batches)(v))[0],
+                               rtol=1e-12)

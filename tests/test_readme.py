@@ -1,4 +1,4 @@
-"""The README's regularizer example runs as written."""
+"""The README's regularizer and curvature examples run as written."""
 
 import os
 import re
@@ -18,3 +18,17 @@ def test_readme_regularizer_example_runs():
     assert np.isfinite(float(metrics["sam/grad_norm"]))
     grads = namespace["grads"]
     assert set(grads) == {"w1", "b1", "w2", "b2"}
+
+
+def test_readme_curvature_example_runs():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    namespace: dict = {}
+    for marker in ("reg.objective(apply_fn, loss_fn)", "cv.Curvature(apply_fn"):
+        example = next(b for b in blocks if marker in b)
+        exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102
+    top, top_bounds = namespace["result"].top(3)
+    bottom, _ = namespace["result"].bottom(3)
+    assert np.all(np.isfinite(top)) and top[0] >= top[1] >= top[2]
+    assert bottom[0] < 0 < top[0]  # the NME is indefinite
+    assert top_bounds[0] < 1e-2 * abs(top[0])  # converged within 30 steps

@@ -1,9 +1,12 @@
 """Curvature of the loss: H, its Gauss-Newton part G and the NME, matrix-free.
 
     curv = Curvature(apply_fn, softmax_cross_entropy())
-    matvec = curv.operator("nme", params, batches)        # v -> NME v
+    matvec = curv.operator("nme", params, batches)        # v -> NME v (inside jit)
     alphas, betas, basis = lanczos(matvec, v0, 20)        # jittable
     LanczosResult(alphas, betas).top(5)                   # Ritz values, error bounds
+
+    linear = jax.jit(curv.linear_operator, static_argnums=0)("nme", params, batches)
+    lanczos_iterate(linear, v0, 20).top(5)                # stepwise: fastest on CPU
 
 See operators.py (the products), lanczos.py, estimators.py (Hutchinson
 traces with shared probes, stochastic Lanczos quadrature) and probes.py
@@ -17,14 +20,20 @@ from nme_train.curvature.estimators import (
     slq_nodes_and_weights,
     spectral_density,
 )
-from nme_train.curvature.lanczos import LanczosResult, lanczos, lanczos_host
+from nme_train.curvature.lanczos import LanczosResult, lanczos, lanczos_host, lanczos_iterate
 from nme_train.curvature.losses import (
     OutputLoss,
     as_output_loss,
     mean_squared_error,
     softmax_cross_entropy,
 )
-from nme_train.curvature.operators import KINDS, Curvature, batch_weights, check_deterministic
+from nme_train.curvature.operators import (
+    KINDS,
+    Curvature,
+    apply,
+    batch_weights,
+    check_deterministic,
+)
 from nme_train.curvature.products import (
     gvp,
     hvp,
@@ -39,7 +48,8 @@ from nme_train.curvature.products import (
 __all__ = [
     "KINDS", "Curvature", "LanczosResult", "OutputLoss", "as_output_loss", "batch_weights",
     "check_deterministic", "gvp", "hutchinson_quadratic_forms", "hvp", "lanczos",
-    "lanczos_host", "mean_and_standard_error", "mean_squared_error", "nme_vp", "output_hvp",
+    "lanczos_host", "lanczos_iterate", "apply", "mean_and_standard_error",
+    "mean_squared_error", "nme_vp", "output_hvp",
     "rademacher_like", "slq_nodes_and_weights", "softmax_cross_entropy", "spectral_density",
     "tree_axpy", "tree_dot", "tree_norm", "tree_scale",
 ]

@@ -1,6 +1,15 @@
 """Lanczos with full reorthogonalisation on parameter pytrees, and its Ritz values.
 
-`lanczos(matvec, v0, num_steps)` is jittable: the basis is a pytree whose
+`lanczos_iterate(linear, v0, num_steps)` is the driver the probes use: one
+jitted Lanczos step, called num_steps times, on an operator given as a
+`jax.tree_util.Partial` (`Curvature.linear_operator` builds one, its
+linearisation done once); the basis is donated from step to step, so it is
+updated in place. `lanczos(matvec, v0, num_steps)` runs the same iteration
+as one `lax.fori_loop`, to be used inside a jitted function. On CPU, XLA
+runs a while-loop body much slower than the same operations outside a loop
+(a ResNet's matvec was about 30x slower), hence the stepwise driver.
+
+In both, the basis is a pytree whose
 leaves carry a leading axis of num_steps + 1 in front of the parameter's
 shape, so a basis vector is sharded exactly like the parameter (pass
 `shardings`, the parameters' NamedShardings, to pin that layout inside jit)
@@ -23,6 +32,7 @@ invariant; only the steps before it are used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -114,32 +124,79 @@ def _reorthogonalize(basis: Any, w: Any) -> Any:
     return w
 
 
-def lanczos(matvec: Callable[[Params], Params], v0: Params, num_steps: int,
-            shardings: Any = None) -> tuple[jax.Array, jax.Array, Any]:
-    """(alphas [m], betas [m], basis) of `num_steps` Lanczos steps from v0; jittable."""
+def _start(v0: Params, num_steps: int, shardings: Any) -> tuple[Any, jax.Array, jax.Array]:
+    """(basis with v0 / ||v0|| in row 0, zero alphas, zero betas)."""
+    if isinstance(shardings, _hashable):
+        shardings = shardings.tree
     v0 = tree_scale(1.0 / tree_norm(v0), v0)
     basis = jax.tree.map(lambda x: jnp.zeros((num_steps + 1, *x.shape), x.dtype), v0)
     if shardings is not None:
         basis = jax.lax.with_sharding_constraint(basis, basis_sharding(shardings))
     basis = jax.tree.map(lambda b, x: b.at[0].set(x), basis, v0)
     dtype = jnp.result_type(*[x.dtype for x in jax.tree.leaves(v0)], jnp.float32)
-
-    def step(i, carry):
-        basis, alphas, betas = carry
-        v = jax.tree.map(lambda b: b[i], basis)
-        w = matvec(v)
-        alpha = tree_dot(w, v)
-        w = _reorthogonalize(basis, w)
-        beta = tree_norm(w)
-        scale = jnp.maximum(jnp.max(jnp.abs(alphas)), jnp.abs(alpha))
-        live = beta > 1e-10 * jnp.maximum(scale, 1e-30)
-        w = tree_scale(jnp.where(live, 1.0 / jnp.where(live, beta, 1.0), 0.0), w)
-        basis = jax.tree.map(lambda b, x: b.at[i + 1].set(x), basis, w)
-        return basis, alphas.at[i].set(alpha), betas.at[i].set(beta)
-
     zeros = jnp.zeros((num_steps,), dtype)
-    basis, alphas, betas = jax.lax.fori_loop(0, num_steps, step, (basis, zeros, zeros))
+    return basis, zeros, zeros
+
+
+def _step(matvec: Callable[[Params], Params], i: jax.Array, basis: Any, alphas: jax.Array,
+          betas: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+    """Lanczos step i: row i + 1 of the basis, alphas[i], betas[i]."""
+    v = jax.tree.map(lambda b: b[i], basis)
+    w = matvec(v)
+    alpha = tree_dot(w, v)
+    w = _reorthogonalize(basis, w)
+    beta = tree_norm(w)
+    scale = jnp.maximum(jnp.max(jnp.abs(alphas)), jnp.abs(alpha))
+    live = beta > 1e-10 * jnp.maximum(scale, 1e-30)  # else: breakdown, the rest stays zero
+    w = tree_scale(jnp.where(live, 1.0 / jnp.where(live, beta, 1.0), 0.0), w)
+    basis = jax.tree.map(lambda b, x: b.at[i + 1].set(x), basis, w)
+    return basis, alphas.at[i].set(alpha), betas.at[i].set(beta)
+
+
+def lanczos(matvec: Callable[[Params], Params], v0: Params, num_steps: int,
+            shardings: Any = None) -> tuple[jax.Array, jax.Array, Any]:
+    """(alphas [m], betas [m], basis) of `num_steps` Lanczos steps from v0; jittable."""
+    carry = _start(v0, num_steps, shardings)
+    basis, alphas, betas = jax.lax.fori_loop(
+        0, num_steps, lambda i, c: _step(matvec, i, *c), carry)
     return alphas, betas, basis
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _jit_start(v0, num_steps, shardings):
+    return _start(v0, num_steps, shardings)
+
+
+@functools.partial(jax.jit, donate_argnums=(2,))
+def _jit_step(linear, i, basis, alphas, betas):
+    return _step(linear, i, basis, alphas, betas)
+
+
+def lanczos_iterate(linear: Any, v0: Params, num_steps: int, shardings: Any = None,
+                    keep_basis: bool = False) -> LanczosResult:
+    """Lanczos driven step by step; `linear` is a jax.tree_util.Partial (a pytree) operator.
+
+    One compiled step serves every iteration (and every run with the same
+    shapes); the basis is updated in place.
+    """
+    basis, alphas, betas = _jit_start(v0, num_steps, _hashable(shardings))
+    for i in range(num_steps):
+        basis, alphas, betas = _jit_step(linear, jnp.asarray(i, jnp.int32), basis, alphas,
+                                         betas)
+    return LanczosResult(jax.device_get(alphas), jax.device_get(betas),
+                         basis if keep_basis else None)
+
+
+class _hashable:  # noqa: N801 - a static jit argument wrapping a pytree of shardings
+    def __init__(self, tree: Any):
+        self.tree = tree
+        self._key = None if tree is None else tuple(jax.tree.leaves(tree))
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, _hashable) and self._key == other._key
 
 
 def host_memory_sharding(sharding: Any) -> Any:
@@ -184,3 +241,13 @@ def lanczos_host(matvec: Callable[[Params], Params], v0: Params, num_steps: int,
         v = scale(1.0 / beta, w)
         basis.append(jax.device_put(v, host))
     return LanczosResult(np.asarray(alphas), np.asarray(betas))  # Ritz vectors: device runs
+
+
+def lanczos_start_jit():
+    """The compiled start of `lanczos_iterate` (for memory analysis in benchmarks)."""
+    return _jit_start
+
+
+def lanczos_step_jit():
+    """The compiled step of `lanczos_iterate` (for memory analysis in benchmarks)."""
+    return _jit_step

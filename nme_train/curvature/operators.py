@@ -85,6 +85,17 @@ class Curvature:
         return lambda v: tree_sum([tree_scale(w, build(params, b)(v))
                                    for w, b in zip(weights, batches)])
 
+    def linear_operator(self, kind: str, params: Params, batches: Sequence[Batch]) -> Any:
+        """The operator as a `jax.tree_util.Partial`: a pytree holding its residuals.
+
+        Build it under jit (`jax.jit(curv.linear_operator, static_argnums=0)`)
+        and pass it to other jitted functions (`lanczos_iterate`, `apply`):
+        the linearisation is computed once, and every later matvec runs only
+        the linear passes, without re-tracing.
+        """
+        matvec = self.operator(kind, params, batches, linearize=True)
+        return jax.linearize(matvec, jax.tree.map(jnp.zeros_like, params))[1]
+
     # each builder returns the linear map of one batch, its v-independent work done
     def _hessian(self, params: Params, batch: Batch) -> Matvec:
         return jax.linearize(jax.grad(lambda p: self.batch_loss(p, batch)), params)[1]
@@ -107,6 +118,12 @@ class Curvature:
         z = model(params)
         r = jax.lax.stop_gradient(self.output_loss.residual(z, batch["targets"]))
         return jax.linearize(lambda p: jax.vjp(model, p)[1](r)[0], params)[1]
+
+
+@jax.jit
+def apply(linear: Any, v: Params) -> Params:
+    """linear(v) for a Partial operator from `Curvature.linear_operator`, jitted."""
+    return linear(v)
 
 
 def batch_weights(batches: Sequence[Batch]) -> list[float]:

@@ -37,14 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from nme_train.curvature.estimators import (
-    hutchinson_quadratic_forms,
     mean_and_standard_error,
     rademacher_like,
     slq_nodes_and_weights,
     spectral_density,
 )
-from nme_train.curvature.lanczos import LanczosResult, lanczos, lanczos_host
-from nme_train.curvature.operators import KINDS, Curvature, check_deterministic
+from nme_train.curvature.lanczos import LanczosResult, lanczos_host, lanczos_iterate
+from nme_train.curvature.operators import KINDS, Curvature, apply, check_deterministic
 from nme_train.curvature.products import tree_dot
 
 BASIS_MEMORY = ("auto", "device", "host")
@@ -91,31 +90,14 @@ class ProbeSuite:
         self.curv = curvature
         self.s = settings
         self.shardings = param_shardings
-        s, curv = settings, curvature
-
-        def operator(kind, params, batches):
-            return curv.operator(kind, params, batches, linearize=s.linearize)
-
-        self._lanczos = {
-            kind: jax.jit(lambda p, bs, v, kind=kind, steps=s.lanczos_steps: lanczos(
-                operator(kind, p, bs), v, steps, param_shardings))
-            for kind in s.kinds}
-        self._density = {
-            kind: jax.jit(lambda p, bs, v, kind=kind, steps=s.density_steps: lanczos(
-                operator(kind, p, bs), v, steps, param_shardings)[:2])
-            for kind in s.kinds}
-        self._matvec = {kind: jax.jit(lambda p, bs, v, kind=kind: operator(kind, p, bs)(v))
-                        for kind in s.kinds}
-        self._traces = jax.jit(lambda p, bs, key: hutchinson_quadratic_forms(
-            [operator(kind, p, bs) for kind in s.kinds], p, key, s.trace_probes))
-
-        def alignment(p, bs):
-            loss, g = jax.value_and_grad(curv.loss_value)(p, bs)
-            forms = jnp.stack([tree_dot(g, operator(kind, p, bs)(g)) for kind in s.kinds])
-            sq = tree_dot(g, g)
-            return loss, jnp.sqrt(sq), forms / sq
-
-        self._alignment = jax.jit(alignment)
+        curv = curvature
+        if settings.linearize:  # a Partial holding the residuals, reused by every matvec
+            self._build = jax.jit(curv.linear_operator, static_argnums=0)
+        else:  # a Partial holding only params and batches: each matvec redoes the passes
+            self._build = jax.jit(lambda kind, p, bs: jax.tree_util.Partial(
+                lambda p, bs, v: curv.operator(kind, p, bs, linearize=False)(v), p, bs),
+                static_argnums=0)
+        self._gradient = jax.jit(jax.value_and_grad(curv.loss_value))
         self._start = jax.jit(rademacher_like)
 
     def basis_memory(self, params: Any) -> tuple[str, float]:
@@ -125,6 +107,12 @@ class ProbeSuite:
             where = "device" if mib <= self.s.max_basis_mib else "host"
         return where, mib
 
+    def _lanczos(self, linear: Any, v0: Any, steps: int, where: str) -> LanczosResult:
+        if where == "device":
+            return lanczos_iterate(linear, v0, steps, self.shardings)
+        shardings = self.shardings or jax.tree.map(lambda x: x.sharding, v0)
+        return lanczos_host(lambda u: apply(linear, u), v0, steps, shardings)
+
     def run(self, params: Any, batches: Sequence[dict], step: int) -> dict:
         """All configured probes at `params` over `batches`; a JSON-able record."""
         s = self.s
@@ -133,60 +121,55 @@ class ProbeSuite:
         record: dict[str, Any] = {"step": int(step), "basis_mib": mib, "basis_memory": where}
         matvecs = 0
         key = jax.random.PRNGKey(s.seed)
+        forms = np.zeros((s.trace_probes, len(s.kinds)))
         with jax.default_matmul_precision(s.precision):
-            if s.check_determinism:
-                v = self._start(jax.random.fold_in(key, 99), params)
-                for kind in s.kinds:
-                    check_deterministic(lambda u, kind=kind: self._matvec[kind](params, batches, u),
-                                        v, f"the {kind} operator")
-                    matvecs += 2
+            if s.alignment:
+                loss, grad = self._gradient(params, batches)
+                grad_sq = float(tree_dot(grad, grad))
+                record.update({"loss": float(loss), "grad_norm": grad_sq ** 0.5})
             for i, kind in enumerate(s.kinds):
-                if s.lanczos_steps <= 0:
-                    break
-                v0 = self._start(jax.random.fold_in(key, i), params)
-                if where == "device":
-                    alphas, betas, _ = self._lanczos[kind](params, batches, v0)
-                    result = LanczosResult(jax.device_get(alphas), jax.device_get(betas))
-                else:
-                    result = lanczos_host(
-                        lambda u, kind=kind: self._matvec[kind](params, batches, u), v0,
-                        s.lanczos_steps, self.shardings or jax.tree.map(lambda x: x.sharding,
-                                                                        params))
-                matvecs += s.lanczos_steps
-                top, top_err = result.top(s.top_k)
-                bottom, bottom_err = result.bottom(s.bottom_k)
-                record.update({f"{kind}/top_eigenvalues": top.tolist(),
-                               f"{kind}/top_error_bounds": top_err.tolist(),
-                               f"{kind}/bottom_eigenvalues": bottom.tolist(),
-                               f"{kind}/bottom_error_bounds": bottom_err.tolist(),
-                               f"{kind}/lanczos_steps": result.steps})
-            if s.trace_probes > 0:
-                forms = np.asarray(jax.device_get(
-                    self._traces(params, batches, jax.random.fold_in(key, 1000))), np.float64)
-                matvecs += forms.size
-                for i, kind in enumerate(s.kinds):
+                linear = self._build(kind, params, batches)
+                if s.check_determinism:  # a second build of the operator must agree
+                    builds = iter([linear, self._build(kind, params, batches)])
+                    check_deterministic(lambda u, b=builds: apply(next(b), u),
+                                        self._start(jax.random.fold_in(key, 99), params),
+                                        f"the {kind} operator")
+                    matvecs += 2
+                if s.lanczos_steps > 0:
+                    v0 = self._start(jax.random.fold_in(key, i), params)
+                    result = self._lanczos(linear, v0, s.lanczos_steps, where)
+                    matvecs += s.lanczos_steps
+                    top, top_err = result.top(s.top_k)
+                    bottom, bottom_err = result.bottom(s.bottom_k)
+                    record.update({f"{kind}/top_eigenvalues": top.tolist(),
+                                   f"{kind}/top_error_bounds": top_err.tolist(),
+                                   f"{kind}/bottom_eigenvalues": bottom.tolist(),
+                                   f"{kind}/bottom_error_bounds": bottom_err.tolist(),
+                                   f"{kind}/lanczos_steps": result.steps})
+                for j in range(s.trace_probes):  # the same probe vectors for every kind
+                    v = self._start(jax.random.fold_in(key, 1000 + j), params)
+                    forms[j, i] = float(tree_dot(v, apply(linear, v)))
+                matvecs += s.trace_probes
+                if s.trace_probes:
                     record[f"{kind}/trace"], record[f"{kind}/trace_se"] = \
                         mean_and_standard_error(forms[:, i])
-                if set(KINDS) <= set(s.kinds):
-                    h, g, n = (forms[:, s.kinds.index(k)] for k in KINDS)
-                    record["trace/identity_residual"] = float(
-                        np.max(np.abs(h - g - n)) / max(np.max(np.abs(h)), 1e-30))
-            if s.alignment:
-                loss, grad_norm, ratios = jax.device_get(self._alignment(params, batches))
-                matvecs += len(s.kinds)
-                record.update({"loss": float(loss), "grad_norm": float(grad_norm)})
-                record.update({f"{kind}/alignment": float(r) for kind, r in zip(s.kinds, ratios)})
-            if s.density_runs > 0:
-                for i, kind in enumerate(s.kinds):
-                    runs = []
-                    for r in range(s.density_runs):
-                        v0 = self._start(jax.random.fold_in(key, 2000 + 100 * i + r), params)
-                        alphas, betas = self._density[kind](params, batches, v0)
-                        runs.append(LanczosResult(jax.device_get(alphas), jax.device_get(betas)))
+                if s.alignment:
+                    record[f"{kind}/alignment"] = float(tree_dot(grad, apply(linear, grad))) \
+                        / max(grad_sq, 1e-300)
+                    matvecs += 1
+                if s.density_runs > 0:
+                    runs = [lanczos_iterate(linear, self._start(
+                        jax.random.fold_in(key, 2000 + 100 * i + r), params), s.density_steps,
+                        self.shardings) for r in range(s.density_runs)]
                     matvecs += s.density_runs * s.density_steps
                     grid, density = spectral_density(*slq_nodes_and_weights(runs))
                     record[f"{kind}/density"] = {"grid": grid.tolist(),
                                                  "density": density.tolist()}
+                del linear
+            if s.trace_probes and set(KINDS) <= set(s.kinds):
+                h, g, n = (forms[:, s.kinds.index(k)] for k in KINDS)
+                record["trace/identity_residual"] = float(
+                    np.max(np.abs(h - g - n)) / max(np.max(np.abs(h)), 1e-30))
         record["matvecs"] = matvecs
         record["seconds"] = time.perf_counter() - started
         return record

@@ -44,6 +44,7 @@ from nme_train.train.step import (
     make_normalize,
     make_train_step,
 )
+from nme_train.train.watchdog import StepWatchdog
 from nme_train.validation import validate
 
 
@@ -224,18 +225,27 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
     if probes and start_step == 0:
         probe(0)
     pending = None  # (step, device metrics): read after the next step is dispatched
+    watchdog = StepWatchdog(config.get("watchdog_seconds", 0.0), jax.process_index())
+
+    def fetch() -> None:  # the previous step's metrics: the host waits for that step here
+        nonlocal pending
+        if pending is not None:
+            metrics.record(pending[0], jax.device_get(pending[1]))
+            watchdog.beat(pending[0])
+            pending = None
+
     with PreemptionGuard() as guard:
         for step in range(start_step, total_steps):
             state, step_metrics = exp.train_step(state, next(batches))
-            if pending is not None:
-                metrics.record(pending[0], jax.device_get(pending[1]))
+            fetch()
             pending, done = (step + 1, step_metrics), step + 1
             stop = guard.should_stop(done)
             if (every and done % every == 0 and done < total_steps) or stop:
-                metrics.record(pending[0], jax.device_get(pending[1]))
-                pending = None
-                save(done)
+                fetch()
+                with watchdog.paused():
+                    save(done)
             if stop:
+                watchdog.close()
                 ckpt.close()
                 writer.close()
                 if is_main:
@@ -245,17 +255,18 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
                 return {**metrics.last, "preempted": True, "step": done}
             if config.eval_every_steps and done % config.eval_every_steps == 0 \
                     and done < total_steps:
-                if pending is not None:
-                    metrics.record(pending[0], jax.device_get(pending[1]))
-                    pending = None
-                results = evaluate(exp.eval_step, state, eval_data, exp.batch_sharding)
+                fetch()
+                with watchdog.paused():
+                    results = evaluate(exp.eval_step, state, eval_data, exp.batch_sharding)
                 writer.write(done, results)
                 metrics.progress.line(done, results)
                 metrics.restart_timing(done)
             if probes and done % config.probes.every_steps == 0 and done < total_steps:
-                probe(done)
-        if pending is not None:
-            metrics.record(pending[0], jax.device_get(pending[1]))
+                fetch()
+                with watchdog.paused():
+                    probe(done)
+        fetch()
+        watchdog.close()
         if start_step < total_steps:
             save(total_steps)
             if probes:
