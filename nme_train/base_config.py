@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
     # -- faults ----------------------------------------------------------
     c.watchdog_seconds = 0.0  # exit (code 3) when no step completes for this long; 0 = off.
     #                           Set it in multi-process jobs (e.g. 600), above the slowest
-    #                           step; evaluations, probes and checkpoint waits are excluded
+    #                           step and checkpoint save; evaluations and probes are excluded
 
     # -- outputs ---------------------------------------------------------
     c.log_every_steps = 50  # train metrics line (means over the interval)

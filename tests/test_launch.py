@@ -231,7 +231,7 @@ def test_slurm_script_forwards_sigterm_and_requeues(data_dir, tmp_path):
     assert "forwarding to the tasks" in out and "requeueing job 4242" in out
     assert open(tmp_path / "slurm.log").read().strip() == "requeue 4242"
     task0 = open(os.path.join(workdir, "logs", "task-4242-0.log")).read()
-    assert "preempted by SIGTERM at step" in task0
+    assert "preempted by the scheduler at step" in task0  # JAX's sync point caught it
 
 
 # -- static checks of the cluster files ----------------------------------------

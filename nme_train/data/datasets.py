@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import time
 from collections.abc import Callable
 
 from nme_train.data.prepare import prepare_digits
@@ -63,13 +64,7 @@ def default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
-def find_dataset_dir(spec: DatasetSpec, data_dir: str) -> str:
-    """The newest prepared version directory of `spec` under `data_dir`.
-
-    Prepares the dataset first when it can be prepared offline. Raises
-    FileNotFoundError naming the command that builds it otherwise.
-    """
-    root = os.path.join(data_dir, spec.tfds_name)
+def _prepared_versions(root: str) -> list[tuple[int, ...]]:
     versions = []
     if os.path.isdir(root):
         for entry in os.listdir(root):
@@ -77,9 +72,51 @@ def find_dataset_dir(spec: DatasetSpec, data_dir: str) -> str:
                 os.path.join(root, entry, "dataset_info.json")
             ):
                 versions.append(tuple(int(p) for p in entry.split(".")))
+    return versions
+
+
+def _prepare_once(spec: DatasetSpec, data_dir: str, root: str, timeout: float = 600.0) -> str:
+    """Prepares an offline dataset once, also when several processes ask at the same time.
+
+    An exclusive lock file in `data_dir` serialises the preparation: the first
+    process writes the dataset, the others wait for the lock and then find it
+    prepared (the processes of one machine, or of several sharing a file system
+    with working locks).
+    """
+    import fcntl
+
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, f".{spec.tfds_name}.prepare.lock"), "w") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"waited {timeout:.0f} s for another process to prepare "
+                                       f"{spec.tfds_name!r} in {data_dir}") from None
+                time.sleep(0.2)
+        try:
+            versions = _prepared_versions(root)
+            if versions:
+                return os.path.join(root, ".".join(map(str, max(versions))))
+            return spec.prepare(data_dir)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def find_dataset_dir(spec: DatasetSpec, data_dir: str) -> str:
+    """The newest prepared version directory of `spec` under `data_dir`.
+
+    Prepares the dataset first when it can be prepared offline. Raises
+    FileNotFoundError naming the command that builds it otherwise.
+    """
+    root = os.path.join(data_dir, spec.tfds_name)
+    versions = _prepared_versions(root)
     if not versions:
         if spec.prepare is not None:
-            return spec.prepare(data_dir)
+            return _prepare_once(spec, data_dir, root)
         raise FileNotFoundError(
             f"dataset {spec.tfds_name!r} is not prepared under data_dir={data_dir!r} "
             f"(no {root}/<version>/dataset_info.json). Get it with: {spec.how_to_get}; "

@@ -242,8 +242,7 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
             stop = guard.should_stop(done)
             if (every and done % every == 0 and done < total_steps) or stop:
                 fetch()
-                with watchdog.paused():
-                    save(done)
+                save(done)  # watched: a multi-process save waits on every process
             if stop:
                 watchdog.close()
                 ckpt.close()

@@ -8,8 +8,10 @@ a daemon thread that the loop feeds after each completed step; when
 process with exit code 3, so that the launcher or scheduler sees a failure
 and stops the job (it can then be restarted from the last checkpoint). It
 is armed only after the first step (which includes compilation) and is
-paused around evaluations, probes and checkpoint waits, which are not
-steps. `config.watchdog_seconds`: 0 turns it off.
+paused around evaluations and probes, which can legitimately take longer
+than a step; checkpoint saves stay watched (in a multi-process job their
+blocking part waits on every process). `config.watchdog_seconds`: 0 turns
+it off.
 """
 
 from __future__ import annotations
