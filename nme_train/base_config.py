@@ -104,9 +104,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.probes.check_determinism = True  # refuse an operator that changes between calls
 
     # -- faults ----------------------------------------------------------
-    c.watchdog_seconds = 0.0  # exit (code 3) when no step completes for this long; 0 = off.
-    #                           Set it in multi-process jobs (e.g. 600), above the slowest
-    #                           step and checkpoint save; evaluations and probes are excluded
+    c.watchdog_seconds = -1.0  # exit (code 3) when no step completes for this long; 0 = off;
+    #                            -1 = 1800 s in multi-process jobs, off in one process. Keep it
+    #                            above the slowest step and checkpoint save (evaluations and
+    #                            probes are excluded)
 
     # -- outputs ---------------------------------------------------------
     c.log_every_steps = 50  # train metrics line (means over the interval)

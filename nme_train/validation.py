@@ -198,8 +198,10 @@ def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
     for field in ("log_every_steps", "eval_every_steps"):
         _positive(problems, f"config.{field}", config[field], allow_zero=True)
     _positive(problems, "config.label_smoothing", config.label_smoothing, allow_zero=True)
-    if "watchdog_seconds" in config:
-        _positive(problems, "config.watchdog_seconds", config.watchdog_seconds, allow_zero=True)
+    if "watchdog_seconds" in config and not (
+            isinstance(config.watchdog_seconds, (int, float)) and config.watchdog_seconds >= -1):
+        problems.append(f"config.watchdog_seconds={config.watchdog_seconds!r} must be >= 0 "
+                        "(0 = off), or -1 (automatic)")
     if config.label_smoothing >= 1:
         problems.append(f"config.label_smoothing={config.label_smoothing} must be < 1")
     _positive(problems, "config.data.num_threads", config.data.num_threads)

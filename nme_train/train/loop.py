@@ -44,7 +44,7 @@ from nme_train.train.step import (
     make_normalize,
     make_train_step,
 )
-from nme_train.train.watchdog import StepWatchdog
+from nme_train.train.watchdog import StepWatchdog, watchdog_timeout
 from nme_train.validation import validate
 
 
@@ -225,7 +225,8 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
     if probes and start_step == 0:
         probe(0)
     pending = None  # (step, device metrics): read after the next step is dispatched
-    watchdog = StepWatchdog(config.get("watchdog_seconds", 0.0), jax.process_index())
+    watchdog = StepWatchdog(watchdog_timeout(config.get("watchdog_seconds", -1.0)),
+                            jax.process_index())
 
     def fetch() -> None:  # the previous step's metrics: the host waits for that step here
         nonlocal pending

@@ -11,7 +11,7 @@ is armed only after the first step (which includes compilation) and is
 paused around evaluations and probes, which can legitimately take longer
 than a step; checkpoint saves stay watched (in a multi-process job their
 blocking part waits on every process). `config.watchdog_seconds`: 0 turns
-it off.
+it off; the default (-1) is 1800 s in multi-process jobs and off otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +23,16 @@ import threading
 import time
 
 EXIT_CODE = 3
+MULTI_PROCESS_DEFAULT = 1800.0
+
+
+def watchdog_timeout(setting: float) -> float:
+    """config.watchdog_seconds resolved: -1 is 1800 s with several processes, else off."""
+    if setting >= 0:
+        return float(setting)
+    import jax
+
+    return MULTI_PROCESS_DEFAULT if jax.process_count() > 1 else 0.0
 
 
 class StepWatchdog:
