@@ -10,7 +10,7 @@ if [ "$#" -lt 3 ]; then
   exit 2
 fi
 here="$(cd "$(dirname "$0")" && pwd)"
-python="${PYTHON:-$here/../.venv/bin/python}"
+python="${PYTHON:-$here/../.venv/bin/python}"  # PYTHON= picks another environment
 [ -x "$python" ] || python=python3
 processes="$1"
 devices="$2"

@@ -30,6 +30,9 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "scheduler's environment)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the job")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "compile the training and probe steps for the "
+                             "devices present, print FLOPs and memory, read no data, train "
+                             "nothing")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -42,6 +45,11 @@ def main(argv: list[str]) -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
     try:
+        if _DRY_RUN.value:
+            from nme_train.train.dry_run import dry_run, print_report
+
+            print_report(dry_run(_CONFIG.value))
+            return
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, CheckpointError) as e:
         sys.exit(f"error: {e}")

@@ -70,6 +70,7 @@ def trainer_flags(data_dir, workdir, steps):
 
 def launch(processes, devices, flags, timeout=300):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env["PYTHON"] = sys.executable  # the environment running the tests (CI's is not .venv)
     out = subprocess.run([os.path.join(LAUNCH, "local.sh"), str(processes), str(devices),
                           *flags], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=timeout)
