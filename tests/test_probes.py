@@ -166,3 +166,19 @@ def test_offline_probe_reports_missing_step(data_dir, tmp_path):
                          env={**os.environ, "XLA_FLAGS": ""})
     assert out.returncode != 0
     assert "no finished checkpoint at step 5; have [8]" in out.stderr
+
+
+def test_offline_probe_in_float64_of_one_step(data_dir, tmp_path):
+    workdir = str(tmp_path / "f64")
+    train_and_evaluate(tiny_config(data_dir, **{"num_train_steps": 8}), workdir)
+    out = subprocess.run([sys.executable, "tools/probe.py", f"--workdir={workdir}", "--float64",
+                          "--set", "probes.batch_size=16", "--set", "probes.lanczos_steps=5",
+                          "--set", "probes.trace_probes=2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "XLA_FLAGS": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    (record,) = read_probes(workdir, "probes_offline.jsonl")
+    assert record["step"] == 8 and record["dtype"] == "float64"
+    # in float64 the shared-probe identity tr H = tr G + tr NME holds to round-off
+    assert record["trace/identity_residual"] < 1e-12
+    assert not os.path.exists(os.path.join(workdir, "probe_snapshots", "8"))
