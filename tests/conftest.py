@@ -15,6 +15,17 @@ import PIL.Image  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def float64():
+    """Double precision for one test module (use it autouse there); the rest runs in float32."""
+    import jax
+
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
 def with_overrides(config, **overrides):
     """`config` with dotted-path fields replaced: with_overrides(c, **{"mesh.data": 4})."""
     for key, value in overrides.items():

@@ -17,13 +17,7 @@ from jax.sharding import PartitionSpec as P
 from nme_train import curvature as cv
 from nme_train.models.activations import gelu
 
-
-@pytest.fixture(autouse=True, scope="module")
-def float64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("float64")  # double precision (tests/conftest.py)
 
 
 D, C = 4, 3  # input features, classes

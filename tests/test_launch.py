@@ -105,14 +105,14 @@ def test_local_launcher_2x4_equals_1x8_and_resumes_on_other_layouts(data_dir, tm
     assert final_eval(two)["step"] == 50
 
 
-def test_launcher_fails_fast_when_a_process_dies(data_dir, tmp_path):
+def launch_two_and_find_process_1(data_dir, workdir, launcher_flags, trainer_extra):
+    """A 2-process job, long enough to interrupt: (launcher, process 1) once step 10 is saved."""
     import psutil
 
-    workdir = str(tmp_path / "dies")
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     launcher = subprocess.Popen(
         [sys.executable, os.path.join(LAUNCH, "local.py"), "--processes=2", "--devices=1",
-         "--grace=5", "--", *trainer_flags(data_dir, workdir, 10**6)],
+         *launcher_flags, "--", *trainer_flags(data_dir, workdir, 10**6), *trainer_extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while not os.path.isdir(os.path.join(workdir, "checkpoints", "10")):
@@ -120,6 +120,12 @@ def test_launcher_fails_fast_when_a_process_dies(data_dir, tmp_path):
         time.sleep(0.2)
     victim = next(p for p in psutil.Process(launcher.pid).children()
                   if p.environ().get("NME_PROCESS_ID") == "1")
+    return launcher, victim
+
+
+def test_launcher_fails_fast_when_a_process_dies(data_dir, tmp_path):
+    launcher, victim = launch_two_and_find_process_1(data_dir, str(tmp_path / "dies"),
+                                                     ["--grace=5"], [])
     victim.kill()
     killed = time.time()
     out, err = launcher.communicate(timeout=120)
@@ -133,19 +139,8 @@ def test_a_hung_process_fails_the_job_through_the_watchdog(data_dir, tmp_path):
     """SIGSTOP one of 2 processes: the other's watchdog ends it, the launcher fails the job."""
     import psutil
 
-    workdir = str(tmp_path / "hangs")
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    launcher = subprocess.Popen(
-        [sys.executable, os.path.join(LAUNCH, "local.py"), "--processes=2", "--devices=1",
-         "--grace=3", "--", *trainer_flags(data_dir, workdir, 10**6),
-         "--config.watchdog_seconds=10"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while not os.path.isdir(os.path.join(workdir, "checkpoints", "10")):
-        assert launcher.poll() is None and time.time() < deadline, launcher.communicate()
-        time.sleep(0.2)
-    victim = next(p for p in psutil.Process(launcher.pid).children()
-                  if p.environ().get("NME_PROCESS_ID") == "1")
+    launcher, victim = launch_two_and_find_process_1(
+        data_dir, str(tmp_path / "hangs"), ["--grace=3"], ["--config.watchdog_seconds=10"])
     victim.suspend()  # SIGSTOP: alive, silent
     stopped = time.time()
     out, err = launcher.communicate(timeout=120)

@@ -20,14 +20,7 @@ from nme_train import regularizers as reg
 from nme_train.models.activations import gelu
 from nme_train.regularizers.trace_penalties import sample_labels
 
-
-@pytest.fixture(autouse=True, scope="module")
-def float64():
-    """Double precision for this module only (the rest of the suite runs in float32)."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("float64")  # double precision (tests/conftest.py)
 
 N, D, H, C = 12, 4, 5, 3
 

@@ -38,6 +38,7 @@ import jax  # noqa: E402
 from nme_train import curvature as cv  # noqa: E402
 from nme_train.curvature.lanczos import lanczos_start_jit, lanczos_step_jit  # noqa: E402
 from nme_train.curvature.probes import basis_bytes  # noqa: E402
+from nme_train.train.dry_run import memory_mib  # noqa: E402
 from tools.bench_step import load_config, one_device_experiment  # noqa: E402
 
 
@@ -50,16 +51,6 @@ def timed(fn, *args, rounds: int):
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return statistics.median(times), times
-
-
-def memory_mib(jitted, *args) -> tuple[float, float]:
-    memory = jitted.lower(*args).compile().memory_analysis()
-    if memory is None:
-        return float("nan"), float("nan")
-    temp = memory.temp_size_in_bytes
-    peak = temp + memory.argument_size_in_bytes + memory.output_size_in_bytes \
-        - memory.alias_size_in_bytes
-    return temp / 2**20, peak / 2**20
 
 
 def main() -> None:
@@ -122,8 +113,8 @@ def main() -> None:
         amortised = (t2 - t1) / (args.m2 - args.m1)
         residual_mib = sum(x.nbytes for x in jax.tree.leaves(linear)) / 2**20
         basis_mib = basis_bytes(params, args.steps or args.m2) / 2**20
-        temp, _ = memory_mib(lanczos_step_jit(), linear, 0, *lanczos_start_jit()(
-            v, args.m2, None))
+        temp = memory_mib(lanczos_step_jit().lower(linear, 0, *lanczos_start_jit()(
+            v, args.m2, None)).compile()).get("temp", float("nan"))
         results[kind] = {"single_s": t, "single_ratio": t / base, "amortised_s": amortised,
                          "amortised_ratio": amortised / base, "apply_s": t_apply,
                          "apply_ratio": t_apply / base, "linearise_s": t_build,

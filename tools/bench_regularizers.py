@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from tools.bench_step import load_config, one_device_experiment  # noqa: E402
+from nme_train.train.dry_run import memory_mib  # noqa: E402
+from tools.bench_step import load_config, one_device_experiment, time_alternating  # noqa: E402
 
 METHODS = {
     "plain": (),
@@ -63,10 +64,8 @@ def main() -> None:
         start = time.perf_counter()
         compiled = exp.train_step.lower(state, batch).compile()
         compile_s = time.perf_counter() - start
-        memory = compiled.memory_analysis()
-        temp = getattr(memory, "temp_size_in_bytes", 0) if memory is not None else 0
-        peak = temp + sum(getattr(memory, f"{k}_size_in_bytes", 0) for k in
-                          ("argument", "output")) - getattr(memory, "alias_size_in_bytes", 0)
+        memory = memory_mib(compiled)
+        temp, peak = memory.get("temp", 0.0) * 2**20, memory.get("peak", 0.0) * 2**20
         if args.compile_only:
             print(json.dumps({"method": name, "temp_mib": temp / 2**20,
                               "peak_mib": peak / 2**20}), flush=True)
@@ -80,14 +79,7 @@ def main() -> None:
 
     if args.compile_only:
         return
-    for _ in range(args.rounds):
-        for name in names:
-            run = runs[name]
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                run["state"], metrics = run["step"](run["state"], run["batch"])
-            jax.block_until_ready((run["state"], metrics))
-            run["times"].append((time.perf_counter() - start) / args.steps)
+    time_alternating(runs, args.rounds, args.steps)
 
     base = statistics.median(runs[names[0]]["times"])
     print(f"\n{args.config}, batch {args.batch_size}, {args.rounds} rounds of {args.steps}, "

@@ -60,6 +60,21 @@ def one_device_experiment(config):
     return exp, spec, global_batch(host, exp.batch_sharding), exp.init()
 
 
+def time_alternating(runs: dict, rounds: int, steps: int) -> None:
+    """Times `steps` steps of each run per round, rounds alternating over the runs.
+
+    Each run is a dict with "step" (compiled), "state", "batch" and a "times"
+    list that receives the mean seconds per step of each round.
+    """
+    for _ in range(rounds):
+        for run in runs.values():
+            start = time.perf_counter()
+            for _ in range(steps):
+                run["state"], metrics = run["step"](run["state"], run["batch"])
+            jax.block_until_ready((run["state"], metrics))
+            run["times"].append((time.perf_counter() - start) / steps)
+
+
 def hand_written_step(config, spec, tx):
     """The plainest correct step: normalise, forward, cross-entropy, grad, optax update."""
     model = build_model(config.model, spec.num_classes)

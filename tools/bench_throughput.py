@@ -35,8 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
+from nme_train.train.dry_run import program_flops  # noqa: E402
 from tools.bench_regularizers import METHODS  # noqa: E402
-from tools.bench_step import load_config, one_device_experiment  # noqa: E402
+from tools.bench_step import load_config, one_device_experiment, time_alternating  # noqa: E402
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' data sheets (SXM parts).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0,
@@ -50,17 +51,6 @@ def peak_flops(device_kind: str, override: float) -> float | None:
         if name.lower() in device_kind.lower():
             return tflops * 1e12
     return None
-
-
-def program_flops(lowered, compiled=None) -> float:
-    """FLOPs of the lowered program, or of the compiled one where the backend gives none."""
-    for stage in (lowered, compiled):
-        analysis = stage.cost_analysis() if stage is not None else None
-        if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
-            analysis = analysis[0] if analysis else None
-        if analysis and analysis.get("flops", 0.0) > 0:
-            return float(analysis["flops"])
-    return 0.0
 
 
 def main() -> None:
@@ -102,14 +92,7 @@ def main() -> None:
                       "flops": program_flops(lowered, compiled), "compile_s": compile_s}
         print(f"compiled {name} in {compile_s:.1f} s", flush=True)
 
-    for _ in range(args.rounds):
-        for name in names:
-            run = runs[name]
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                run["state"], metrics = run["step"](run["state"], run["batch"])
-            jax.block_until_ready((run["state"], metrics))
-            run["times"].append((time.perf_counter() - start) / args.steps)
+    time_alternating(runs, args.rounds, args.steps)
 
     print(f"\n{args.config}, batch {args.batch_size}, device {device.device_kind}, "
           f"peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s, "

@@ -36,8 +36,12 @@ from nme_train.train.step import make_normalize
 from nme_train.validation import validate
 
 
-def _flops(lowered: Any, compiled: Any) -> float:
+def program_flops(lowered: Any, compiled: Any = None) -> float:
+    """FLOPs XLA counts in the lowered program, or in the compiled one where the backend
+    analyses only that (GPU); NaN when neither says."""
     for stage in (lowered, compiled):
+        if stage is None:
+            continue
         analysis = stage.cost_analysis()
         if isinstance(analysis, (list, tuple)):
             analysis = analysis[0] if analysis else None
@@ -46,7 +50,9 @@ def _flops(lowered: Any, compiled: Any) -> float:
     return float("nan")
 
 
-def _memory(compiled: Any) -> dict[str, float]:
+def memory_mib(compiled: Any) -> dict[str, float]:
+    """Per-device MiB of a compiled program: argument, output, temp, alias, and peak
+    (arguments + outputs + temporaries - donated buffers); {} where not reported."""
     m = compiled.memory_analysis()
     if m is None:
         return {}
@@ -79,8 +85,8 @@ def dry_run(config: Any, devices: list | None = None) -> dict[str, Any]:
     lowered = exp.train_step.lower(state, batch)
     compiled = lowered.compile()
     report["train_step"] = {"compile_s": time.perf_counter() - start,
-                            "flops": _flops(lowered, compiled),
-                            "memory_mib_per_device": _memory(compiled)}
+                            "flops": program_flops(lowered, compiled),
+                            "memory_mib_per_device": memory_mib(compiled)}
 
     normalize = make_normalize(spec.mean, spec.std)
     model, train = exp.model, config.probes.batch_norm == "batch_stats"
@@ -104,8 +110,8 @@ def dry_run(config: Any, devices: list | None = None) -> dict[str, Any]:
     compiled = lowered.compile()
     basis = basis_bytes(exp.abstract_state.params, config.probes.lanczos_steps) / 2**20
     report["probe_step"] = {"compile_s": time.perf_counter() - start,
-                            "flops": _flops(lowered, compiled),
-                            "memory_mib_per_device": _memory(compiled),
+                            "flops": program_flops(lowered, compiled),
+                            "memory_mib_per_device": memory_mib(compiled),
                             "lanczos_basis_mib_total": basis,
                             "lanczos_basis_mib_per_device": basis / exp.mesh.shape["fsdp"]}
     return report
