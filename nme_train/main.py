@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
             print_report(dry_run(_CONFIG.value))
             return
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 
 

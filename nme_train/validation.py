@@ -128,9 +128,9 @@ def _check_probes(problems: list[str], config: Any, num_devices: int,
                   process_count: int) -> None:
     p = config.probes
     unknown = [k for k in p.kinds if k not in PROBE_KINDS]
-    if unknown or not p.kinds or len(set(p.kinds)) != len(p.kinds):
+    if unknown or len(set(p.kinds)) != len(p.kinds):
         problems.append(f"config.probes.kinds={tuple(p.kinds)!r}: give distinct names from "
-                        f"{PROBE_KINDS}")
+                        f"{PROBE_KINDS}, or () for the gradient and sparsity probes only")
     for field in ("every_steps", "lanczos_steps", "top_k", "bottom_k", "trace_probes",
                   "density_runs", "batch_size"):
         value = p[field]

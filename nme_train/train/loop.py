@@ -29,6 +29,7 @@ from nme_train.data import (
     split_size,
     train_batches,
 )
+from nme_train.experiments import FINAL_FILE, write_json_atomic
 from nme_train.models import build_model
 from nme_train.train.checkpoint import abstract_with_shardings, open_checkpointer
 from nme_train.train.metrics import MetricWriter, Progress, TrainMetrics, truncate_metrics
@@ -182,6 +183,8 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
         os.makedirs(workdir, exist_ok=True)
         discarded = truncate_metrics(workdir, start_step)
         truncate_metrics(workdir, start_step, "probes")
+        if start_step < total_steps and os.path.exists(os.path.join(workdir, FINAL_FILE)):
+            os.remove(os.path.join(workdir, FINAL_FILE))  # a finished run trained further
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2))
         print(f"nme_train: {config.model.name} ({exp.num_params:,} parameters) on "
@@ -279,7 +282,10 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
         writer.write(total_steps, results)
     ckpt.close()
     writer.close()
-    if is_main:
+    if is_main:  # the marker of a finished run (tools/sweep.py skips it, summarize reads it)
+        write_json_atomic(os.path.join(workdir, FINAL_FILE), {
+            "step": total_steps, "epochs": total_steps / steps_per_epoch,
+            "num_params": exp.num_params, **metrics.last, **results})
         print(f"final: step {total_steps} | eval loss {results['eval/loss']:.4f} | eval accuracy "
               f"{results['eval/accuracy']:.4f} | {results['train/wall_time_sec']:.1f} s",
               flush=True)

@@ -1,0 +1,32 @@
+"""E1: SAM against the gradient penalty, with GELU and with ReLU; accuracy against rho.
+
+Paper's finding: the penalty L + rho ||grad L|| tracks SAM with GELU; with
+ReLU it degrades at large rho, down below no regularization (ReLU has no
+activation second derivative, so the NME the penalty's update relies on is
+missing).
+
+Grid: activation {relu, gelu} x {none, SAM(rho), penalty(rho)} x 2 seeds.
+
+    python tools/sweep.py --config configs/paper/e1.py:cifar10 --workdir DIR
+    python tools/summarize.py DIR
+"""
+
+from configs.paper import common
+from nme_train.experiments import activations, experiment_config, methods, product, seeds
+
+SCALES = common.SCALES
+PLOT = {"kind": "final", "x": "rho", "lines": ("method", "activation")}
+
+
+def base(scale: str):
+    return common.base(scale)
+
+
+def grid(scale: str):
+    rhos = common.study(scale, common.RHOS, common.STUDY_RHOS)
+    return product(activations(("relu", "gelu")),
+                   methods({"none": (), "sam": rhos, "gp": rhos}), seeds(common.SEEDS))
+
+
+def get_config(arg: str = "cifar10"):
+    return experiment_config(base, grid, SCALES, arg)

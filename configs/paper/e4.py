@@ -1,0 +1,37 @@
+"""E4: weight noise against the Hessian and the Gauss-Newton trace penalties; accuracy against sigma^2.
+
+Paper's finding: the Gauss-Newton trace penalty L + (sigma^2/2) Tr G is
+best; the two whose update includes the NME (weight noise, whose expected
+loss is L + (sigma^2/2) Tr H to second order, and the Hessian trace
+penalty) are worse.
+
+Hyperparameters follow Bishop's expansion: weight noise N(0, sigma^2 I);
+trace penalties with coefficient sigma^2/2, one Hutchinson probe (Hessian)
+and one sampled label (Gauss-Newton), as in the paper. Activation: GELU
+(the paper does not say; with GELU the NME terms of the activations exist).
+Every run also records Tr H, Tr G and Tr NME about 10 times over training
+(the probes of E6, which shares these runs).
+
+Grid: {none, weight noise, Hessian trace, GN trace} x sigma^2 x 2 seeds.
+"""
+
+from configs.paper import common
+from nme_train.experiments import experiment_config, methods, product, seeds
+
+SCALES = common.SCALES
+PLOT = {"kind": "final", "x": "sigma2", "lines": ("method",), "log_x": True}
+
+
+def base(scale: str):
+    return common.with_trace_probes(common.base(scale, "gelu"),
+                                    per_run=common.study(scale, 10, 4))
+
+
+def grid(scale: str):
+    sigma2s = common.study(scale, common.SIGMA2S, common.STUDY_SIGMA2S)
+    return product(methods({"none": (), "weight_noise": sigma2s, "hessian_trace": sigma2s,
+                            "gn_trace": sigma2s}), seeds(common.SEEDS))
+
+
+def get_config(arg: str = "cifar10"):
+    return experiment_config(base, grid, SCALES, arg)
