@@ -1,4 +1,4 @@
-"""E4: weight noise against the Hessian and the Gauss-Newton trace penalties; accuracy against sigma^2.
+"""E4: weight noise, Hessian and Gauss-Newton trace penalties; accuracy against sigma^2.
 
 Paper's finding: the Gauss-Newton trace penalty L + (sigma^2/2) Tr G is
 best; the two whose update includes the NME (weight noise, whose expected
