@@ -221,27 +221,27 @@ def plot(exp: Experiment, rows: list[dict], out: str) -> str:
             ax.set_ylabel("pre-activations with |σ''| > threshold (%)")
         else:
             line_tags = exp.plot.get("lines", ())
-            baselines = x in HYPERPARAMETERS
+            baselines = x in HYPERPARAMETERS  # the unregularized runs sit at rho = 0
+            plain = [r for r in rows if baselines and r.get("method") == "none"]
+            others = [t for t in line_tags if t != "method"]
             lines: dict[str, list[dict]] = {}
             for r in rows:
-                if baselines and r.get("method") == "none":
-                    continue
-                lines.setdefault(_label(r, line_tags), []).append(r)
+                if r not in plain:
+                    lines.setdefault(_label(r, line_tags), []).append(r)
             for label, members in sorted(lines.items()):
                 members.sort(key=lambda r: r[x])
+                if not exp.plot.get("log_x"):  # start each curve at its unregularized run
+                    members = [b for b in plain
+                               if all(b.get(t) == members[0].get(t) for t in others)] + members
                 ax.errorbar([r[x] for r in members], [100 * r["test_acc_mean"] for r in members],
                             yerr=[0 if math.isnan(r["test_acc_std"]) else 100 * r["test_acc_std"]
                                   for r in members], marker="o", capsize=3, label=label)
-            if baselines:
-                for r in rows:
-                    if r.get("method") == "none":
-                        ax.axhline(100 * r["test_acc_mean"], ls="--", lw=1, color="grey")
-                        ax.annotate(f"none, {_label(r, [t for t in line_tags if t != 'method'])}",
-                                    (1.0, 100 * r["test_acc_mean"]), xycoords=("axes fraction",
-                                                                               "data"),
-                                    fontsize=7, ha="right", va="bottom", color="grey")
-            ax.set_ylabel("test accuracy (%)")
+            for i, r in enumerate(plain):
+                ax.axhline(100 * r["test_acc_mean"], ls=("--", ":", "-.")[i % 3], lw=1,
+                           color="grey", label=f"none{', ' if others else ''}{_label(r, others)}"
+                           if others else "none")
             ax.legend(fontsize=7)
+            ax.set_ylabel("test accuracy (%)")
         ax.set_xlabel({"sigma2": "σ²", "rho": "ρ", "beta": "β"}.get(x, x))
         if exp.plot.get("log_x"):
             ax.set_xscale("log")
