@@ -4,9 +4,11 @@ import importlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -197,6 +199,39 @@ def test_local_sweep_runs_each_point_once_and_summarizes(tmp_path, data_dir):
     assert "| method | rho | seeds | test accuracy (%)" in table
     assert "| gp | 0.1 | 2 |" in table and "1 run(s) of this grid have not finished" in table
     assert (tmp_path / "summary" / "summary_tiny.png").stat().st_size > 5000
+
+
+def test_sigterm_stops_a_local_sweep_at_a_checkpoint_and_the_next_sweep_resumes(
+        tmp_path, data_dir):
+    config = tiny_experiment(tmp_path, data_dir)
+    text = open(config).read().replace("c.num_epochs, c.num_train_steps = -1, 6",
+                                       "c.num_epochs, c.num_train_steps = -1, 4000")
+    open(config, "w").write(text.replace('"gp": (0.1,)', '"gp": ()'))  # 2 plain points
+    workdir = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "tools/sweep.py", "--config", config,
+                             "--workdir", str(workdir)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ,
+                                                                      "XLA_FLAGS": ""})
+    first = workdir / "method=none,rho=0,seed=0"
+    deadline = time.time() + 120
+    while time.time() < deadline and "step 3/" not in _read(first / "train.log") \
+            and "step 6/" not in _read(first / "train.log"):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out
+    assert "stopping the runs" in out and "stopped at a checkpoint" in out
+    assert "started method=none,rho=0,seed=1" not in out  # nothing new starts
+    assert not (first / FINAL_FILE).exists() and os.listdir(first / "checkpoints")
+    printed = run_sweep("--config", config, "--workdir", str(workdir), "--launcher", "print")
+    assert "0 finished, 2 to run" in printed.stdout
+
+
+def _read(path) -> str:
+    try:
+        return open(path).read()
+    except FileNotFoundError:
+        return ""
 
 
 def test_sweep_refuses_a_run_made_with_another_config(tmp_path, data_dir):
