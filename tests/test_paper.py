@@ -301,17 +301,20 @@ def test_summarize_mean_and_std_over_seeds_on_fake_runs(tmp_path):
     tags = {"activation": "relu", "method": "none", "rho": 0.0, "seed": 0}
     points.append(fake_run(w, "none-0", tags, 0.6))
     points.append({"name": "pending", "tags": {**tags, "seed": 1}})  # never ran
+    points.append(fake_run(w, "gn-0", {"activation": "relu", "method": "gn_trace",
+                                       "sigma2": 0.01, "seed": 0}, 0.7))  # another tag
     write_manifest(w, "e1", {"kind": "final", "x": "rho", "lines": ("method", "activation")},
                    points)
     assert summarize.main([str(w)]) == 0
     table = (w / "summary_e1.md").read_text()
-    assert "| relu | gp | 0.1 | 2 | 85.00 ± 7.07 |" in table  # std with ddof 1
-    assert "| gelu | gp | 0.1 | 2 | 72.00 ± 2.83 |" in table
-    assert "| relu | none | 0 | 1 | 60.00 |" in table
+    assert "| relu | gp | 0.1 | — | 2 | 85.00 ± 7.07 |" in table  # std with ddof 1
+    assert "| gelu | gp | 0.1 | — | 2 | 72.00 ± 2.83 |" in table
+    assert "| relu | none | 0 | — | 1 | 60.00 |" in table
     assert "1 run(s) of this grid have not finished" in table
     rows = (w / "summary_e1.csv").read_text().splitlines()
-    assert rows[0].startswith("activation,method,rho,seeds,test_acc_mean,test_acc_std")
-    assert len(rows) == 4 and (w / "summary_e1.png").stat().st_size > 5000
+    assert "| relu | gn_trace | — | 0.01 | 1 | 70.00 |" in table
+    assert rows[0].startswith("activation,method,rho,sigma2,seeds,test_acc_mean,test_acc_std")
+    assert len(rows) == 5 and (w / "summary_e1.png").stat().st_size > 5000
 
 
 def test_summarize_traces_and_sparsity_on_fake_runs(tmp_path):

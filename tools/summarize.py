@@ -83,8 +83,10 @@ class Experiment:
             key = tuple(tags.items())
             self.groups.setdefault(key, []).append(
                 {"seed": seed, "final": final, "dir": run_dir})
-        self.tag_names = [k for k in self.manifest["points"][0]["tags"] if k != "seed"] \
-            if self.manifest["points"] else []
+        self.tag_names: list[str] = []  # in order of appearance: methods differ in their
+        for point in self.manifest["points"]:  # hyperparameter's name (rho, sigma2)
+            self.tag_names += [k for k in point["tags"] if k != "seed" and k not in
+                               self.tag_names]
 
     def rows(self) -> list[dict]:
         """One row per group: its tags, the number of seeds and the figures."""
@@ -127,8 +129,8 @@ class Experiment:
 
 
 def _sort_key(row: dict, tag_names: Sequence[str]) -> tuple:
-    return tuple((0, row[t], "") if isinstance(row[t], (int, float)) else (1, 0, str(row[t]))
-                 for t in tag_names)
+    return tuple((0, row[t], "") if isinstance(row.get(t), (int, float))
+                 else (1, 0, str(row.get(t, ""))) for t in tag_names)
 
 
 def write_tables(exp: Experiment, rows: list[dict], out: str) -> tuple[str, str]:
@@ -155,7 +157,8 @@ def write_tables(exp: Experiment, rows: list[dict], out: str) -> tuple[str, str]
     header += [h for h, _, _ in extra] + ["wall s"]
     lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [format_value(r[t]) for t in exp.tag_names] + [str(r["seeds"])]
+        cells = [format_value(r[t]) if t in r else "—" for t in exp.tag_names]
+        cells.append(str(r["seeds"]))
         cells.append(fmt(r["test_acc_mean"], r["test_acc_std"], 100.0))
         cells.append(fmt(r["test_loss_mean"], r["test_loss_std"], digits=4))
         cells.append(fmt(r["train_loss_mean"], r["train_loss_std"], digits=4))
@@ -210,6 +213,7 @@ def plot(exp: Experiment, rows: list[dict], out: str) -> str:
     else:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         x = exp.plot["x"]
+        rows = [r for r in rows if x in r]  # a method tagged with another hyperparameter
         if kind == "sparsity":
             rows = sorted(rows, key=lambda r: r[x])
             for field, label in (("sparsity_init", "at initialisation"),
@@ -219,6 +223,7 @@ def plot(exp: Experiment, rows: list[dict], out: str) -> str:
                                          else r[f"{field}_std"]) for r in rows],
                             marker="o", capsize=3, label=label)
             ax.set_ylabel("pre-activations with |σ''| > threshold (%)")
+            ax.legend(fontsize=7)
         else:
             line_tags = exp.plot.get("lines", ())
             baselines = x in HYPERPARAMETERS  # the unregularized runs sit at rho = 0
