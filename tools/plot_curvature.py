@@ -60,15 +60,8 @@ def plot_spectra(records, path) -> bool:
                 ax.fill_between(steps, [v - b for v, b in zip(values, bounds)],
                                 [v + b for v, b in zip(values, bounds)], color=color, alpha=0.2)
             drawn = True
-    if drawn:
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.set(xlabel="training step", ylabel="eigenvalue",
-               title="Extreme eigenvalues of H = G + NME (Lanczos)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return drawn
+    return _save_over_steps(fig, ax, drawn, path, "eigenvalue",
+                            "Extreme eigenvalues of H = G + NME (Lanczos)")
 
 
 def plot_traces(records, path) -> bool:
@@ -82,10 +75,15 @@ def plot_traces(records, path) -> bool:
         ax.errorbar(steps, values, yerr=[2 * s for s in se], color=color, marker="o", ms=3,
                     capsize=2, label=f"tr {label}")
         drawn = True
+    return _save_over_steps(fig, ax, drawn, path, "trace (Hutchinson, ±2 SE)",
+                            "tr H = tr G + tr NME over training")
+
+
+def _save_over_steps(fig, ax, drawn: bool, path: str, ylabel: str, title: str) -> bool:
+    """Finishes a figure of values over training steps; saves it only when it has data."""
     if drawn:
         ax.axhline(0, color="grey", lw=0.5)
-        ax.set(xlabel="training step", ylabel="trace (Hutchinson, ±2 SE)",
-               title="tr H = tr G + tr NME over training")
+        ax.set(xlabel="training step", ylabel=ylabel, title=title)
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=120)

@@ -203,8 +203,8 @@ def host_memory_sharding(sharding: Any) -> Any:
     """`sharding` in the host memory space when the backend has one, else unchanged."""
     try:
         kinds = {m.kind for d in sharding.mesh.devices.flat for m in d.addressable_memories()}
-    except (AttributeError, NotImplementedError):
-        return sharding
+    except (AttributeError, NotImplementedError):  # a backend or jax without memory spaces:
+        return sharding  # the basis then stays where the parameters are
     for kind in ("pinned_host", "unpinned_host"):
         if kind in kinds and kind != sharding.memory_kind:
             return sharding.with_memory_kind(kind)
