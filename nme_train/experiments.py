@@ -37,6 +37,7 @@ from typing import Any
 import ml_collections
 
 FINAL_FILE = "final.json"  # written by the trainer when a run has finished
+DIVERGED_FILE = "diverged.json"  # written by the trainer when the training loss became NaN/inf
 POINT_FILE = "point.json"  # written by tools/sweep.py: the point's tags and config string
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.=,+-]+$")
@@ -123,8 +124,13 @@ METHODS = {
     "weight_noise": ("sigma2", lambda h, **kw: ("weight_noise", {"sigma": math.sqrt(h), **kw})),
     "hessian_trace": ("sigma2", lambda h, **kw: ("hessian_trace_penalty",
                                                   {"coef": h / 2, **kw})),
+    # the Gauss-Newton trace penalty with the unbiased-gradient estimator (the default) and
+    # with the paper's sampled labels, whose gradient drops a score-function term
     "gn_trace": ("sigma2", lambda h, **kw: ("gauss_newton_trace_penalty",
-                                             {"coef": h / 2, **kw})),
+                                             {"coef": h / 2, "estimator": "hutchinson", **kw})),
+    "gn_trace_sampled": ("sigma2", lambda h, **kw: ("gauss_newton_trace_penalty",
+                                                     {"coef": h / 2,
+                                                      "estimator": "sampled_labels", **kw})),
 }
 
 
@@ -137,18 +143,20 @@ def regularizer_entry(method: str, value: float | None, **kwargs: Any) -> tuple:
 
 
 def methods(spec: dict[str, Sequence[float]],
-            options: dict[str, dict[str, Any]] | None = None) -> list[Point]:
+            options: dict[str, dict[str, Any]] | None = None,
+            zero_name: str | None = None) -> list[Point]:
     """Points for {method: hyperparameter values}; "none" takes no values.
 
     `options` gives further arguments per method, e.g.
     {"hessian_trace": {"num_probes": 5}}.
 
     Tags: method and its hyperparameter (rho or sigma2); the unregularized
-    point is tagged with the hyperparameter 0 of the first method listed, so
-    that it sits at the origin of the accuracy-vs-hyperparameter plot.
+    point is tagged with the hyperparameter 0 of the first method listed (or
+    `zero_name`), so that it sits at the origin of the
+    accuracy-vs-hyperparameter plot.
     """
     hyper_names = [METHODS[m][0] for m in spec if METHODS[m][0]]
-    zero_name = hyper_names[0] if hyper_names else "rho"
+    zero_name = zero_name or (hyper_names[0] if hyper_names else "rho")
     out = []
     for method, values in spec.items():
         hyper = METHODS[method][0]
@@ -209,6 +217,16 @@ def check_grid(points: Sequence[Point]) -> None:
 def read_final(workdir: str) -> dict | None:
     """The finished run's final metrics (DIR/final.json), or None when not finished."""
     path = os.path.join(workdir, FINAL_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_diverged(workdir: str) -> dict | None:
+    """{"step", "loss", "message"} of a run stopped by a non-finite loss, or None."""
+    path = os.path.join(workdir, DIVERGED_FILE)
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)

@@ -18,6 +18,7 @@ from ml_collections import config_flags
 from nme_train import distributed
 from nme_train.train.checkpoint import CheckpointError
 from nme_train.train.loop import train_and_evaluate
+from nme_train.train.metrics import Diverged
 from nme_train.validation import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -51,7 +52,7 @@ def main(argv: list[str]) -> None:
             print_report(dry_run(_CONFIG.value))
             return
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, Diverged) as e:
         sys.exit(f"error: {e}")
 
 

@@ -60,6 +60,7 @@ CASES = {  # name -> (apply_fn, model kind, loss)
     "mlp_tanh_ce": (mlp(jnp.tanh), "mlp", "ce"),
     "mlp_gelu_ce": (mlp(gelu), "mlp", "ce"),
     "mlp_gelu_mse": (mlp(gelu), "mlp", "mse"),
+    "mlp_relu_ce": (mlp(jax.nn.relu), "mlp", "ce"),
     "cnn_gelu_ce": (cnn, "cnn", "ce"),
 }
 
@@ -186,6 +187,31 @@ def test_hutchinson_traces_share_probes_and_are_unbiased():
     for i, kind in enumerate(cv.KINDS):
         mean, se = cv.mean_and_standard_error(forms[:, i])
         assert abs(mean - np.trace(dense[kind])) < 4 * se, (kind, mean, np.trace(dense[kind]), se)
+
+
+@pytest.mark.parametrize("name", ["cnn_gelu_ce", "mlp_relu_ce"])
+def test_per_layer_traces_are_the_dense_block_traces(name):
+    """v_l^T (M v)_l averages to tr(M_ll), the trace of leaf l's diagonal block, for H, G, NME."""
+    curv, params, batches = make_case(name)
+    dense = dense_matrices(curv, params, batches)
+    paths = cv.leaf_paths(params)
+    assert paths == sorted(params)  # a flat dict: its keys, in flattening order
+    bounds = np.cumsum([0] + [x.size for x in jax.tree.leaves(params)])  # ravel_pytree order
+    forms = np.asarray(jax.jit(lambda p, k: cv.hutchinson_quadratic_forms(
+        [curv.operator(kind, p, batches) for kind in cv.KINDS], p, k, 3000, by_leaf=True))(
+        params, jax.random.PRNGKey(5)))
+    assert forms.shape == (3000, len(cv.KINDS), len(paths))
+    for i, kind in enumerate(cv.KINDS):
+        for leaf, path in enumerate(paths):
+            lo, hi = bounds[leaf], bounds[leaf + 1]
+            block = np.trace(dense[kind][lo:hi, lo:hi])
+            mean, se = cv.mean_and_standard_error(forms[:, i, leaf])
+            assert abs(mean - block) < 4.5 * max(se, 1e-12), (kind, path, mean, block, se)
+    if name == "mlp_relu_ce":  # piecewise linear in each layer's weights: no diagonal NME block
+        for leaf in range(len(paths)):
+            lo, hi = bounds[leaf], bounds[leaf + 1]
+            assert np.abs(dense["nme"][lo:hi, lo:hi]).max() == 0.0
+        assert np.abs(dense["nme"]).max() > 1e-3  # the NME lives across layers
 
 
 def test_slq_quadrature_is_exact_for_low_degree_moments():

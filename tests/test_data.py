@@ -40,6 +40,23 @@ def test_digits_is_prepared_offline_with_fixed_split(data_dir):
     assert levels <= {round(v * 255 / 16) for v in range(17)} and len(levels) > 10
 
 
+def test_a_slice_of_a_split_is_a_training_subset(data_dir):
+    spec = DATASETS["digits"]
+    split_size(spec, "train", data_dir)  # prepares the set
+    assert split_size(spec, "train[:400]", data_dir) == 400
+    c = data_config(data_dir, name="digits", train_split="train[:400]")
+    first = take(train_batches(spec, c, 100, seed=0, start_step=0, process_index=0,
+                               process_count=1), 8)  # two epochs of the 400
+    whole = data_config(data_dir, name="digits")
+    other = take(train_batches(spec, whole, 100, seed=0, start_step=0, process_index=0,
+                               process_count=1), 8)
+    assert not all(np.array_equal(a["image"], b["image"]) for a, b in zip(first, other))
+    with pytest.raises(ValueError, match=r"split 'train\[:abc\]'.*config.data.train_split"):
+        split_size(spec, "train[:abc]", data_dir)
+    with pytest.raises(ValueError, match="split 'validation' not in digits"):
+        split_size(spec, "validation", data_dir)
+
+
 def test_same_seed_same_batches_and_other_seed_differs(cifar_dir):
     spec, c = DATASETS["cifar10"], data_config(cifar_dir, augment="pad_crop_flip")
     a = take(train_batches(spec, c, 16, seed=3, start_step=0, process_index=0,

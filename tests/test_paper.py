@@ -37,7 +37,8 @@ def test_every_point_of_every_scale_validates(name):
     for scale in m.SCALES:
         points = sweep.expand(m, scale)
         assert len(points) >= 4 and len({p.name for p in points}) == len(points)
-        assert {dict(p.tags)["seed"] for p in points} == {0, 1}  # the paper's 2 seeds
+        seeds_used = {dict(p.tags)["seed"] for p in points}
+        assert seeds_used == ({0, 1, 2} if scale == "study" else {0, 1})  # the paper used 2
         for point in points:
             config = m.get_config(f"{scale}/{point.name}")
             validate(config, 8)  # what the trainer checks first, for 8 devices
@@ -47,17 +48,30 @@ def test_every_point_of_every_scale_validates(name):
 def test_grid_sizes_and_the_hyperparameter_conventions():
     e1 = sweep.expand(module("e1"), "cifar10")  # 2 activations x (none + 6 SAM + 6 GP) x 2
     assert len(e1) == 2 * 13 * 2
-    study = sweep.expand(module("e1"), "study")
-    assert len(study) == 2 * 5 * 2
+    study = sweep.expand(module("e1"), "study")  # BatchNorm on/off x 2 x (1 + 3 + 4) x 3
+    assert len(study) == 2 * 2 * 8 * 3
+    no_bn = module("e1").get_config("study/bn=false,activation=relu,method=gp,rho=3,seed=2")
+    assert (no_bn.model.batch_norm, no_bn.optimizer.learning_rate) == (False, 0.1)
+    assert no_bn.data.train_split == "train[:4000]" and no_bn.log_every_steps == 93
     e4 = {p.name: dict(p.overrides) for p in sweep.expand(module("e4"), "study")}
-    noise = e4["method=weight_noise,sigma2=0.01,seed=0"]["regularizers"]
+    head = "bn=false,activation=gelu"
+    noise = e4[f"{head},method=weight_noise,sigma2=0.01,seed=0"]["regularizers"]
     assert noise == (("weight_noise", {"sigma": pytest.approx(0.1)}),)
-    trace = e4["method=hessian_trace,sigma2=0.01,seed=1"]["regularizers"]
+    trace = e4[f"{head},method=hessian_trace,sigma2=0.01,seed=1"]["regularizers"]
     assert trace == (("hessian_trace_penalty", {"coef": 0.005}),)  # sigma^2 / 2 (Bishop)
+    for method, estimator in (("gn_trace", "hutchinson"), ("gn_trace_sampled", "sampled_labels")):
+        entry = e4[f"{head},method={method},sigma2=0.001,seed=2"]["regularizers"]
+        assert entry == (("gauss_newton_trace_penalty", {"coef": 0.0005, "estimator": estimator}),)
     e5 = {p.name: dict(p.overrides) for p in sweep.expand(module("e5"), "study")}
-    assert e5["method=hessian_trace,sigma2=0.001,seed=0"]["regularizers"][0][1]["num_probes"] == 5
+    five = e5[f"{head},method=hessian_trace,sigma2=0.001,probes=5,seed=0"]["regularizers"]
+    assert five[0][1]["num_probes"] == 5
+    e3 = module("e3").get_config("study/bn=false,activation=relu_synthetic_nme,beta=16,"
+                                 "method=gp,rho=1,seed=0")
+    assert (e3.model.activation, e3.model.beta, e3.model.batch_norm) == \
+        ("relu_synthetic_nme", 16.0, False)
     # points shared between experiments have the same names and configs
-    for a, b in (("e1", "e2"), ("e4", "e6"), ("e8", "e9")):
+    for a, b in (("e1", "e2"), ("e1", "e3"), ("e1", "e10"), ("e4", "e5"), ("e4", "e6"),
+                 ("e8", "e9")):
         ma, mb = module(a), module(b)
         shared = {p.name for p in sweep.expand(ma, "study")} \
             & {p.name for p in sweep.expand(mb, "study")}
@@ -84,13 +98,13 @@ def test_bad_config_strings_name_the_fix():
 # regularizer of the grids is compiled. (ImageNet ResNet-50 with SAM: the CLI test below.)
 DRY_RUNS = [
     ("e2", "cifar10", "activation=gelu_nme_ablated,method=gp,rho=0.5,seed=0"),
-    ("e3", "fashion_mnist", "activation=relu_synthetic_nme,method=gp,rho=0.1,seed=0"),
-    ("e4", "fashion_mnist", "method=hessian_trace,sigma2=0.01,seed=0"),
-    ("e5", "fashion_mnist", "method=gn_trace,sigma2=0.001,seed=1"),
-    ("e6", "study", "method=weight_noise,sigma2=0.01,seed=0"),
+    ("e3", "fashion_mnist", "activation=relu_synthetic_nme,beta=4,method=gp,rho=0.1,seed=0"),
+    ("e4", "fashion_mnist", "activation=gelu,method=hessian_trace,sigma2=0.01,seed=0"),
+    ("e5", "fashion_mnist", "activation=gelu,method=gn_trace_sampled,sigma2=0.001,probes=5,seed=1"),
+    ("e6", "study", "bn=false,activation=gelu,method=weight_noise,sigma2=0.01,seed=0"),
     ("e8", "cifar10", "beta=64,method=gn_trace,sigma2=0.001,seed=0"),
-    ("e9", "study", "beta=8,method=none,rho=0,seed=1"),
-    ("e10", "fashion_mnist", "method=gp_no_nme,rho=0.5,seed=0"),
+    ("e9", "study", "bn=true,beta=8,method=none,rho=0,seed=1"),
+    ("e10", "fashion_mnist", "activation=gelu,method=gp_no_nme,rho=0.5,seed=0"),
 ]
 
 
@@ -256,7 +270,7 @@ def test_slurm_launcher_submits_one_job_per_pending_point(tmp_path):
     fake.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\necho Submitted batch job $$\n")
     fake.chmod(0o755)
     workdir = tmp_path / "runs"
-    finished = workdir / "method=none,rho=0,seed=0"
+    finished = workdir / "activation=gelu,method=none,rho=0,seed=0"
     finished.mkdir(parents=True)
     (finished / FINAL_FILE).write_text(json.dumps({"eval/accuracy": 0.5}))
     out = run_sweep("--config", "configs/paper/e10.py:imagenet", "--workdir", str(workdir),
@@ -268,8 +282,11 @@ def test_slurm_launcher_submits_one_job_per_pending_point(tmp_path):
     first = calls[0].split()
     assert first[:2] == ["--nodes=4", "--time=24:00:00"]
     assert first[-1].endswith("launch/slurm.sbatch")
-    assert "--export=ALL,CONFIG=configs/paper/e10.py:imagenet/method=none,rho=0,seed=1," \
-        f"WORKDIR={workdir}/method=none,rho=0,seed=1" in calls[0]
+    point = "activation=gelu,method=gp,rho=0.01,seed=0"  # seed 0 first: none,seed=0 is done
+    seeds_in_order = [int(c.split("seed=")[1].split(",")[0].split()[0]) for c in calls]
+    assert seeds_in_order == sorted(seeds_in_order)
+    assert f"--export=ALL,CONFIG=configs/paper/e10.py:imagenet/{point}," \
+        f"WORKDIR={workdir}/{point}" in calls[0]
     assert out.stdout.count("Submitted batch job") == 25
 
 

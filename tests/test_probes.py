@@ -44,6 +44,13 @@ def test_training_writes_probes_on_8_devices(data_dir, tmp_path):
         assert g_bottom > -1e-3 * g_top
         # tr H = tr G + tr NME, probe by probe
         assert r["trace/identity_residual"] < 1e-4
+        # per-layer traces: one per parameter leaf, summing to the trace
+        for kind in ("hessian", "gauss_newton", "nme"):
+            layers = r[f"{kind}/trace_by_layer"]
+            assert set(layers) == set(r[f"{kind}/trace_by_layer_se"])
+            assert {"Conv_0/kernel", "Dense_0/kernel"} <= set(layers), sorted(layers)
+            assert abs(sum(layers.values()) - r[f"{kind}/trace"]) \
+                <= 1e-5 * max(1.0, abs(r[f"{kind}/trace"]))
         assert r["basis_memory"] == "device" and r["basis_mib"] > 0
         assert set(r["sparsity/layers"]) and r["sparsity/threshold"] == 1e-3
     assert all(0.0 < r["sparsity/mean"] <= 1.0 for r in records)

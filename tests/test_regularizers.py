@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 from nme_train import regularizers as reg
 from nme_train.models.activations import gelu
 from nme_train.regularizers.trace_penalties import sample_labels
+from tools.gn_estimator_bias import mlp_references, penalty_gradients
 
 pytestmark = pytest.mark.usefixtures("float64")  # double precision (tests/conftest.py)
 
@@ -215,7 +216,7 @@ def test_hessian_trace_estimate_is_unbiased(problem, activation):
     assert abs(mean - jnp.trace(d["H"])) < 4 * se, (mean, jnp.trace(d["H"]), se)
 
 
-@pytest.mark.parametrize("estimator", ["sampled_labels", "hutchinson"])
+@pytest.mark.parametrize("estimator", ["hutchinson", "sampled_labels", "sampled_labels_score"])
 def test_gauss_newton_trace_estimates_are_unbiased(problem, estimator):
     params, batch = problem
     d = dense(params, batch)
@@ -233,7 +234,7 @@ def test_hessian_trace_penalty_gradient_is_the_third_derivative(problem):
     got, _ = grad_of(reg.hessian_trace_penalty(coef, num_probes=2), params, batch, rng,
                      activation=gelu)
     probe_rng, _ = jax.random.split(rng)
-    from nme_train.regularizers.trace_penalties import rademacher_like
+    from nme_train.curvature import rademacher_like
 
     vs = [ravel_pytree(rademacher_like(k, params))[0] for k in jax.random.split(probe_rng, 2)]
     # reference: differentiate the dense Hessian (reverse over jax.hessian)
@@ -246,6 +247,59 @@ def test_hessian_trace_penalty_gradient_is_the_third_derivative(problem):
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
 
 
+def dense_trace_functions(params, batch, activation=jnp.tanh):
+    """(flat params, L, Tr H, Tr G, fixed_p) of the MLP from dense float64 matrices."""
+    flat, ref = mlp_references(params, batch, activation)
+    return flat, ref["loss"], ref["trace_h"], ref["trace_g"], ref["fixed_p"]
+
+
+def z_scores(samples, reference):
+    """(mean - reference) / standard error, per parameter."""
+    mean = samples.mean(axis=0)
+    se = samples.std(axis=0, ddof=1) / np.sqrt(len(samples))
+    return (mean - reference) / np.maximum(se, 1e-12 * np.abs(reference).max())
+
+
+@pytest.mark.parametrize("estimator", ["hutchinson", "sampled_labels_score"])
+def test_gauss_newton_penalty_gradient_is_unbiased_for_grad_trace_g(problem, estimator):
+    """The mean update over many draws matches the dense grad Tr G within its standard errors."""
+    params, batch = problem
+    flat, _, _, trace_g, _ = dense_trace_functions(params, batch)
+    reference = np.asarray(jax.grad(trace_g)(flat))
+    samples = penalty_gradients(reg.gauss_newton_trace_penalty(1.0, estimator=estimator),
+                                params, batch, 3000)
+    z = z_scores(samples, reference)
+    assert np.max(np.abs(z)) < 5, (estimator, np.max(np.abs(z)))
+    rel = np.linalg.norm(samples.mean(0) - reference) / np.linalg.norm(reference)
+    assert rel < 0.15, rel
+
+
+def test_paper_gauss_newton_estimator_gradient_drops_the_score_term(problem):
+    """The sampled-label update averages to the gradient with p held fixed, not to grad Tr G."""
+    params, batch = problem
+    flat, _, _, trace_g, fixed_p = dense_trace_functions(params, batch)
+    np.testing.assert_allclose(fixed_p(flat), trace_g(flat), rtol=1e-12)  # same value
+    grad_tr_g = np.asarray(jax.grad(trace_g)(flat))
+    expected = np.asarray(jax.grad(fixed_p)(flat))  # its exact expected update
+    samples = penalty_gradients(reg.gauss_newton_trace_penalty(1.0, estimator="sampled_labels"),
+                                params, batch, 3000)
+    assert np.max(np.abs(z_scores(samples, expected))) < 5
+    # the missing score-function term is far outside the Monte Carlo error
+    bias = np.linalg.norm(expected - grad_tr_g) / np.linalg.norm(grad_tr_g)
+    assert bias > 0.3, bias
+    assert np.sqrt(np.mean(z_scores(samples, grad_tr_g) ** 2)) > 5
+
+
+@pytest.mark.parametrize("activation", [jnp.tanh, gelu])
+def test_hessian_trace_penalty_gradient_is_unbiased_for_grad_trace_h(problem, activation):
+    params, batch = problem
+    flat, _, trace_h, _, _ = dense_trace_functions(params, batch, activation)
+    reference = np.asarray(jax.grad(trace_h)(flat))
+    samples = penalty_gradients(reg.hessian_trace_penalty(1.0), params, batch, 3000, activation)
+    assert np.max(np.abs(z_scores(samples, reference))) < 5
+    assert np.linalg.norm(samples.mean(0) - reference) / np.linalg.norm(reference) < 0.15
+
+
 def rewrapped(obj):
     """The same objective, no longer marked plain (takes the wrapped-objective path)."""
     return obj.with_value(obj.value)
@@ -256,10 +310,11 @@ def test_gauss_newton_sampled_penalty_gradient(problem, wrapped, samples):
     params, batch = problem
     d = dense(params, batch)
     coef, rng = 0.2, jax.random.PRNGKey(4)
-    penalty = reg.gauss_newton_trace_penalty(coef, num_samples=samples)
+    penalty = reg.gauss_newton_trace_penalty(coef, num_samples=samples,
+                                             estimator="sampled_labels")
     got, _ = grad_of(reg.chain(rewrapped, penalty) if wrapped else penalty,
                      params, batch, rng)
-    sample_rng, _ = jax.random.split(rng)
+    sample_rng = jax.random.split(rng, 3)[0]
     logits = mlp(params, batch["inputs"])
     all_labels = [sample_labels(k, logits) for k in jax.random.split(sample_rng, samples)]
 

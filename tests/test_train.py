@@ -9,6 +9,7 @@ import pytest
 from conftest import with_overrides
 
 from configs import default
+from nme_train.experiments import read_diverged
 from nme_train.train.loop import train_and_evaluate
 from nme_train.train.metrics import read_metrics
 
@@ -74,6 +75,7 @@ def test_non_finite_loss_stops_with_the_step(data_dir, tmp_path):
     bad_step = int(str(info.value).split("at step ")[1].split(";")[0])
     logged = [r["step"] for r in read_metrics(workdir)]
     assert all(step < bad_step for step in logged)  # what was written before stays
+    assert read_diverged(workdir)["step"] == bad_step  # a sweep counts the run as diverged
 
 
 @pytest.mark.parametrize("regularizers,keys", [

@@ -12,7 +12,10 @@ Point P runs in DIR/P (P: its tags, e.g. `activation=gelu,method=gp,rho=0.1,seed
 
 so each run is resumable by the same command (a killed sweep picks up where
 its runs stopped) and a point whose DIR/P/final.json exists is finished and
-skipped. Two experiments that share points (E1 and E2, E4 and E6, E8 and E9)
+skipped, as is one whose DIR/P/diverged.json says its training loss became
+non-finite (a result of the grid, counted by tools/summarize.py). Pending
+points run seed by seed (every seed-0 point first), so a sweep cut short
+still covers the whole grid. Two experiments that share points (E1 and E2, E4 and E6, E8 and E9)
 can be swept into one DIR: the shared runs run once. A point whose
 DIR/P/config.json differs from the config it would run now is refused (the
 grid or base config changed: use another DIR, or remove that run).
@@ -51,6 +54,7 @@ from nme_train.experiments import (  # noqa: E402
     Point,
     apply_overrides,
     check_grid,
+    read_diverged,
     read_final,
     write_json_atomic,
 )
@@ -114,11 +118,14 @@ def plan(module, scale: str, path: str, workdir: str) -> tuple[list[Point], list
                 if json.load(f) != point_config_json(module, scale, point):
                     conflicts.append(run_dir)
                     continue
-        (finished if read_final(run_dir) is not None else pending).append(point)
+        done = read_final(run_dir) is not None or read_diverged(run_dir) is not None
+        (finished if done else pending).append(point)
     if conflicts:
         raise SweepError(f"{len(conflicts)} run(s) in {workdir} were started with another "
                          f"config than {path}:{scale} gives them now (e.g. {conflicts[0]}); "
                          "sweep into a new --workdir or remove those runs")
+    # every seed-0 point first, then seed 1, ...: a sweep cut short still covers the grid
+    pending.sort(key=lambda p: p.tag_dict.get("seed", 0))
     return finished, pending
 
 
@@ -189,6 +196,10 @@ def run_local(path: str, scale: str, points: Sequence[Point], workdir: str, jobs
                 elif proc.returncode == 0:  # stopped by a signal after checkpointing
                     print(f"sweep: [{done}/{len(points)}] {point.name}: stopped at a "
                           "checkpoint", flush=True)
+                elif read_diverged(os.path.join(workdir, point.name)) is not None:
+                    diverged = read_diverged(os.path.join(workdir, point.name))
+                    print(f"sweep: [{done}/{len(points)}] {point.name}: diverged at step "
+                          f"{diverged['step']} (a result: not run again)", flush=True)
                 else:
                     failed.append(point.name)
                     print(f"sweep: [{done}/{len(points)}] {point.name}: FAILED (exit "

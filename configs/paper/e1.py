@@ -5,17 +5,18 @@ ReLU it degrades at large rho, down below no regularization (ReLU has no
 activation second derivative, so the NME the penalty's update relies on is
 missing).
 
-Grid: activation {relu, gelu} x {none, SAM(rho), penalty(rho)} x 2 seeds.
+Grid: activation {relu, gelu} x {none, SAM(rho), penalty(rho)} x seeds; in
+the study also x {with, without BatchNorm} (`bn`).
 
     python tools/sweep.py --config configs/paper/e1.py:cifar10 --workdir DIR
     python tools/summarize.py DIR
 """
 
 from configs.paper import common
-from nme_train.experiments import activations, experiment_config, methods, product, seeds
+from nme_train.experiments import activations, experiment_config, methods, product
 
 SCALES = common.SCALES
-PLOT = {"kind": "final", "x": "rho", "lines": ("method", "activation")}
+PLOT = {"kind": "final", "x": "rho", "lines": ("method", "activation"), "panels": "bn"}
 
 
 def base(scale: str):
@@ -24,8 +25,9 @@ def base(scale: str):
 
 def grid(scale: str):
     rhos = common.study(scale, common.RHOS, common.STUDY_RHOS)
-    return product(activations(("relu", "gelu")),
-                   methods({"none": (), "sam": rhos, "gp": rhos}), seeds(common.SEEDS))
+    sam_rhos = common.study(scale, common.RHOS, common.STUDY_SAM_RHOS)
+    return product(common.norm_axis(scale), activations(("relu", "gelu")),
+                   methods({"none": (), "sam": sam_rhos, "gp": rhos}), common.seed_axis(scale))
 
 
 def get_config(arg: str = "cifar10"):

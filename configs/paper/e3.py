@@ -1,19 +1,24 @@
-"""E3: ReLU with synthetic NME (ImageNet); the gradient penalty against rho.
+"""E3: ReLU with synthetic NME; the gradient penalty against rho.
 
-Paper's finding: giving ReLU a surrogate second derivative (that of GELU,
-through the derivative rule of `relu_synthetic_nme`, value and slope still
-ReLU's) restores the penalty's benefit as rho grows.
+Paper's finding (on ImageNet): giving ReLU a surrogate second derivative
+(that of beta-GELU, through the derivative rule of `relu_synthetic_nme`;
+value and slope still ReLU's) restores the penalty's benefit as rho grows.
 
-Grid: activation {relu, relu_synthetic_nme (beta 1: GELU's sigma'')} x
-{none, penalty(rho)} x 2 seeds. ImageNet is the paper's setting; the
-other scales run the same grid.
+Grid: ReLU x {none, penalty(rho)} and relu_synthetic_nme x beta
+(SYNTHETIC_BETAS: beta = 1 injects GELU's sigma'', larger beta a sharper one)
+x penalty(rho), x seeds. In the study the synthetic points run without
+BatchNorm only: there the network's NME comes from the activations alone,
+so ReLU has none to give the penalty and the surrogate is all there is
+(with BatchNorm, normalisation adds NME of its own, see E6). The ReLU points
+are E1's (both BatchNorm variants), at the rhos where E1 separates ReLU
+from GELU.
 """
 
 from configs.paper import common
-from nme_train.experiments import activations, experiment_config, methods, product, seeds
+from nme_train.experiments import activations, experiment_config, methods, product
 
 SCALES = common.SCALES
-PLOT = {"kind": "final", "x": "rho", "lines": ("activation",)}
+PLOT = {"kind": "final", "x": "rho", "lines": ("activation", "beta"), "panels": "bn"}
 
 
 def base(scale: str):
@@ -21,9 +26,13 @@ def base(scale: str):
 
 
 def grid(scale: str):
-    rhos = common.study(scale, common.RHOS, common.STUDY_RHOS)
-    return product(activations(("relu", "relu_synthetic_nme"), beta=1.0),
-                   methods({"none": (), "gp": rhos}), seeds(common.SEEDS))
+    rhos = common.study(scale, common.RHOS, common.STUDY_SEPARATION_RHOS)
+    relu = product(common.norm_axis(scale), activations(("relu",)),
+                   methods({"none": (), "gp": rhos}), common.seed_axis(scale))
+    synthetic = product(common.norm_axis(scale, (False,)),
+                        common.synthetic_nme(common.SYNTHETIC_BETAS),
+                        methods({"gp": rhos}), common.seed_axis(scale))
+    return relu + synthetic
 
 
 def get_config(arg: str = "imagenet"):

@@ -3,24 +3,30 @@
 Paper's finding: with 5 probes the Hessian trace penalty is still unstable,
 so its failure is not the variance of the one-probe estimator.
 
-Grid: {none, Hessian trace (5 probes), GN trace (5 sampled labels)} x
-sigma^2 x 2 seeds, on E4's base (GELU, trace probes).
+Grid: {Hessian trace, GN trace (Hutchinson), GN trace (sampled labels)},
+each with 5 probes or draws (tag `probes=5`), x sigma^2 x seeds, on E4's
+base; its unregularized points are E4's. The study runs one sigma^2, the
+smaller of E4's.
 """
 
 from configs.paper import common, e4
-from nme_train.experiments import experiment_config, methods, product, seeds
+from nme_train.experiments import Point, activations, experiment_config, methods, product
 
 SCALES = common.SCALES
-PLOT = {"kind": "final", "x": "sigma2", "lines": ("method",), "log_x": True}
+PLOT = {"kind": "final", "x": "sigma2", "lines": ("method", "probes"), "log_x": True}
 base = e4.base
 
 
 def grid(scale: str):
-    sigma2s = common.study(scale, common.SIGMA2S, common.STUDY_SIGMA2S)
-    five = methods({"none": (), "hessian_trace": sigma2s, "gn_trace": sigma2s},
+    sigma2s = common.study(scale, common.SIGMA2S, common.STUDY_SIGMA2S[:1])
+    plain = methods({"none": ()}, zero_name="sigma2")
+    five = methods({"hessian_trace": sigma2s, "gn_trace": sigma2s, "gn_trace_sampled": sigma2s},
                    options={"hessian_trace": {"num_probes": 5},
-                            "gn_trace": {"num_samples": 5}})
-    return product(five, seeds(common.SEEDS))
+                            "gn_trace": {"num_samples": 5},
+                            "gn_trace_sampled": {"num_samples": 5}})
+    head = (common.norm_axis(scale, (False,)), activations(("gelu",)))
+    return (product(*head, plain, common.seed_axis(scale))
+            + product(*head, five, [Point.of({"probes": 5})], common.seed_axis(scale)))
 
 
 def get_config(arg: str = "cifar10"):

@@ -15,6 +15,8 @@ traces with shared probes, stochastic Lanczos quadrature) and probes.py
 
 from nme_train.curvature.estimators import (
     hutchinson_quadratic_forms,
+    leaf_paths,
+    leafwise_dots,
     mean_and_standard_error,
     rademacher_like,
     slq_nodes_and_weights,
@@ -48,6 +50,7 @@ from nme_train.curvature.products import (
 __all__ = [
     "KINDS", "Curvature", "LanczosResult", "OutputLoss", "as_output_loss", "batch_weights",
     "check_deterministic", "gvp", "hutchinson_quadratic_forms", "hvp", "lanczos",
+    "leaf_paths", "leafwise_dots",
     "lanczos_host", "lanczos_iterate", "apply", "mean_and_standard_error",
     "mean_squared_error", "nme_vp", "output_hvp",
     "rademacher_like", "slq_nodes_and_weights", "softmax_cross_entropy", "spectral_density",

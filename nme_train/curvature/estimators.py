@@ -3,6 +3,10 @@
 hutchinson_quadratic_forms  v^T M v for every kind M, with the SAME Rademacher
     probes v for all kinds, so that tr H = tr G + tr NME holds probe by
     probe (up to round-off); the trace is their mean, with a standard error.
+    Split by parameter leaf l, v_l^T (M v)_l has mean tr(M_ll), the trace of
+    the diagonal block of that leaf (`leafwise_dots`): per-layer traces from
+    the same matvecs, at no extra cost (their variance includes the
+    off-diagonal blocks M_lm, m != l).
 slq  stochastic Lanczos quadrature: for each random start vector, a Lanczos
     run gives Gauss quadrature nodes (Ritz values) and weights (squared first
     components of T's eigenvectors); their average over start vectors is an
@@ -35,12 +39,37 @@ def rademacher_like(key: jax.Array, tree: Params) -> Params:
         for k, x in zip(keys, leaves)])
 
 
+def leaf_paths(tree: Params) -> list[str]:
+    """Names of the leaves of `tree` in flattening order, e.g. "Conv_0/kernel"."""
+    def name(key) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    return ["/".join(name(k) for k in path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def leafwise_dots(a: Params, b: Params) -> jax.Array:
+    """[number of leaves]: <a_l, b_l> for each leaf l; their sum is tree_dot(a, b)."""
+    return jnp.stack([jnp.vdot(x, y).real.astype(jnp.promote_types(x.dtype, jnp.float32))
+                      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))])
+
+
 def hutchinson_quadratic_forms(matvecs: Sequence[Callable[[Params], Params]], params: Params,
-                               key: jax.Array, num_probes: int) -> jax.Array:
-    """[num_probes, len(matvecs)] values v_s^T M_k v_s, one shared probe v_s per row; jittable."""
+                               key: jax.Array, num_probes: int,
+                               by_leaf: bool = False) -> jax.Array:
+    """[num_probes, len(matvecs)] values v_s^T M_k v_s, one shared probe v_s per row; jittable.
+
+    With `by_leaf`, [num_probes, len(matvecs), leaves]: v_l^T (M_k v)_l per
+    parameter leaf l (leaf_paths order), whose means are the block traces.
+    """
 
     def one(k):
         v = rademacher_like(k, params)
+        if by_leaf:
+            return jnp.stack([leafwise_dots(v, mv(v)) for mv in matvecs])
         return jnp.stack([tree_dot(v, mv(v)) for mv in matvecs])
 
     return jax.lax.map(one, jax.random.split(key, num_probes))

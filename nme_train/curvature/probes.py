@@ -9,6 +9,10 @@ one JSON-able record:
   <kind>/top_eigenvalues, <kind>/top_error_bounds,
   <kind>/bottom_eigenvalues, <kind>/bottom_error_bounds, <kind>/lanczos_steps,
   <kind>/trace, <kind>/trace_se, trace/identity_residual,
+  <kind>/trace_by_layer, <kind>/trace_by_layer_se
+                                         ({parameter path: tr(M_ll)}, the traces
+                                          of the diagonal blocks of each leaf, from
+                                          the same probes: they sum to the trace),
   <kind>/alignment                       (g^T M g / ||g||^2),
   <kind>/density = {"grid": [...], "density": [...]},
   basis_mib, basis_memory                (the Lanczos basis, and where it lives),
@@ -37,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from nme_train.curvature.estimators import (
+    leaf_paths,
+    leafwise_dots,
     mean_and_standard_error,
     rademacher_like,
     slq_nodes_and_weights,
@@ -99,6 +105,7 @@ class ProbeSuite:
                 static_argnums=0)
         self._gradient = jax.jit(jax.value_and_grad(curv.loss_value))
         self._start = jax.jit(rademacher_like)
+        self._leaf_dots = jax.jit(leafwise_dots)
 
     def basis_memory(self, params: Any) -> tuple[str, float]:
         mib = basis_bytes(params, self.s.lanczos_steps) / 2**20
@@ -121,7 +128,8 @@ class ProbeSuite:
         record: dict[str, Any] = {"step": int(step), "basis_mib": mib, "basis_memory": where}
         matvecs = 0
         key = jax.random.PRNGKey(s.seed)
-        forms = np.zeros((s.trace_probes, len(s.kinds)))
+        paths = leaf_paths(params)
+        forms = np.zeros((s.trace_probes, len(s.kinds), len(paths)))  # per probe, kind, leaf
         with jax.default_matmul_precision(s.precision):
             if s.alignment:
                 loss, grad = self._gradient(params, batches)
@@ -148,11 +156,16 @@ class ProbeSuite:
                                    f"{kind}/lanczos_steps": result.steps})
                 for j in range(s.trace_probes):  # the same probe vectors for every kind
                     v = self._start(jax.random.fold_in(key, 1000 + j), params)
-                    forms[j, i] = float(tree_dot(v, apply(linear, v)))
+                    forms[j, i] = np.asarray(self._leaf_dots(v, apply(linear, v)), np.float64)
                 matvecs += s.trace_probes
                 if s.trace_probes:
                     record[f"{kind}/trace"], record[f"{kind}/trace_se"] = \
-                        mean_and_standard_error(forms[:, i])
+                        mean_and_standard_error(forms[:, i].sum(axis=-1))
+                    by_leaf = [mean_and_standard_error(forms[:, i, leaf])
+                               for leaf in range(len(paths))]
+                    record[f"{kind}/trace_by_layer"] = dict(zip(paths, (m for m, _ in by_leaf)))
+                    record[f"{kind}/trace_by_layer_se"] = dict(
+                        zip(paths, (se for _, se in by_leaf)))
                 if s.alignment:
                     record[f"{kind}/alignment"] = float(tree_dot(grad, apply(linear, grad))) \
                         / max(grad_sq, 1e-300)
@@ -167,7 +180,7 @@ class ProbeSuite:
                                                  "density": density.tolist()}
                 del linear
             if s.trace_probes and set(KINDS) <= set(s.kinds):
-                h, g, n = (forms[:, s.kinds.index(k)] for k in KINDS)
+                h, g, n = (forms[:, s.kinds.index(k)].sum(axis=-1) for k in KINDS)
                 record["trace/identity_residual"] = float(
                     np.max(np.abs(h - g - n)) / max(np.max(np.abs(h)), 1e-30))
         record["matvecs"] = matvecs

@@ -76,18 +76,27 @@ class _OnDisk:
 
 def _open_split(spec: DatasetSpec, split: str, data_dir: str, cache: bool):
     builder = tfds.builder_from_directory(find_dataset_dir(spec, data_dir))
-    if split not in builder.info.splits:
-        raise ValueError(
-            f"split {split!r} not in {spec.tfds_name} (has {sorted(builder.info.splits)}); "
-            "fix config.data.train_split / config.data.eval_split"
-        )
+    _check_split(builder, spec, split)
     source = builder.as_data_source(split=split)
     return _InMemory(source) if cache and spec.cacheable else _OnDisk(source)
 
 
+def _check_split(builder, spec: DatasetSpec, split: str) -> None:
+    """Raises ValueError unless `split` names a split or a TFDS slice of one ("train[:10%]")."""
+    try:
+        builder.info.splits[split]
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ValueError(
+            f"split {split!r} not in {spec.tfds_name} (has {sorted(builder.info.splits)}; "
+            "slices such as 'train[:10000]' work too): fix config.data.train_split / "
+            f"config.data.eval_split ({str(e).splitlines()[0]})"
+        ) from None
+
+
 def split_size(spec: DatasetSpec, split: str, data_dir: str) -> int:
-    """Number of examples in `split`, read from the dataset's metadata."""
+    """Number of examples in `split` (a split or a slice of one), from the dataset's metadata."""
     builder = tfds.builder_from_directory(find_dataset_dir(spec, data_dir))
+    _check_split(builder, spec, split)
     return builder.info.splits[split].num_examples
 
 

@@ -29,10 +29,16 @@ from nme_train.data import (
     split_size,
     train_batches,
 )
-from nme_train.experiments import FINAL_FILE, write_json_atomic
+from nme_train.experiments import DIVERGED_FILE, FINAL_FILE, write_json_atomic
 from nme_train.models import build_model
 from nme_train.train.checkpoint import abstract_with_shardings, open_checkpointer
-from nme_train.train.metrics import MetricWriter, Progress, TrainMetrics, truncate_metrics
+from nme_train.train.metrics import (
+    Diverged,
+    MetricWriter,
+    Progress,
+    TrainMetrics,
+    truncate_metrics,
+)
 from nme_train.train.optim import learning_rate_schedule, make_optimizer
 from nme_train.train.preemption import PreemptionGuard
 from nme_train.train.probing import RunProbes, write_record
@@ -183,8 +189,9 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
         os.makedirs(workdir, exist_ok=True)
         discarded = truncate_metrics(workdir, start_step)
         truncate_metrics(workdir, start_step, "probes")
-        if start_step < total_steps and os.path.exists(os.path.join(workdir, FINAL_FILE)):
-            os.remove(os.path.join(workdir, FINAL_FILE))  # a finished run trained further
+        for marker in (FINAL_FILE, DIVERGED_FILE):  # a finished or diverged run trains again
+            if start_step < total_steps and os.path.exists(os.path.join(workdir, marker)):
+                os.remove(os.path.join(workdir, marker))
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2))
         print(f"nme_train: {config.model.name} ({exp.num_params:,} parameters) on "
@@ -234,7 +241,16 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
     def fetch() -> None:  # the previous step's metrics: the host waits for that step here
         nonlocal pending
         if pending is not None:
-            metrics.record(pending[0], jax.device_get(pending[1]))
+            try:
+                metrics.record(pending[0], jax.device_get(pending[1]))
+            except Diverged as e:  # mark the run (tools/sweep.py counts it) and stop cleanly
+                watchdog.close()
+                ckpt.close()
+                writer.close()
+                if is_main:
+                    write_json_atomic(os.path.join(workdir, DIVERGED_FILE), {
+                        "step": e.step, "loss": str(e.loss), "message": str(e)})
+                raise
             watchdog.beat(pending[0])
             pending = None
 

@@ -143,6 +143,14 @@ def truncate_metrics(workdir: str, step: int, name: str = "metrics") -> int:
     return len(drop)
 
 
+class Diverged(FloatingPointError):
+    """The training loss became non-finite at `step`."""
+
+    def __init__(self, step: int, loss: float, message: str):
+        super().__init__(message)
+        self.step, self.loss = step, loss
+
+
 class TrainMetrics:
     """Host side of the training metrics: checks, interval means, and where they go.
 
@@ -163,7 +171,8 @@ class TrainMetrics:
     def record(self, step: int, values: Mapping[str, Any]) -> None:
         loss = float(values["loss"])
         if not math.isfinite(loss):
-            raise FloatingPointError(
+            raise Diverged(
+                step, loss,
                 f"training loss is {loss} at step {step}; the metrics of earlier steps are in "
                 f"{self.workdir}/metrics.jsonl. Lower config.optimizer.learning_rate, add warmup "
                 "(config.optimizer.warmup_epochs) or gradient clipping "
