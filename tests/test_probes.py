@@ -157,7 +157,7 @@ def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
     out = subprocess.run([sys.executable, "tools/plot_curvature.py", workdir], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for name in ("curvature_spectra.png", "curvature_traces.png"):
+    for name in ("curvature_spectra.png", "curvature_traces.png", "curvature_layers.png"):
         path = os.path.join(workdir, name)
         assert os.path.getsize(path) > 10_000
     assert "skipped curvature_density.png" in out.stdout  # no density in these probes
@@ -189,3 +189,13 @@ def test_offline_probe_in_float64_of_one_step(data_dir, tmp_path):
     # in float64 the shared-probe identity tr H = tr G + tr NME holds to round-off
     assert record["trace/identity_residual"] < 1e-12
     assert not os.path.exists(os.path.join(workdir, "probe_snapshots", "8"))
+
+
+def test_per_layer_traces_reach_tensorboard_scalars():
+    from nme_train.curvature.probes import scalars
+
+    out = scalars({"step": 3, "nme/trace": -1.5, "nme/trace_by_layer": {
+        "Conv_0/kernel": -2.0, "BatchNorm_0/scale": 0.5}, "hessian/top_eigenvalues": [4.0, 3.0]})
+    assert out == {"probes/nme/trace": -1.5, "probes/nme/trace_by_layer/Conv_0/kernel": -2.0,
+                   "probes/nme/trace_by_layer/BatchNorm_0/scale": 0.5,
+                   "probes/hessian/top_eigenvalues[0]": 4.0}

@@ -7,6 +7,9 @@ Writes into DIR (or --out):
   curvature_spectra.png   top eigenvalue of H, G and NME and the bottom one of
                           the NME over training, with the Ritz error bounds
   curvature_traces.png    tr H, tr G, tr NME over training (+- 2 standard errors)
+  curvature_layers.png    tr H, tr G, tr NME of each layer's diagonal block over
+                          training (`<kind>/trace_by_layer`, summed over the
+                          layer's parameters): where the curvature lives
   curvature_density.png   the spectral densities (SLQ) of the last probe that has them
   activation_sparsity.png mean fraction of |sigma''| above the threshold over training
 A figure whose data the probes do not hold is skipped (and said so).
@@ -79,12 +82,42 @@ def plot_traces(records, path) -> bool:
                             "tr H = tr G + tr NME over training")
 
 
+def plot_layers(records, path) -> bool:
+    """One panel per kind: the trace of each layer's diagonal block over training."""
+    kinds = [k for k in KINDS if any(f"{k[0]}/trace_by_layer" in r for r in records)]
+    if not kinds:
+        return False
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.5), squeeze=False)
+    for ax, (kind, label, _) in zip(axes[0], kinds):
+        per_layer: dict[str, list[tuple[int, float]]] = {}
+        for r in records:
+            sums: dict[str, float] = {}
+            for path_, value in r.get(f"{kind}/trace_by_layer", {}).items():
+                layer = path_.rsplit("/", 1)[0]
+                sums[layer] = sums.get(layer, 0.0) + value
+            for layer, value in sums.items():
+                per_layer.setdefault(layer, []).append((r["step"], value))
+        for layer, points in sorted(per_layer.items()):
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3,
+                    label=layer)
+        ax.set_yscale("symlog", linthresh=1.0)
+        _finish(ax, "trace of the layer's block (Hutchinson)", f"tr {label} by layer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _finish(ax, ylabel: str, title: str) -> None:
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xlabel="training step", ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
+
+
 def _save_over_steps(fig, ax, drawn: bool, path: str, ylabel: str, title: str) -> bool:
     """Finishes a figure of values over training steps; saves it only when it has data."""
     if drawn:
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.set(xlabel="training step", ylabel=ylabel, title=title)
-        ax.legend(fontsize=8)
+        _finish(ax, ylabel, title)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -141,7 +174,8 @@ def main(argv=None) -> list[str]:
     os.makedirs(out, exist_ok=True)
     written = []
     for name, fn in (("curvature_spectra.png", plot_spectra), ("curvature_traces.png",
-                     plot_traces), ("curvature_density.png", plot_density),
+                     plot_traces), ("curvature_layers.png", plot_layers),
+                     ("curvature_density.png", plot_density),
                      ("activation_sparsity.png", plot_sparsity)):
         path = os.path.join(out, name)
         if fn(records, path):

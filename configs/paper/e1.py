@@ -16,7 +16,9 @@ from configs.paper import common
 from nme_train.experiments import activations, experiment_config, methods, product
 
 SCALES = common.SCALES
-PLOT = {"kind": "final", "x": "rho", "lines": ("method", "activation"), "panels": "bn"}
+PLOT = {"kind": "final", "x": "rho", "lines": ("method", "activation"), "panels": "bn",
+        "symlog_x": 0.1, "zoom": 6,
+        "contrasts": [["activation", "gelu", "relu"], ["method", "gp", "sam"]]}
 
 
 def base(scale: str):

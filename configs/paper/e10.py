@@ -12,7 +12,9 @@ from configs.paper import common
 from nme_train.experiments import activations, experiment_config, methods, product
 
 SCALES = common.SCALES
-PLOT = {"kind": "final", "x": "rho", "lines": ("method",), "panels": "bn"}
+PLOT = {"kind": "final", "x": "rho", "lines": ("method",), "panels": "bn", "symlog_x": 0.1,
+        "zoom": 6,
+        "contrasts": [["method", "gp", "gp_no_nme"]]}
 
 
 def base(scale: str):

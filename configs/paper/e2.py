@@ -14,7 +14,10 @@ from configs.paper import common
 from nme_train.experiments import activations, experiment_config, methods, product
 
 SCALES = common.SCALES
-PLOT = {"kind": "final", "x": "rho", "lines": ("activation",), "panels": "bn"}
+PLOT = {"kind": "final", "x": "rho", "lines": ("activation",), "panels": "bn",
+        "symlog_x": 0.1, "zoom": 6,
+        "contrasts": [["activation", "gelu", "gelu_nme_ablated"], ["activation", "gelu", "relu"],
+                      ["activation", "gelu_nme_ablated", "relu"]]}
 
 
 def base(scale: str):

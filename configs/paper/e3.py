@@ -18,7 +18,9 @@ from configs.paper import common
 from nme_train.experiments import activations, experiment_config, methods, product
 
 SCALES = common.SCALES
-PLOT = {"kind": "final", "x": "rho", "lines": ("activation", "beta"), "panels": "bn"}
+PLOT = {"kind": "final", "x": "rho", "lines": ("activation", "beta"), "panels": "bn",
+        "symlog_x": 0.1, "zoom": 6,
+        "contrasts": [["activation", "relu_synthetic_nme", "relu"]]}
 
 
 def base(scale: str):

@@ -24,7 +24,10 @@ from configs.paper import common
 from nme_train.experiments import activations, experiment_config, methods, product
 
 SCALES = common.SCALES
-PLOT = {"kind": "final", "x": "sigma2", "lines": ("method",), "log_x": True}
+PLOT = {"kind": "final", "x": "sigma2", "lines": ("method",), "log_x": True, "zoom": 6,
+        "contrasts": [["method", "gn_trace", "gn_trace_sampled"],
+                      ["method", "gn_trace", "weight_noise"],
+                      ["method", "gn_trace", "hessian_trace"]]}
 
 
 def base(scale: str):

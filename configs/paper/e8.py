@@ -17,7 +17,8 @@ from configs.paper import common
 from nme_train.experiments import axis, experiment_config, methods, product
 
 SCALES = common.SCALES
-PLOT = {"kind": "final", "x": "beta", "lines": ("method",), "log_x": True, "panels": "bn"}
+PLOT = {"kind": "final", "x": "beta", "lines": ("method",), "log_x": True, "panels": "bn",
+        "zoom": 6}
 
 
 def base(scale: str):
