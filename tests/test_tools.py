@@ -32,10 +32,3 @@ def test_bench_regularizers_reports_each_method():
     assert set(out) == {"plain", "sam", "gradient_penalty"}
     assert out["plain"]["ratio"] == 1.0 and out["sam"]["temp_mib"] > 0
 
-
-def test_gn_estimator_bias_compares_each_estimator_with_the_dense_gradient():
-    out = run_tool("tools/gn_estimator_bias.py", "--seeds", "0", "--draws", "64")
-    assert {"gn_hutchinson", "gn_sampled_labels", "gn_sampled_labels_score",
-            "hessian_trace"} <= set(out)
-    # the paper's estimator's exact expected update is far from grad Tr G on this problem
-    assert out["paper_expected_update_vs_grad_trace_g"]["rel_distance"] > 0.3
