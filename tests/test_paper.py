@@ -48,9 +48,9 @@ def test_every_point_of_every_scale_validates(name):
 def test_grid_sizes_and_the_hyperparameter_conventions():
     e1 = sweep.expand(module("e1"), "cifar10")  # 2 activations x (none + 6 SAM + 6 GP) x 2
     assert len(e1) == 2 * 13 * 2
-    study = sweep.expand(module("e1"), "study")  # BatchNorm on/off x 2 x (1 + 3 + 4) x 3
-    assert len(study) == 2 * 2 * 8 * 3
-    no_bn = module("e1").get_config("study/bn=false,activation=relu,method=gp,rho=3,seed=2")
+    study = sweep.expand(module("e1"), "study")  # BatchNorm on/off x 2 x (1 + 4 + 4) x 3
+    assert len(study) == 2 * 2 * 9 * 3
+    no_bn = module("e1").get_config("study/bn=false,activation=relu,method=gp,rho=1,seed=2")
     assert (no_bn.model.batch_norm, no_bn.optimizer.learning_rate) == (False, 0.1)
     assert no_bn.data.train_split == "train[:4000]" and no_bn.log_every_steps == 93
     e4 = {p.name: dict(p.overrides) for p in sweep.expand(module("e4"), "study")}

@@ -277,8 +277,9 @@ def tolerance_table(exp: Experiment, rows: list[dict]) -> list[str]:
         for r in sorted(members, key=lambda r: r[x]):
             drop = r["test_acc_mean"] - base["test_acc_mean"]
             if r["diverged"] or math.isnan(drop) or 100 * drop < -TOLERANCE - 1e-9:
-                outside = (f"{format_value(r[x])} ({100 * drop:+.2f}"
-                           f"{', diverged ' + str(r['diverged']) if r['diverged'] else ''})")
+                why = [] if math.isnan(drop) else [f"{100 * drop:+.2f}"]
+                why += [f"diverged {r['diverged']}"] if r["diverged"] else []
+                outside = f"{format_value(r[x])} ({', '.join(why)})"
                 break
             best = format_value(r[x])
         cells = [format_value(v) if v is not None else "—" for v in key]

@@ -27,9 +27,8 @@ def base(scale: str):
 
 def grid(scale: str):
     rhos = common.study(scale, common.RHOS, common.STUDY_RHOS)
-    sam_rhos = common.study(scale, common.RHOS, common.STUDY_SAM_RHOS)
     return product(common.norm_axis(scale), activations(("relu", "gelu")),
-                   methods({"none": (), "sam": sam_rhos, "gp": rhos}), common.seed_axis(scale))
+                   methods({"none": (), "sam": rhos, "gp": rhos}), common.seed_axis(scale))
 
 
 def get_config(arg: str = "cifar10"):
