@@ -55,7 +55,7 @@ STUDY_RHOS = (0.1, 0.3, 0.5, 1.0)
 STUDY_SIGMA2S = (1e-3, 1e-2)
 STUDY_BETAS = (1.0, 8.0, 64.0)
 # Where E1 separates ReLU from GELU under the penalty: E2 and E3 sweep these.
-STUDY_SEPARATION_RHOS = (0.3, 1.0)
+STUDY_SEPARATION_RHOS = (0.5, 1.0)
 # The surrogate second derivatives of E3 (beta-GELU's, beta = 1 is GELU's).
 SYNTHETIC_BETAS = (1.0, 4.0, 16.0)
 
