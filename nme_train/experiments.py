@@ -216,19 +216,17 @@ def check_grid(points: Sequence[Point]) -> None:
 
 def read_final(workdir: str) -> dict | None:
     """The finished run's final metrics (DIR/final.json), or None when not finished."""
-    path = os.path.join(workdir, FINAL_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return _read_marker(workdir, FINAL_FILE)
 
 
 def read_diverged(workdir: str) -> dict | None:
     """{"step", "loss", "message"} of a run stopped by a non-finite loss, or None."""
-    path = os.path.join(workdir, DIVERGED_FILE)
+    return _read_marker(workdir, DIVERGED_FILE)
+
+
+def _read_marker(workdir: str, name: str) -> dict | None:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(os.path.join(workdir, name), encoding="utf-8") as f:
             return json.load(f)
     except (FileNotFoundError, json.JSONDecodeError):
         return None

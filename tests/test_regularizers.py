@@ -20,6 +20,7 @@ from nme_train import regularizers as reg
 from nme_train.models.activations import gelu
 from nme_train.regularizers.trace_penalties import sample_labels
 from tools.gn_estimator_bias import mlp_references, penalty_gradients
+from tools.gn_estimator_bias import problem as tiny_problem
 
 pytestmark = pytest.mark.usefixtures("float64")  # double precision (tests/conftest.py)
 
@@ -41,13 +42,8 @@ def mse(outputs, targets):
 
 @pytest.fixture(scope="module")
 def problem(float64):
-    rng = np.random.default_rng(0)
-    params = {"w1": rng.normal(size=(D, H)), "b1": rng.normal(size=H) * 0.1,
-              "w2": rng.normal(size=(H, C)), "b2": rng.normal(size=C) * 0.1}
-    params = jax.tree.map(jnp.asarray, params)
-    batch = {"inputs": jnp.asarray(rng.normal(size=(N, D))),
-             "targets": jnp.asarray(rng.integers(0, C, N))}
-    return params, batch
+    """Float64 parameters and a batch of N examples (tools/gn_estimator_bias.problem(0))."""
+    return tiny_problem(0)
 
 
 def dense(params, batch, activation=jnp.tanh, loss=ce):
