@@ -16,7 +16,8 @@ summary_<experiment>.md, .csv and .png:
                    sigma^2 or beta), one line per method/activation, error
                    bars ± one standard error of the mean over seeds; the
                    unregularized runs of a rho/sigma^2 sweep are drawn as
-                   horizontal lines
+                   horizontal lines; a point with diverged seeds is marked x
+                   and labelled (its mean is over the other seeds)
   kind "traces"    Tr H, Tr G and Tr NME (Hutchinson) against the training
                    step, one line per group (mean over seeds, band ± std);
                    and summary_<experiment>_layers.png: the per-layer traces
@@ -400,9 +401,16 @@ def _plot_final(exp: Experiment, ax, rows: list[dict]) -> None:
         if not exp.plot.get("log_x"):  # start each curve at its unregularized run
             members = [b for b in plain
                        if all(b.get(t) == members[0].get(t) for t in others)] + members
-        ax.errorbar([r[x] for r in members], [100 * r["test_acc_mean"] for r in members],
-                    yerr=[_se(r, "test_acc") for r in members], marker="o", capsize=3,
-                    label=label)
+        line = ax.errorbar([r[x] for r in members], [100 * r["test_acc_mean"] for r in members],
+                           yerr=[_se(r, "test_acc") for r in members], marker="o", capsize=3,
+                           label=label)
+        for r in members:  # a point some of whose seeds diverged: the mean is of the others
+            if r["diverged"]:
+                y = 100 * r["test_acc_mean"] if r["seeds"] else ax.get_ylim()[0]
+                ax.plot([r[x]], [y], marker="x", ms=10, color=line[0].get_color())
+                ax.annotate(f"{r['diverged']} diverged", (r[x], y), fontsize=6,
+                            xytext=(4, -10), textcoords="offset points",
+                            color=line[0].get_color())
     for i, r in enumerate(plain):
         ax.axhline(100 * r["test_acc_mean"], ls=("--", ":", "-.")[i % 3], lw=1,
                    color="grey", label=f"none{', ' if others else ''}{_label(r, others)}"
