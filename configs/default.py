@@ -10,8 +10,12 @@ nme_train/base_config.py. Override any on the command line, e.g.
 
 from nme_train.base_config import base_config
 
+VARIANTS = ("cnn", "mlp", "resnet")
+
 
 def get_config(variant: str = "cnn"):
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
     c = base_config()
     c.data.name = "digits"  # 1,500 train / 297 test 8x8 images, prepared offline
     c.model.name = {"cnn": "cnn", "mlp": "mlp", "resnet": "resnet"}[variant]

@@ -53,8 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
     # -- optimization ----------------------------------------------------
     c.batch_size = 128  # global batch, split over all devices and processes
     c.eval_batch_size = 256  # global evaluation batch (the last one is padded)
-    c.num_epochs = 10.0  # training length in epochs (or set num_train_steps)
-    c.num_train_steps = -1  # training length in steps; -1 = use num_epochs
+    c.num_epochs = 10.0  # training length in epochs (> 0), or -1 to use num_train_steps
+    c.num_train_steps = -1  # training length in steps (> 0), or -1 to use num_epochs; 0 is refused
     c.label_smoothing = 0.0  # target smoothing of the cross-entropy
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "nesterov"  # sgd | momentum | nesterov | adam | adamw

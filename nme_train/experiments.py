@@ -27,17 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import ml_collections
 
-FINAL_FILE = "final.json"  # written by the trainer when a run has finished
-DIVERGED_FILE = "diverged.json"  # written by the trainer when the training loss became NaN/inf
 POINT_FILE = "point.json"  # written by tools/sweep.py: the point's tags and config string
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.=,+-]+$")
@@ -212,29 +208,3 @@ def check_grid(points: Sequence[Point]) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"the grid names {len(duplicates)} point(s) twice: {duplicates[:5]}")
-
-
-def read_final(workdir: str) -> dict | None:
-    """The finished run's final metrics (DIR/final.json), or None when not finished."""
-    return _read_marker(workdir, FINAL_FILE)
-
-
-def read_diverged(workdir: str) -> dict | None:
-    """{"step", "loss", "message"} of a run stopped by a non-finite loss, or None."""
-    return _read_marker(workdir, DIVERGED_FILE)
-
-
-def _read_marker(workdir: str, name: str) -> dict | None:
-    try:
-        with open(os.path.join(workdir, name), encoding="utf-8") as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def write_json_atomic(path: str, payload: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)

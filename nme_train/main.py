@@ -15,10 +15,11 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from nme_train import distributed
+from nme_train import cli, distributed
 from nme_train.train.checkpoint import CheckpointError
 from nme_train.train.loop import train_and_evaluate
 from nme_train.train.metrics import Diverged
+from nme_train.train.rundir import RunDirError
 from nme_train.validation import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -34,27 +35,56 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "compile the training and probe steps for the "
                              "devices present, print FLOPs and memory, read no data, train "
                              "nothing")
+_EXTEND = flags.DEFINE_bool("extend", False, "continue a finished run to a larger "
+                            "num_train_steps / num_epochs (its final.json is kept aside)")
+flags.DEFINE_bool("debug", False, "show tracebacks instead of one `error:` line")
 flags.mark_flags_as_required(["config", "workdir"])
+
+USER_ERRORS = (ConfigError, CheckpointError, RunDirError, FileNotFoundError, Diverged)
+
+
+def _exit_error(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with config-file and flag mistakes as one `error:` line."""
+    debug = cli.DEBUG_FLAG in argv
+    problem = cli.diagnose_config_flags(argv)
+    if problem and not debug:
+        _exit_error(problem)
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        if debug:
+            raise
+        _exit_error(f"{e}; see --helpfull for the flags")
+    return []
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        _exit_error(f"unexpected arguments: {argv[1:]}; flags take the form --name=value")
     logging.set_verbosity(logging.ERROR)  # library chatter (TFDS, XLA) hides the progress lines
-    try:
-        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    try:
+    if not flags.FLAGS.debug:  # a failed save is reported once, as an error: line
+        logging.get_absl_handler().addFilter(
+            lambda record: "/orbax/" not in record.pathname.replace("\\", "/"))
+
+    def run() -> None:
+        try:
+            distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        except ValueError as e:
+            _exit_error(str(e))
         if _DRY_RUN.value:
             from nme_train.train.dry_run import dry_run, print_report
 
             print_report(dry_run(_CONFIG.value))
             return
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, CheckpointError, FileNotFoundError, Diverged) as e:
-        sys.exit(f"error: {e}")
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value, extend=_EXTEND.value)
+
+    cli.run_with_errors(run, USER_ERRORS)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

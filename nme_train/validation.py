@@ -13,6 +13,7 @@ from typing import Any
 from nme_train.data.augment import AUGMENTATIONS
 from nme_train.data.datasets import DATASETS
 from nme_train.models import DTYPES, MODEL_NAMES, STAGE_SIZES, activation_names
+from nme_train.models.activations import activation_params
 from nme_train.regularizers import REGISTRY as REGULARIZERS
 from nme_train.sharding import AXES, mesh_shape
 from nme_train.train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_ON
@@ -45,7 +46,7 @@ def _check_model(problems: list[str], m: Any) -> None:
     _choice(problems, "config.model.activation", m.activation, activation_names())
     _choice(problems, "config.model.dtype", m.dtype, DTYPES)
     _choice(problems, "config.model.param_dtype", m.param_dtype, DTYPES)
-    if m.activation == "beta_gelu":
+    if m.activation in activation_names() and "beta" in activation_params(m.activation):
         _positive(problems, "config.model.beta", m.get("beta"))
     if m.name == "resnet":
         if m.depth not in STAGE_SIZES:
@@ -66,6 +67,24 @@ def _check_model(problems: list[str], m: Any) -> None:
         problems.append("config.model.hidden is empty; give the layer widths, e.g. (512, 512)")
 
 
+def _check_length(problems: list[str], config: Any) -> None:
+    """num_train_steps > 0 (steps) or -1 (use num_epochs); num_epochs > 0 or -1; one of each."""
+    steps, epochs = config.num_train_steps, config.num_epochs
+    bad = False
+    if not isinstance(steps, int) or isinstance(steps, bool) or (steps <= 0 and steps != -1):
+        problems.append(f"config.num_train_steps={steps!r} must be an integer > 0, or -1 to "
+                        "train for config.num_epochs")
+        bad = True
+    if not isinstance(epochs, (int, float)) or isinstance(epochs, bool) or (
+            epochs <= 0 and epochs != -1):
+        problems.append(f"config.num_epochs={epochs!r} must be a number > 0, or -1 to train "
+                        "for config.num_train_steps")
+        bad = True
+    if not bad and (steps > 0) == (epochs > 0):
+        problems.append(f"config.num_epochs={epochs} and config.num_train_steps={steps}: set "
+                        "exactly one of them > 0 and the other to -1")
+
+
 def _check_optimizer(problems: list[str], o: Any) -> None:
     _choice(problems, "config.optimizer.name", o.name, OPTIMIZERS)
     _choice(problems, "config.optimizer.schedule", o.schedule, SCHEDULES)
@@ -76,6 +95,15 @@ def _check_optimizer(problems: list[str], o: Any) -> None:
     _positive(problems, "config.optimizer.grad_clip_norm", o.grad_clip_norm, allow_zero=True)
     if not 0 <= o.momentum < 1:
         problems.append(f"config.optimizer.momentum={o.momentum!r} must lie in [0, 1)")
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """False when a regularizer argument annotated as a number is given something else."""
+    text = str(annotation)
+    numeric = any(t in ("int", "float") for t in text.replace(" ", "").split("|"))
+    if not numeric or (value is None and "None" in text):
+        return True
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_regularizers(problems: list[str], config: Any, num_devices: int) -> None:
@@ -96,11 +124,16 @@ def _check_regularizers(problems: list[str], config: Any, num_devices: int) -> N
             problems.append(f"{field}: unknown regularizer {name!r}; choose one of "
                             f"{sorted(REGULARIZERS)}")
             continue
-        accepted = set(inspect.signature(REGULARIZERS[name]).parameters)
+        params = inspect.signature(REGULARIZERS[name]).parameters
+        accepted = set(params)
         unknown = sorted(set(kwargs) - accepted)
         if unknown:
             problems.append(f"{field}: {name} takes no argument(s) {unknown}; it takes "
                             f"{sorted(accepted)}")
+            continue
+        wrong = [f"{k}={v!r}" for k, v in kwargs.items() if not _fits(v, params[k].annotation)]
+        if wrong:
+            problems.append(f"{field}: {name} {', '.join(wrong)} must be a number")
             continue
         try:
             REGULARIZERS[name](**kwargs)
@@ -190,11 +223,7 @@ def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
                 f"(data x fsdp devices) and {process_count} process(es); use a multiple of "
                 f"{multiple}, e.g. {low} or {low + multiple}"
             )
-    if (config.num_train_steps > 0) == (config.num_epochs > 0):
-        problems.append(
-            f"config.num_epochs={config.num_epochs} and config.num_train_steps="
-            f"{config.num_train_steps}: set exactly one of them > 0 (the other to -1)"
-        )
+    _check_length(problems, config)
     for field in ("log_every_steps", "eval_every_steps"):
         _positive(problems, f"config.{field}", config[field], allow_zero=True)
     _positive(problems, "config.label_smoothing", config.label_smoothing, allow_zero=True)

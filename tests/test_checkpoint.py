@@ -162,7 +162,7 @@ def test_checkpoint_from_8_devices_restores_onto_1_and_4(data_dir, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
     # and training goes on from it on one device
     result = train_and_evaluate(tiny_config(data_dir, **{"mesh.data": 1, "num_train_steps": 15}),
-                                workdir, devices=jax.devices()[:1])
+                                workdir, devices=jax.devices()[:1], extend=True)
     assert result["eval/accuracy"] > 0
 
 
@@ -176,6 +176,7 @@ def test_incompatible_config_lists_fields_and_touches_nothing(data_dir, tmp_path
     workdir = str(tmp_path / "run")
     train_and_evaluate(tiny_config(data_dir, **{"mesh.data": 1}), workdir,
                        devices=jax.devices()[:1])
+    os.remove(os.path.join(workdir, "final.json"))  # as if it had been interrupted at the end
     before = tree_snapshot(workdir)
     bad = tiny_config(data_dir, **{"mesh.data": 1, "model.features": (8, 24),
                                    "num_train_steps": 20})
@@ -202,9 +203,10 @@ def test_incomplete_and_corrupt_checkpoints_are_skipped(data_dir, tmp_path, caps
                 fh.write(b"\x00garbage")
     capsys.readouterr()
     result = train_and_evaluate(tiny_config(data_dir, **{"mesh.data": 1, "num_train_steps": 12}),
-                                workdir, devices=jax.devices()[:1])
+                                workdir, devices=jax.devices()[:1], extend=True)
     out = capsys.readouterr().out
-    assert "skipped unreadable checkpoint at step 10" in out
+    assert "checkpoint at step 10 is unreadable" in out
+    assert sorted(os.listdir(ckpt_dir))[:3] == ["10", "10.unreadable", "12"]
     assert "resumed from the checkpoint at step 5" in out
     assert result["eval/accuracy"] > 0
     steps = [r["step"] for r in read_metrics(workdir) if "train/loss" in r]

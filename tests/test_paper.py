@@ -13,8 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from nme_train.experiments import DIVERGED_FILE, FINAL_FILE, apply_overrides, product, seeds
+from nme_train.experiments import apply_overrides, product, seeds
 from nme_train.train.dry_run import dry_run
+from nme_train.train.rundir import DIVERGED_FILE, FINAL_FILE
 from nme_train.validation import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +102,7 @@ DRY_RUNS = [
     ("e3", "fashion_mnist", "activation=relu_synthetic_nme,beta=4,method=gp,rho=0.1,seed=0"),
     ("e4", "fashion_mnist", "activation=gelu,method=hessian_trace,sigma2=0.01,seed=0"),
     ("e5", "fashion_mnist", "activation=gelu,method=gn_trace_sampled,sigma2=0.001,probes=5,seed=1"),
-    ("e6", "study", "bn=false,activation=gelu,method=weight_noise,sigma2=0.01,seed=0"),
+    ("e6", "study", "bn=false,activation=gelu,method=weight_noise,sigma2=0.001,seed=0"),
     ("e8", "cifar10", "beta=64,method=gn_trace,sigma2=0.001,seed=0"),
     ("e9", "study", "bn=true,beta=8,method=none,rho=0,seed=1"),
     ("e10", "fashion_mnist", "activation=gelu,method=gp_no_nme,rho=0.5,seed=0"),

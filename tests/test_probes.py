@@ -172,7 +172,8 @@ def test_offline_probe_reports_missing_step(data_dir, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "XLA_FLAGS": ""})
     assert out.returncode != 0
-    assert "no finished checkpoint at step 5; have [8]" in out.stderr
+    assert "probe: error: --step 5: no finished checkpoint at that step; the run has [8]" \
+        in out.stderr.splitlines()[-1]
 
 
 def test_offline_probe_in_float64_of_one_step(data_dir, tmp_path):

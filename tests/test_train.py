@@ -9,9 +9,9 @@ import pytest
 from conftest import with_overrides
 
 from configs import default
-from nme_train.experiments import read_diverged
 from nme_train.train.loop import train_and_evaluate
 from nme_train.train.metrics import read_metrics
+from nme_train.train.rundir import read_diverged
 
 
 def tiny_config(data_dir, **overrides):
@@ -70,9 +70,9 @@ def test_non_finite_loss_stops_with_the_step(data_dir, tmp_path):
     workdir = str(tmp_path / "nan")
     config = tiny_config(data_dir, **{"optimizer.learning_rate": 1e30, "log_every_steps": 1,
                                       "optimizer.warmup_epochs": 0.0})
-    with pytest.raises(FloatingPointError, match=r"at step \d+") as info:
+    with pytest.raises(FloatingPointError, match=r"diverged at step \d+") as info:
         train_and_evaluate(config, workdir)
-    bad_step = int(str(info.value).split("at step ")[1].split(";")[0])
+    bad_step = info.value.step
     logged = [r["step"] for r in read_metrics(workdir)]
     assert all(step < bad_step for step in logged)  # what was written before stays
     assert read_diverged(workdir)["step"] == bad_step  # a sweep counts the run as diverged

@@ -37,6 +37,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 OFFLINE_FILE = "probes_offline.jsonl"
+
+
+class ProbeError(Exception):
+    """A mistake in the command (reported as one `probe: error:` line)."""
+
 SNAPSHOTS = "probe_snapshots"
 
 
@@ -55,17 +60,20 @@ def snapshot(source: str, target: str):
             for name in files:
                 os.link(os.path.join(root, name),
                         os.path.join(target, os.path.relpath(root, source), name))
-    except FileNotFoundError:
+    except OSError as e:
         shutil.rmtree(target, ignore_errors=True)
-        raise
-    except OSError:
-        shutil.rmtree(target, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(target))
+        if isinstance(e, FileNotFoundError):
+            raise
         yield source
         return
     try:
         yield target
     finally:
         shutil.rmtree(target, ignore_errors=True)
+        with contextlib.suppress(OSError):  # DIR/probe_snapshots itself, once empty
+            os.rmdir(os.path.dirname(target))
 
 
 def load_run_config(workdir: str, overrides: list[str]):
@@ -74,7 +82,7 @@ def load_run_config(workdir: str, overrides: list[str]):
 
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        raise SystemExit(f"probe: {path} not found; --workdir must be a run's workdir")
+        raise ProbeError(f"{path} not found; --workdir must be a run's workdir")
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
     config = base_config()
@@ -99,7 +107,10 @@ def load_run_config(workdir: str, overrides: list[str]):
         for part in path_:
             target = target[part]
         if last not in target:
-            raise SystemExit(f"probe: --set {key}: no such config field")
+            from nme_train.cli import leaf_fields, unknown_field
+
+            raise ProbeError(f"--set {key}: " + unknown_field(key, leaf_fields(config),
+                                                              "the run's config"))
         target[last] = value
     return config
 
@@ -180,9 +191,11 @@ class OfflineProber:
 
         try:
             state, meta = self.restore(step)
-        except Exception as error:  # deleted by the run's retention, or unreadable
-            print(f"probe: skipped the checkpoint at step {step} ({type(error).__name__}: "
-                  f"{str(error).splitlines()[0] if str(error) else ''})", flush=True)
+        except Exception as error:  # noqa: BLE001 - deleted by the run's retention, or unreadable
+            from nme_train.train.checkpoint import describe_error
+
+            print(f"probe: skipped the checkpoint at step {step} ({describe_error(error)})",
+                  flush=True)
             return None
         if self.float64:
             state = state.replace(**{k: jax.tree.map(lambda x: x.astype("float64"),
@@ -198,6 +211,14 @@ class OfflineProber:
 
 
 def main() -> None:
+    from nme_train.cli import run_with_errors
+    from nme_train.train.checkpoint import CheckpointError
+    from nme_train.validation import ConfigError
+
+    run_with_errors(_main, (ProbeError, ConfigError, CheckpointError), prefix="probe: ")
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True)
@@ -208,6 +229,8 @@ def main() -> None:
                         help="--watch: stop after this long without a new checkpoint")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a config field, e.g. probes.lanczos_steps=40")
+    parser.add_argument("--debug", action="store_true", help="tracebacks instead of one "
+                        "error line")
     parser.add_argument("--float64", action="store_true",
                         help="probe in float64 (CPU; the checkpoint's float32 values are cast)")
     args = parser.parse_args()
@@ -219,12 +242,13 @@ def main() -> None:
     if not args.watch:
         steps = finalized_steps(args.workdir)
         if not steps:
-            raise SystemExit(f"probe: no finished checkpoint in {args.workdir}")
+            raise ProbeError(f"no finished checkpoint in {args.workdir}")
         step = steps[-1] if args.step is None else args.step
         if step not in steps:
-            raise SystemExit(f"probe: no finished checkpoint at step {step}; have {steps}")
+            raise ProbeError(f"--step {step}: no finished checkpoint at that step; the run "
+                             f"has {steps}")
         if prober.probe(step) is None:
-            raise SystemExit(1)
+            raise ProbeError(f"the checkpoint at step {step} could not be read (above)")
         return
 
     done = probed_steps(args.workdir)

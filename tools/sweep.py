@@ -37,7 +37,6 @@ Launchers:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shlex
@@ -49,15 +48,14 @@ from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from nme_train.cli import import_config_module  # noqa: E402
 from nme_train.experiments import (  # noqa: E402
     POINT_FILE,
     Point,
     apply_overrides,
     check_grid,
-    read_diverged,
-    read_final,
-    write_json_atomic,
 )
+from nme_train.train.rundir import read_diverged, read_final, write_json_atomic  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -71,16 +69,15 @@ def load_experiment(config_arg: str):
     """(module, scale, config path) of `path.py[:SCALE]`; the module's default scale if none."""
     path, _, scale = config_arg.partition(":")
     if not os.path.isfile(path):
-        raise SweepError(f"--config {config_arg!r}: no file {path!r}")
+        raise SweepError(f"--config {config_arg!r}: no such file {path!r}; give an "
+                         "experiment file, e.g. configs/paper/e1.py:study")
     path = os.path.abspath(path)  # runs start in the repository: name the file from there
     if os.path.commonpath([path, REPO]) == REPO:
         path = os.path.relpath(path, REPO)
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     name = os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(f"_experiment_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_config_module(path, f"--config {config_arg!r}", f"_experiment_{name}")
     if not hasattr(module, "grid"):
         raise SweepError(f"{path} defines no grid(scale): it is not a sweep (E7 is drawn by "
                          "tools/toy_landscape.py)")

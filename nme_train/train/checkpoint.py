@@ -27,6 +27,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import shutil
 import threading
 from typing import Any
 
@@ -47,6 +48,15 @@ def _lower_thread_priority() -> None:
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or the workdir's checkpoints do not fit the config."""
+
+
+def describe_error(error: BaseException) -> str:
+    """One line naming what made a checkpoint unreadable (no raw TensorStore specs)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__  # the innermost error says the most
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    text = text.split(" See full TensorStore details")[0]
+    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -75,12 +85,14 @@ class Checkpointer:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             1, "checkpoint", initializer=_lower_thread_priority)
         self._pending: concurrent.futures.Future | None = None
+        self._closed = False
         self._copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
     # -- saving ------------------------------------------------------------
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Starts saving `state` as checkpoint `step`; returns once a device copy is made."""
         self.check()
+        self._check_space(state)
         meta = json.loads(json.dumps(meta))  # a frozen copy: the caller's dicts keep changing
         if self._threaded:
             snapshot = self._copy(state)
@@ -92,6 +104,17 @@ class Checkpointer:
                 self._pending = concurrent.futures.Future()
                 self._pending.set_exception(e)
                 self.check()
+
+    def _check_space(self, state: Any) -> None:
+        """Refuses a save that cannot fit on the disk before orbax starts writing it."""
+        needed = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))
+        free = shutil.disk_usage(self.directory).free
+        if free < needed * 1.05 + 2**18:
+            raise CheckpointError(
+                f"not enough free space in {self.directory} for a checkpoint: it needs about "
+                f"{needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free. Older "
+                "checkpoints were left in place; free disk space (or lower "
+                "config.checkpoint.max_to_keep), then rerun the same command to resume.")
 
     def _save(self, step: int, state: Any, meta: dict, wait: bool) -> None:
         self._manager.save(
@@ -124,14 +147,23 @@ class Checkpointer:
         finally:
             self._pending = None
 
+    def poll(self) -> None:
+        """Raises the error of a finished background save at once (cheap: no waiting)."""
+        if self._pending is not None and self._pending.done():
+            self.check()
+
     def wait(self) -> None:
         """Blocks until the last save has finished (and raises its error, if any)."""
         self.check()
 
     def close(self) -> None:
+        """Waits for the last save (raising its error) and releases the writer; idempotent."""
+        if self._closed:
+            return
         try:
             self.check()
         finally:
+            self._closed = True
             self._executor.shutdown(wait=True)
             self._manager.close()
 
@@ -143,8 +175,7 @@ class Checkpointer:
 
     def saved_shapes(self, step: int) -> dict[str, tuple]:
         """'path' -> shape of each array of checkpoint `step` (from its metadata only)."""
-        metadata = self._manager.item_metadata(step)["state"]
-        return tree_shapes(getattr(metadata, "tree", metadata))
+        return metadata_shapes(self._manager.item_metadata(step)["state"])
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Checkpoint `step`, placed with the shardings of `abstract_state` (any mesh)."""
@@ -161,6 +192,15 @@ def _key_name(key: Any) -> str:
         if hasattr(key, attr):
             return str(getattr(key, attr))
     return str(key)
+
+
+def metadata_shapes(metadata: Any) -> dict[str, tuple]:
+    """tree_shapes of orbax's metadata of a saved tree (its layout differs across versions)."""
+    for attr in ("item_metadata", "tree"):
+        inner = getattr(metadata, attr, None)
+        if inner is not None:
+            metadata = inner
+    return tree_shapes(getattr(metadata, "tree", metadata))
 
 
 def tree_shapes(tree: Any) -> dict[str, tuple]:

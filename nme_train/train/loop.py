@@ -29,14 +29,18 @@ from nme_train.data import (
     split_size,
     train_batches,
 )
-from nme_train.experiments import DIVERGED_FILE, FINAL_FILE, write_json_atomic
 from nme_train.models import build_model
-from nme_train.train.checkpoint import abstract_with_shardings, open_checkpointer
+from nme_train.train.checkpoint import (
+    CheckpointError,
+    abstract_with_shardings,
+    open_checkpointer,
+)
 from nme_train.train.metrics import (
     Diverged,
     MetricWriter,
     Progress,
     TrainMetrics,
+    read_metrics,
     truncate_metrics,
 )
 from nme_train.train.optim import learning_rate_schedule, make_optimizer
@@ -44,6 +48,17 @@ from nme_train.train.preemption import PreemptionGuard
 from nme_train.train.probing import RunProbes, write_record
 from nme_train.train.probing import summary as probe_summary
 from nme_train.train.resume import restore_latest, warm_start
+from nme_train.train.rundir import (
+    CONFIG_FILE,
+    DIVERGED_FILE,
+    FINAL_FILE,
+    CheckpointHealth,
+    check_rerun,
+    keep_aside,
+    read_diverged,
+    read_final,
+    write_json_atomic,
+)
 from nme_train.train.step import (
     init_state,
     make_eval_step,
@@ -140,16 +155,93 @@ def build_experiment(
     )
 
 
-def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -> dict[str, Any]:
+def _param_health(params: Any) -> dict[str, jax.Array]:
+    """Global norm and finiteness of the parameters (recorded with each checkpoint)."""
+    leaves = [x.astype(jax.numpy.float32) for x in jax.tree.leaves(params)]
+    squares = sum(jax.numpy.sum(x * x) for x in leaves)
+    finite = jax.numpy.all(jax.numpy.stack([jax.numpy.all(jax.numpy.isfinite(x))
+                                            for x in leaves]))
+    return {"param_norm": jax.numpy.sqrt(squares), "finite": finite}
+
+
+def setting_warnings(config: Any, exp: Experiment) -> list[str]:
+    """Settings that are accepted but do not do what they say on this model and mesh."""
+    warnings = []
+    fsdp = exp.mesh.shape["fsdp"]
+    if fsdp > 1 and not any("fsdp" in tuple(s.spec) for s in
+                            jax.tree.leaves(exp.state_sharding.params)):
+        warnings.append(
+            f"config.mesh.fsdp={fsdp}: no parameter has a dimension divisible by {fsdp} with "
+            f"at least config.sharding.fsdp_min_size={config.sharding.fsdp_min_size} "
+            "elements, so every parameter is replicated; use a divisor of the layer widths "
+            "(e.g. a power of 2) or lower sharding.fsdp_min_size")
+    steps = config.probes.lanczos_steps if config.probes.every_steps else 0
+    if steps > exp.num_params:
+        warnings.append(
+            f"config.probes.lanczos_steps={steps} exceeds the model's {exp.num_params} "
+            f"parameters; the probes use {exp.num_params} (Lanczos is exact at that size)")
+    return warnings
+
+
+def _remove_if_empty(paths: list[str]) -> None:
+    """Removes directories this start created and left empty (innermost first)."""
+    for path in paths:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
+def _stop_diverged(e: Diverged, workdir: str, ckpt, health: CheckpointHealth,
+                   metrics: TrainMetrics, is_main: bool) -> Diverged:
+    """Records a divergence: metrics on disk, later checkpoints set aside, diverged.json."""
+    metrics.flush(e.step - 1)
+    try:
+        ckpt.wait()  # finish the save in flight: it is judged with the others
+    except CheckpointError:  # a failed save of a diverging run changes nothing here
+        pass
+    steps = ckpt.steps()
+    anchor = health.last_sane(s for s in steps if s < e.step)
+    moved = []
+    if is_main:
+        for step in steps:
+            if anchor is None or step > anchor:
+                moved.append(keep_aside(os.path.join(ckpt.directory, str(step)), "diverged"))
+    logged = read_metrics(workdir) if is_main else []
+    where = (f"the metrics up to step {logged[-1]['step']} are in {workdir}/metrics.jsonl"
+             if logged else "no metrics had been logged")
+    if anchor is not None:
+        resume = f"the last sane checkpoint is step {anchor}; a rerun resumes there"
+    else:
+        resume = "no checkpoint is sane; a rerun starts from step 0"
+    aside = (f" ({len(moved)} later checkpoint(s) moved aside as checkpoints/<step>.diverged)"
+             if moved else "")
+    message = (f"training diverged at step {e.step} (training loss {e.loss}); {where}; "
+               f"{resume}{aside}. Change the config before rerunning: lower "
+               "config.optimizer.learning_rate, add warmup (config.optimizer.warmup_epochs) or "
+               "gradient clipping (config.optimizer.grad_clip_norm)")
+    if is_main:
+        write_json_atomic(os.path.join(workdir, DIVERGED_FILE), {
+            "step": e.step, "loss": str(e.loss), "message": message,
+            "last_sane_checkpoint": anchor, "set_aside": [os.path.basename(m) for m in moved]})
+    return Diverged(e.step, e.loss, message)
+
+
+def train_and_evaluate(config: Any, workdir: str, devices: list | None = None,
+                       extend: bool = False) -> dict[str, Any]:
     """Trains and evaluates the model of `config`, writing outputs into `workdir`.
 
-    Resumes from the latest complete checkpoint in `workdir` when there is
-    one. On SIGTERM/SIGINT it saves at the current step and returns early
-    with `preempted` set. `devices` restricts the mesh to a subset of the
-    devices (default: all). Returns the final metrics (eval/accuracy,
-    eval/loss, train/loss, ...).
+    Resumes from the latest readable checkpoint in `workdir` when there is
+    one, under the workdir policy of nme_train.train.rundir: a finished run
+    is left as it is (returns its final metrics with `nothing_to_do` set)
+    unless `extend` continues it to more steps. On SIGTERM/SIGINT it saves
+    at the current step and returns early with `preempted` set. `devices`
+    restricts the mesh to a subset of the devices (default: all). Returns
+    the final metrics (eval/accuracy, eval/loss, train/loss, ...). Raises
+    Diverged (after writing diverged.json) when the training loss becomes
+    NaN or infinite.
     """
-    # -- config ------------------------------------------------------------
+    # -- config and the workdir policy (before anything is built) ----------
     devices = jax.devices() if devices is None else list(devices)
     validate(config, len(devices), jax.process_count())
     is_main = jax.process_index() == 0
@@ -157,43 +249,63 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
     with data_config.unlocked():
         data_config.data_dir = config.data.data_dir or default_data_dir()
     spec = DATASETS[config.data.name]
-
-    # -- data ------------------------------------------------------------
     train_split = data_config.train_split or spec.train_split
     num_train = split_size(spec, train_split, data_config.data_dir)
     total_steps, steps_per_epoch = _durations(config, num_train)
+    config_json = json.loads(config.to_json_best_effort())
+    nothing_to_do = check_rerun(workdir, config_json, total_steps, extend)
+    if nothing_to_do:
+        if is_main:
+            print(nothing_to_do, flush=True)
+        return {**read_final(workdir), "nothing_to_do": True}
+
+    # -- data, mesh, model, optimizer, sharded state, compiled steps -------
     eval_data = eval_batches(spec, data_config, config.eval_batch_size,
                              jax.process_index(), jax.process_count())
-
-    # -- mesh, model, optimizer, sharded state, compiled steps --------------
     exp = build_experiment(config, spec, devices, total_steps, steps_per_epoch)
 
     # -- resume, warm-start or initialise (checks before writing anything) --
+    created = [d for d in (os.path.join(workdir, "checkpoints"), workdir)
+               if not os.path.exists(d)]
     ckpt = open_checkpointer(workdir, config.checkpoint)
-    restored = restore_latest(workdir, config, ckpt, abstract_with_shardings(
-        exp.abstract_state, exp.state_sharding))
-    meta: dict = {}
-    changes: dict = {}
-    if restored is not None:
-        state, meta, changes = restored
-        start_step = int(meta["step"])
-        how = f"resumed from the checkpoint at step {start_step}"
-    elif config.init_from:
-        state, source = warm_start(config.init_from, exp.init(), exp.state_sharding)
-        start_step, how = 0, f"warm-started from {source}"
-    else:
-        state, start_step, how = exp.init(), 0, "initialised"
+    try:
+        restored = restore_latest(workdir, config, ckpt, abstract_with_shardings(
+            exp.abstract_state, exp.state_sharding))
+        meta: dict = {}
+        changes: dict = {}
+        if restored is not None:
+            state, meta, changes = restored
+            start_step = int(meta["step"])
+            how = f"resumed from the checkpoint at step {start_step}"
+            if config.init_from:
+                how += f" (config.init_from={config.init_from!r} is ignored on a resume)"
+        elif config.init_from:
+            state, source = warm_start(config.init_from, exp.init(), exp.state_sharding)
+            start_step, how = 0, f"warm-started from {source}"
+        else:
+            state, start_step, how = exp.init(), 0, "initialised"
+    except BaseException:
+        ckpt.close()
+        if is_main:
+            _remove_if_empty(created)
+        raise
 
     # -- outputs -----------------------------------------------------------
     if is_main:
         os.makedirs(workdir, exist_ok=True)
         discarded = truncate_metrics(workdir, start_step)
         truncate_metrics(workdir, start_step, "probes")
-        for marker in (FINAL_FILE, DIVERGED_FILE):  # a finished or diverged run trains again
-            if start_step < total_steps and os.path.exists(os.path.join(workdir, marker)):
-                os.remove(os.path.join(workdir, marker))
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        final, diverged = read_final(workdir), read_diverged(workdir)
+        if final is not None:  # --extend: the finished run's results are kept beside
+            moved = keep_aside(os.path.join(workdir, FINAL_FILE), f"step{final.get('step')}")
+            print(f"extending the finished run to step {total_steps}; its results are kept "
+                  f"in {moved}", flush=True)
+        if diverged is not None:  # a changed config resumes a diverged run
+            keep_aside(os.path.join(workdir, DIVERGED_FILE), f"step{diverged.get('step')}")
+        with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2))
+        for warning in setting_warnings(config, exp):
+            print(f"warning: {warning}", flush=True)
         print(f"nme_train: {config.model.name} ({exp.num_params:,} parameters) on "
               f"{config.data.name}; {total_steps} steps of batch {config.batch_size} "
               f"({steps_per_epoch} steps/epoch); mesh {dict(exp.mesh.shape)} over "
@@ -210,7 +322,9 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
                            config.log_every_steps, total_steps, workdir)
     metrics.window = {k: list(v) for k, v in meta.get("metric_window", {}).items()}
     metrics.last = dict(meta.get("metrics", {}))
+    health = CheckpointHealth(start_step, meta.get("first_loss"))
     probes = RunProbes(config, spec, exp, data_config) if config.probes.every_steps else None
+    param_health = jax.jit(_param_health, out_shardings=shd.replicated(exp.mesh))
 
     def probe(step: int) -> None:
         record = probes.probe(state, step)
@@ -220,11 +334,16 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
         metrics.restart_timing(step)
 
     def save(step: int) -> None:
+        checked = jax.device_get(param_health(state.params))
+        if not bool(checked["finite"]):
+            raise Diverged(step, float("nan"), f"the parameters after step {step} are not finite")
         ckpt.save(step, state, {
             "step": step, "data_step": step, "seed": config.seed, "total_steps": total_steps,
             "metrics": metrics.last, "metric_window": metrics.window,
-            "config": json.loads(config.to_json_best_effort()),
+            "loss": metrics.last_loss, "first_loss": health.first_loss,
+            "param_norm": float(checked["param_norm"]), "config": config_json,
         })
+        health.saved(step)
 
     # -- loop --------------------------------------------------------------
     host_batches = train_batches(spec, data_config, config.batch_size, config.seed, start_step,
@@ -232,8 +351,6 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
     batches = _device_batches(host_batches, exp.batch_sharding)
     every = config.checkpoint.every_steps
     started = time.perf_counter()
-    if probes and start_step == 0:
-        probe(0)
     pending = None  # (step, device metrics): read after the next step is dispatched
     watchdog = StepWatchdog(watchdog_timeout(config.get("watchdog_seconds", -1.0)),
                             jax.process_index())
@@ -241,63 +358,61 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None) -
     def fetch() -> None:  # the previous step's metrics: the host waits for that step here
         nonlocal pending
         if pending is not None:
-            try:
-                metrics.record(pending[0], jax.device_get(pending[1]))
-            except Diverged as e:  # mark the run (tools/sweep.py counts it) and stop cleanly
-                watchdog.close()
-                ckpt.close()
-                writer.close()
-                if is_main:
-                    write_json_atomic(os.path.join(workdir, DIVERGED_FILE), {
-                        "step": e.step, "loss": str(e.loss), "message": str(e)})
-                raise
+            metrics.record(pending[0], jax.device_get(pending[1]))
+            health.observe(pending[0], metrics.last_loss)
             watchdog.beat(pending[0])
             pending = None
 
-    with PreemptionGuard() as guard:
-        for step in range(start_step, total_steps):
-            state, step_metrics = exp.train_step(state, next(batches))
+    try:
+        if probes and start_step == 0:
+            probe(0)
+        with PreemptionGuard() as guard:
+            for step in range(start_step, total_steps):
+                state, step_metrics = exp.train_step(state, next(batches))
+                fetch()
+                ckpt.poll()  # a failed save stops the run now, not at the next save
+                pending, done = (step + 1, step_metrics), step + 1
+                stop = guard.should_stop(done)
+                if (every and done % every == 0 and done < total_steps) or stop:
+                    fetch()
+                    save(done)  # watched: a multi-process save waits on every process
+                if stop:
+                    if is_main:
+                        print(f"preempted by {guard.signal_name or 'the scheduler'} at step "
+                              f"{done}; checkpoint saved in {ckpt.directory}; run the same "
+                              "command to resume", flush=True)
+                    return {**metrics.last, "preempted": True, "step": done}
+                if config.eval_every_steps and done % config.eval_every_steps == 0 \
+                        and done < total_steps:
+                    fetch()
+                    with watchdog.paused():
+                        results = evaluate(exp.eval_step, state, eval_data, exp.batch_sharding)
+                    writer.write(done, results)
+                    metrics.progress.line(done, results)
+                    metrics.restart_timing(done)
+                if probes and done % config.probes.every_steps == 0 and done < total_steps:
+                    fetch()
+                    with watchdog.paused():
+                        probe(done)
             fetch()
-            pending, done = (step + 1, step_metrics), step + 1
-            stop = guard.should_stop(done)
-            if (every and done % every == 0 and done < total_steps) or stop:
-                fetch()
-                save(done)  # watched: a multi-process save waits on every process
-            if stop:
-                watchdog.close()
-                ckpt.close()
-                writer.close()
-                if is_main:
-                    print(f"preempted by {guard.signal_name or 'the scheduler'} at step {done}; "
-                          f"checkpoint saved in {ckpt.directory}; run the same command to "
-                          "resume", flush=True)
-                return {**metrics.last, "preempted": True, "step": done}
-            if config.eval_every_steps and done % config.eval_every_steps == 0 \
-                    and done < total_steps:
-                fetch()
-                with watchdog.paused():
-                    results = evaluate(exp.eval_step, state, eval_data, exp.batch_sharding)
-                writer.write(done, results)
-                metrics.progress.line(done, results)
-                metrics.restart_timing(done)
-            if probes and done % config.probes.every_steps == 0 and done < total_steps:
-                fetch()
-                with watchdog.paused():
-                    probe(done)
-        fetch()
-        watchdog.close()
-        if start_step < total_steps:
-            save(total_steps)
-            if probes:
-                probe(total_steps)
+            watchdog.close()
+            if start_step < total_steps:
+                save(total_steps)
+                if probes:
+                    probe(total_steps)
 
-    # -- final evaluation --------------------------------------------------
-    results = evaluate(exp.eval_step, state, eval_data, exp.batch_sharding)
-    results["train/wall_time_sec"] = time.perf_counter() - started
-    if start_step < total_steps:
-        writer.write(total_steps, results)
-    ckpt.close()
-    writer.close()
+        # -- final evaluation ----------------------------------------------
+        results = evaluate(exp.eval_step, state, eval_data, exp.batch_sharding)
+        results["train/wall_time_sec"] = time.perf_counter() - started
+        if start_step < total_steps:
+            writer.write(total_steps, results)
+        ckpt.close()
+    except Diverged as e:  # mark the run (tools/sweep.py counts it) and stop cleanly
+        raise _stop_diverged(e, workdir, ckpt, health, metrics, is_main) from None
+    finally:
+        watchdog.close()
+        ckpt.close()
+        writer.close()
     if is_main:  # the marker of a finished run (tools/sweep.py skips it, summarize reads it)
         write_json_atomic(os.path.join(workdir, FINAL_FILE), {
             "step": total_steps, "epochs": total_steps / steps_per_epoch,

@@ -72,9 +72,11 @@ class MetricWriter:
             self._tb.close()
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    """All records of DIR/metrics.jsonl (for tests, tools and notebooks)."""
-    path = os.path.join(workdir, "metrics.jsonl")
+def read_metrics(workdir: str, name: str = "metrics") -> list[dict]:
+    """All records of DIR/<name>.jsonl (for tests, tools and notebooks); [] when missing."""
+    path = os.path.join(workdir, f"{name}.jsonl")
+    if not os.path.exists(path):
+        return []
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -166,18 +168,14 @@ class TrainMetrics:
         self.workdir = workdir
         self.window: dict[str, list[float]] = {}
         self.last: dict[str, float] = {}
+        self.last_loss: float | None = None  # the training loss of the latest step
         self._timed_from: int | None = None
 
     def record(self, step: int, values: Mapping[str, Any]) -> None:
         loss = float(values["loss"])
         if not math.isfinite(loss):
-            raise Diverged(
-                step, loss,
-                f"training loss is {loss} at step {step}; the metrics of earlier steps are in "
-                f"{self.workdir}/metrics.jsonl. Lower config.optimizer.learning_rate, add warmup "
-                "(config.optimizer.warmup_epochs) or gradient clipping "
-                "(config.optimizer.grad_clip_norm)."
-            )
+            raise Diverged(step, loss, f"training loss is {loss} at step {step}")
+        self.last_loss = loss
         for key, value in values.items():
             self.window.setdefault(key, []).append(float(value))
         if self._timed_from is None:  # the first step of a process includes compilation
@@ -189,6 +187,14 @@ class TrainMetrics:
                 line.update(self.progress.rates(step))
             self.writer.write(step, line)
             self.progress.line(step, line)
+            self.last.update(line)
+            self.window = {}
+
+    def flush(self, step: int) -> None:
+        """Writes the means of the steps since the last line as the line of `step`."""
+        if self.window and step > 0:
+            line = {f"train/{k}": float(np.mean(v)) for k, v in self.window.items()}
+            self.writer.write(step, line)
             self.last.update(line)
             self.window = {}
 

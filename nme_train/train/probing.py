@@ -17,6 +17,7 @@ are not updated), "running_average" the evaluation-mode network.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -51,8 +52,10 @@ class RunProbes:
             return model.apply(variables, x, train=train)
 
         self.curvature = Curvature(apply_fn, softmax_cross_entropy(config.label_smoothing))
-        self.suite = ProbeSuite(self.curvature, ProbeSettings.from_config(p),
-                                exp.state_sharding.params)
+        settings = ProbeSettings.from_config(p)
+        if settings.lanczos_steps > exp.num_params:  # a Krylov space cannot exceed the dimension
+            settings = dataclasses.replace(settings, lanczos_steps=exp.num_params)
+        self.suite = ProbeSuite(self.curvature, settings, exp.state_sharding.params)
         self.normalize = normalize
         self.sparsity = sparsity_probe(
             model, get_activation(config.model.activation, beta=config.model.beta),

@@ -1,56 +1,49 @@
 """Starting a run: resume from the workdir's checkpoints, warm-start, or initialise.
 
 A workdir remembers its config (DIR/config.json). Before anything is
-written, a restart compares the shapes of the new train state with those
-of the latest checkpoint; if they differ, it stops and lists the config
-fields that changed, leaving the workdir untouched. Fields that do not
-change shapes (learning rate, intervals, ...) may change across a restart;
-they are listed and the new values are used.
+written, a restart checks the fields a resume must keep (seed, data, batch
+size, model: rundir.RESUME_FIXED) and compares the shapes of the new train
+state with those of the latest checkpoint; if either differs, it stops and
+lists the config fields that changed, leaving the workdir untouched. Other
+fields (learning rate, regularizers, intervals, ...) may change across a
+restart; they are listed and the new values are used. The whole policy for
+a workdir is in nme_train.train.rundir.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import re
+import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from nme_train.train.checkpoint import (
     Checkpointer,
     CheckpointError,
     abstract_with_shardings,
     checkpoint_dir,
+    describe_error,
+    metadata_shapes,
     tree_shapes,
+)
+from nme_train.train.rundir import (
+    CONFIG_FILE,
+    RESUME_FIXED,
+    config_changes,
+    describe,
+    fixed_changes,
+    keep_aside,
+    read_json,
 )
 
 log = logging.getLogger(__name__)
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tuple(tree) if isinstance(tree, list) else tree}
-
-
-def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
-    """field -> (old value, new value) for every field that differs."""
-    a, b = _flatten(old), _flatten(new)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-
-
-def saved_config(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _check_shapes(workdir: str, step: int, saved: dict, new: dict,
@@ -62,60 +55,98 @@ def _check_shapes(workdir: str, step: int, saved: dict, new: dict,
     differing = [f"{p}: {saved.get(p)} -> {new.get(p)}" for p in paths
                  if saved.get(p) != new.get(p)]
     fields = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()] or ["(none recorded)"]
+    params_differ = any(p.split("/")[0] in ("params", "model_state") for p in paths
+                        if saved.get(p) != new.get(p))
+    fix = ("Use a new --workdir, or restore those fields." if params_differ else
+           "Use a new --workdir, restore those fields, or start a new run from these "
+           "weights (only the optimizer state differs) with --config.init_from=" + workdir)
     raise CheckpointError(
         f"workdir {workdir} holds checkpoints (latest: step {step}) of a train state with "
         f"different shapes, so this config cannot resume it. Config fields that differ "
         f"from the saved config.json:\n    " + "\n    ".join(fields) +
         f"\n  Arrays that differ ({len(differing)}):\n    " + "\n    ".join(differing[:8]) +
-        "\n  Nothing was changed. Use a new --workdir, restore those fields, or start a new "
-        "run from these weights with --config.init_from=" + workdir
+        "\n  Nothing was changed. " + fix
     )
 
 
-def _skip(ckpt: Checkpointer, step: int, error: Exception) -> None:
-    first_line = str(error).splitlines()[0] if str(error) else ""
-    log.warning("checkpoint at step %d in %s is unreadable (%s: %s)", step, ckpt.directory,
-                type(error).__name__, first_line)
-    print(f"warning: skipped unreadable checkpoint at step {step} in {ckpt.directory} "
-          f"({type(error).__name__}); trying the previous one", flush=True)
+_KEPT = ", ".join(f"{f}*" if f.endswith(".") else f for f in RESUME_FIXED)
+
+
+def saved_changes(workdir: str, config_json: dict) -> dict[str, tuple[Any, Any]]:
+    """The config changes since DIR/config.json (empty when there is none)."""
+    saved = read_json(os.path.join(workdir, CONFIG_FILE))
+    return config_changes(saved, config_json) if saved else {}
+
+
+def _check_fixed(workdir: str, changes: dict[str, tuple[Any, Any]]) -> None:
+    fixed = fixed_changes(changes)
+    if fixed:
+        raise CheckpointError(
+            f"{workdir} holds checkpoints of a run with a different {', '.join(fixed)} "
+            f"({describe(fixed)}); a resume keeps {_KEPT}. Nothing was changed. Restore "
+            "those fields, use a new --workdir, or start a new run from these weights with "
+            f"--config.init_from={workdir}")
+
+
+class _QuietUnraisable:
+    """Silences "Exception ignored in ..." noise from readers of a damaged checkpoint."""
+
+    def __enter__(self):
+        self._hook, sys.unraisablehook = sys.unraisablehook, lambda *_: None
+
+    def __exit__(self, *exc):
+        gc.collect()  # the readers' abandoned coroutines report when they are collected
+        sys.unraisablehook = self._hook
 
 
 def restore_latest(workdir: str, config: Any, ckpt: Checkpointer, abstract_state: Any
                    ) -> tuple[Any, dict, dict[str, tuple[Any, Any]]] | None:
     """(state, meta, config changes) from the newest checkpoint that can be read, or None.
 
-    `abstract_state` carries the target shapes and shardings (any mesh).
+    `abstract_state` carries the target shapes and shardings (any mesh). A
+    change of a field a resume keeps (rundir.RESUME_FIXED) or of the train
+    state's shapes raises CheckpointError before anything is written.
     Unreadable checkpoints (corrupt files, a save that never completed) are
-    skipped with a warning naming the step, and once an older one restores
-    they are renamed to `<step>.unreadable` (kept, but out of the way of the
-    new saves of those steps). A readable one whose shapes do not fit raises
-    CheckpointError before anything is written.
+    renamed `<step>.unreadable`, with the cause printed, so that the run's
+    new saves of those steps can be written: the newest readable one is
+    restored, and when none is, the run starts from step 0 (None).
     """
-    old = saved_config(workdir) or {}
-    changes = config_changes(old, json.loads(config.to_json_best_effort()))
+    changes = saved_changes(workdir, json.loads(config.to_json_best_effort()))
     new_shapes = tree_shapes(abstract_state)
-    skipped: list[int] = []
-    for step in reversed(ckpt.steps()):
-        try:
-            saved_shapes = ckpt.saved_shapes(step)
-        except Exception as e:  # noqa: BLE001 - unreadable metadata: try the previous one
-            _skip(ckpt, step, e)
-            skipped.append(step)
-            continue
-        _check_shapes(workdir, step, saved_shapes, new_shapes, changes)
-        try:
-            state, meta = ckpt.restore(step, abstract_state)
-        except Exception as e:  # noqa: BLE001 - unreadable arrays: try the previous one
-            _skip(ckpt, step, e)
-            skipped.append(step)
-            continue
+    skipped: list[tuple[int, str]] = []
+    result = None
+    with _QuietUnraisable():
+        for step in reversed(ckpt.steps()):
+            try:
+                saved_shapes = ckpt.saved_shapes(step)
+            except Exception as e:  # noqa: BLE001 - unreadable metadata: try the previous one
+                skipped.append((step, describe_error(e)))
+                continue
+            _check_shapes(workdir, step, saved_shapes, new_shapes, changes)
+            _check_fixed(workdir, changes)
+            try:
+                state, meta = ckpt.restore(step, abstract_state)
+            except Exception as e:  # noqa: BLE001 - unreadable arrays: try the previous one
+                skipped.append((step, describe_error(e)))
+                continue
+            result = state, meta, changes
+            break
+    for step, cause in skipped:
+        path = os.path.join(ckpt.directory, str(step))
         if jax.process_index() == 0:
-            for bad in skipped:
-                path = os.path.join(ckpt.directory, str(bad))
-                os.replace(path, f"{path}.unreadable")
+            moved = keep_aside(path, "unreadable")
+            log.warning("unreadable checkpoint %s: %s", path, cause)
+            print(f"warning: checkpoint at step {step} is unreadable ({cause}); moved to "
+                  f"{moved}", flush=True)
+    if skipped:
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("nme_train: unreadable checkpoints set aside")
         ckpt.steps()  # let the manager forget the renamed steps
-        return state, meta, changes
-    return None
+        if result is None:
+            print(f"warning: no readable checkpoint in {ckpt.directory}; starting from step 0 "
+                  "(the unreadable ones are kept; delete them when you no longer need them)",
+                  flush=True)
+    return result
 
 
 def _resolve_init_from(path: str) -> tuple[str, int]:
@@ -141,13 +172,26 @@ def warm_start(init_from: str, state: Any, state_sharding: Any) -> tuple[Any, st
     )
     source = os.path.join(directory, str(step), "state")
     try:
+        saved = metadata_shapes(ocp.StandardCheckpointer().metadata(source))
+    except Exception as e:  # noqa: BLE001 - not a checkpoint
+        raise CheckpointError(f"config.init_from={init_from!r}: {source} is not a readable "
+                              f"checkpoint ({describe_error(e)})") from e
+    wanted = tree_shapes(target)
+    differing = [f"{p}: {saved.get(p, 'missing')} -> {shape}" for p, shape in wanted.items()
+                 if tuple(saved.get(p, ())) != tuple(shape)]
+    if differing:
+        raise CheckpointError(
+            f"config.init_from={init_from!r}: the parameters in {source} do not fit this model "
+            f"({len(differing)} arrays differ: {'; '.join(differing[:4])}). init_from needs the "
+            "same model fields (widths, depth, classes); change them back or train from scratch")
+    try:
         restored = ocp.PyTreeCheckpointer().restore(source, args=ocp.args.PyTreeRestore(
             item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True))
     except Exception as e:  # noqa: BLE001 - shapes or files that do not fit
         raise CheckpointError(
-            f"config.init_from: cannot read params of the model from {source}: "
-            f"{type(e).__name__}: {str(e)[:400]}"
+            f"config.init_from={init_from!r}: cannot read the parameters in {source} "
+            f"({describe_error(e)})"
         ) from e
     return state.replace(params=restored["params"],
                          model_state=restored["model_state"]), f"{source} (step {step})"

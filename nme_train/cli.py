@@ -1,0 +1,125 @@
+"""Command-line errors: one `error:` line naming the field or file and the fix.
+
+A user's mistake (a missing config file, an unknown field, a bad value, a
+workdir that cannot be used, a diverged run) ends the command with one line
+on stderr and exit status 1; `--debug` shows the traceback instead. Anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+DEBUG_FLAG = "--debug"
+
+
+def leaf_fields(config: Any, prefix: str = "") -> list[str]:
+    """Dotted names of every field of a ConfigDict (groups included)."""
+    names = []
+    for key in config.keys():
+        value = config[key]
+        names.append(prefix + key)
+        if hasattr(value, "keys") and hasattr(value, "unlocked"):
+            names.extend(leaf_fields(value, f"{prefix}{key}."))
+    return names
+
+
+def unknown_field(name: str, fields: Sequence[str], what: str = "config") -> str:
+    """'no field X; did you mean ...' with the nearest valid names."""
+    leaves = [f for f in fields if not any(g.startswith(f + ".") for g in fields)]
+    last = name.rsplit(".", 1)[-1]
+    initials = [f for f in leaves  # "lr" for learning_rate
+                if "".join(w[0] for w in f.rsplit(".", 1)[-1].split("_") if w) == last]
+    near = initials + [f for f in difflib.get_close_matches(name, leaves, n=4, cutoff=0.5)
+                       if f not in initials]
+    near = near[:4]
+    parent = name.rsplit(".", 1)[0] if "." in name else ""
+    if not near:
+        near = [f for f in leaves if parent and f.startswith(parent + ".")
+                and "." not in f[len(parent) + 1:]][:8]
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    return f"{what} has no field {name!r}{hint} (all fields: nme_train/base_config.py)"
+
+
+def _config_arg(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _overrides(argv: Sequence[str]) -> list[str]:
+    return [m.group(1) for arg in argv if (m := re.match(r"--config\.([\w.]+)(=|$)", arg))]
+
+
+def import_config_module(path: str, flag: str = "--config", name: str = "_nme_config"):
+    """The Python module of a config file; ValueError with one clear line when it fails."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{flag}: no such file {path!r}; give a config file with "
+                         "get_config(), e.g. --config=configs/default.py")
+    try:
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ValueError(f"{flag}: {path} line {e.lineno}: SyntaxError: {e.msg}; "
+                         "fix the file") from e
+    except Exception as e:  # noqa: BLE001 - any failure of the user's file
+        raise ValueError(f"{flag}: importing {path} failed: {type(e).__name__}: {e}") from e
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{flag}: {path} defines no get_config()")
+    return module
+
+
+def load_config_file(spec: str) -> Any:
+    """get_config(arg) of `file.py[:arg]`; ValueError with one clear line when it fails."""
+    path, _, arg = spec.partition(":")
+    module = import_config_module(path, f"--config={spec}")
+    try:
+        return module.get_config(arg) if arg else module.get_config()
+    except Exception as e:  # noqa: BLE001 - a bad variant or scale, most often
+        variants = getattr(module, "VARIANTS", None) or getattr(module, "SCALES", None)
+        known = (f"; its variants are {', '.join(map(str, variants))}"
+                 if variants and isinstance(e, KeyError) else "")
+        detail = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ValueError(f"--config={spec}: get_config({arg!r}) failed: "
+                         f"{type(e).__name__}: {detail}{known}") from e
+
+
+def diagnose_config_flags(argv: Sequence[str]) -> str | None:
+    """The one-line reason why the --config flags of `argv` cannot load, or None."""
+    spec = _config_arg(argv)
+    if spec is None:
+        return None
+    try:
+        config = load_config_file(spec)
+    except ValueError as e:
+        return str(e)
+    fields = leaf_fields(config)
+    for name in _overrides(argv):
+        if name not in fields:
+            return f"--config.{name}: " + unknown_field(name, fields)
+    return None
+
+
+def run_with_errors(main: Callable[[], Any], user_errors: tuple[type[BaseException], ...],
+                    argv: Sequence[str] | None = None, prefix: str = "") -> Any:
+    """Runs `main`; a user error becomes one `error:` line and exit 1 (unless --debug)."""
+    argv = sys.argv if argv is None else argv
+    try:
+        return main()
+    except user_errors as e:
+        if DEBUG_FLAG in argv:
+            raise
+        message = str(e).strip() or type(e).__name__
+        sys.stderr.write(f"{prefix}error: {message}\n")
+        sys.stderr.flush()
+        sys.exit(1)

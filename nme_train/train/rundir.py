@@ -1,0 +1,222 @@
+"""What a run directory holds, and the policy for running a command on one again.
+
+Files (written by process 0):
+  config.json          the config of the latest start
+  metrics.jsonl        one line per log interval (nme_train.train.metrics)
+  probes.jsonl         curvature probe records (nme_train.train.probing)
+  checkpoints/<step>/  orbax checkpoints (nme_train.train.checkpoint)
+  final.json           written once the run has finished: its final metrics
+  diverged.json        written when the training loss became NaN/inf
+
+The policy (README, "Checkpoints, resuming and the run directory"):
+
+- A finished run (final.json) is never trained again or rewritten by a
+  rerun: the same command prints "nothing to do"; a config that differs is
+  refused, naming the fields; `--extend` continues it to a larger step count
+  (final.json is kept as final.step<N>.json).
+- A run with checkpoints resumes from the newest readable one. A resume
+  accepts changes that keep what the checkpoint means: not the seed, the
+  training data, the batch size or the model (RESUME_FIXED), and not the
+  shapes of the train state. init_from is ignored on a resume.
+- Unreadable checkpoints are set aside as checkpoints/<step>.unreadable,
+  with the cause printed; when none is readable the run starts from step 0
+  (the metrics of the lost steps go to metrics.discarded.jsonl).
+- A diverged run (diverged.json) keeps its checkpoints up to the last sane
+  one (see `last_sane_checkpoint`); later ones are set aside as
+  checkpoints/<step>.diverged at the divergence. Rerunning it with the same
+  config is refused (it would diverge again at the same step); with a
+  changed config it resumes from that last sane checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from typing import Any
+
+FINAL_FILE = "final.json"  # written by the trainer when a run has finished
+DIVERGED_FILE = "diverged.json"  # written by the trainer when the training loss became NaN/inf
+CONFIG_FILE = "config.json"
+
+# Config fields a resume must keep: they define what the checkpoint is a
+# state of (the data order derives from seed and batch size). A changed
+# shape is refused separately (nme_train.train.resume).
+RESUME_FIXED = ("seed", "batch_size", "data.name", "data.train_split", "model.")
+# Fields that do not change a run's results (where and how it runs, how often it reports):
+# a finished run rerun with only these changed has nothing to do.
+IGNORED_ON_RERUN = ("data.data_dir", "data.num_threads", "data.prefetch", "data.num_workers",
+                    "data.cache", "watchdog_seconds", "init_from", "mesh.", "sharding.",
+                    "checkpoint.", "log_every_steps", "eval_every_steps", "eval_batch_size")
+# A checkpoint is sane when the training loss at its parameters is finite and
+# at most this multiple of the run's first loss (a run that has exploded has
+# finite but huge losses for a few steps before the NaN).
+SANE_LOSS_FACTOR = 10.0
+
+
+class RunDirError(RuntimeError):
+    """The workdir's state does not allow this command; the message says what to do."""
+
+
+def read_json(path: str) -> dict | None:
+    """The JSON object in `path`, or None when it is missing or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_final(workdir: str) -> dict | None:
+    """The finished run's final metrics (DIR/final.json), or None when not finished."""
+    return read_json(os.path.join(workdir, FINAL_FILE))
+
+
+def read_diverged(workdir: str) -> dict | None:
+    """{"step", "loss", "message", "last_sane_checkpoint", ...} of a diverged run, or None."""
+    return read_json(os.path.join(workdir, DIVERGED_FILE))
+
+
+def write_json_atomic(path: str, payload: Any) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def keep_aside(path: str, suffix: str) -> str:
+    """Renames `path` to `path.suffix` (`name.suffix.json` for a JSON file; `.N` added when
+    taken) and returns the new name."""
+    stem, ext = (path[:-5], ".json") if path.endswith(".json") else (path, "")
+    target, n = f"{stem}.{suffix}{ext}", 1
+    while os.path.exists(target):
+        target, n = f"{stem}.{suffix}.{n}{ext}", n + 1
+    os.replace(path, target)
+    return target
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tuple(tree) if isinstance(tree, list) else tree}
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """field -> (old value, new value) for every field that differs."""
+    a, b = _flatten(old), _flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _matches(field: str, patterns: Iterable[str]) -> bool:
+    return any(field == p or (p.endswith(".") and field.startswith(p)) for p in patterns)
+
+
+def meaningful(changes: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
+    """The changes that alter the run (not where it reads data from or how it reports)."""
+    return {k: v for k, v in changes.items() if not _matches(k, IGNORED_ON_RERUN)}
+
+
+def fixed_changes(changes: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
+    """The changes a resume refuses (RESUME_FIXED), except the model's computation dtype."""
+    return {k: v for k, v in changes.items()
+            if _matches(k, RESUME_FIXED) and k not in ("model.dtype",)}
+
+
+def describe(changes: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+
+
+def check_rerun(workdir: str, config_json: dict, total_steps: int, extend: bool) -> str | None:
+    """Applies the policy for a finished or diverged run before anything is built.
+
+    Returns a "nothing to do" message when the finished run matches the
+    command, None when the run may (re)start, and raises RunDirError with
+    the fix otherwise. Writes nothing.
+    """
+    saved = read_json(os.path.join(workdir, CONFIG_FILE)) or {}
+    changes = meaningful(config_changes(saved, config_json)) if saved else {}
+    final = read_final(workdir)
+    if final is not None:
+        done = int(final.get("step", 0))
+        if extend:
+            if total_steps <= done:
+                raise RunDirError(
+                    f"--extend: the run in {workdir} finished at step {done}, and this config "
+                    f"trains {total_steps} steps; raise config.num_train_steps (or "
+                    "config.num_epochs) above that to continue it")
+            fixed = fixed_changes(changes)
+            if fixed:
+                raise RunDirError(f"--extend cannot change {describe(fixed)} of the run in "
+                                  f"{workdir}; use a new --workdir")
+            return None
+        length = {k: v for k, v in changes.items() if k in ("num_train_steps", "num_epochs")}
+        others = {k: v for k, v in changes.items() if k not in length}
+        if not changes and total_steps == done:
+            accuracy = final.get("eval/accuracy")
+            acc = f", eval accuracy {accuracy:.4f}" if isinstance(accuracy, float) else ""
+            return (f"nothing to do: {workdir} holds a finished run (step {done}{acc}; "
+                    f"{FINAL_FILE}). To train it further, raise config.num_train_steps or "
+                    "config.num_epochs and pass --extend")
+        hint = ("pass --extend to continue it to step "
+                f"{total_steps}" if total_steps > done and not others
+                else "use a new --workdir for a run with this config")
+        what = describe(changes) if changes else f"{done} steps -> {total_steps}"
+        raise RunDirError(f"{workdir} holds a finished run (step {done}; {FINAL_FILE}) and "
+                          f"this config differs from it ({what}); nothing was changed. "
+                          f"To keep its results, {hint}")
+    diverged = read_diverged(workdir)
+    if diverged is not None and not changes:
+        anchor = diverged.get("last_sane_checkpoint")
+        start = f"step {anchor}" if anchor is not None else "step 0"
+        raise RunDirError(
+            f"the run in {workdir} diverged at step {diverged.get('step')} with this config "
+            f"({DIVERGED_FILE}); rerunning it unchanged would diverge again. Change the "
+            "config (e.g. lower --config.optimizer.learning_rate, or set "
+            f"--config.optimizer.grad_clip_norm) to resume from {start}, or use a new --workdir")
+    return None
+
+
+class CheckpointHealth:
+    """Tells which of this process's checkpoints were followed by a sane step.
+
+    Checkpoint c holds the parameters after step c; the loss of step c+1 is
+    the loss at those parameters. `saved(c)` and `observe(step, loss)` build
+    that record; `last_sane(steps, diverged_at)` picks the newest checkpoint
+    whose next loss was finite and at most SANE_LOSS_FACTOR x the run's first
+    loss. Checkpoints older than this process's start were followed by
+    finite steps in the process that wrote them (or it would have set them
+    aside), and are trusted.
+    """
+
+    def __init__(self, start_step: int, first_loss: float | None):
+        self.start_step = start_step
+        self.first_loss = first_loss
+        self._saved: set[int] = {start_step} if start_step else set()
+        self.next_loss: dict[int, float] = {}
+
+    def saved(self, step: int) -> None:
+        self._saved.add(step)
+
+    def observe(self, step: int, loss: float) -> None:
+        """Records the (finite) training loss of `step`."""
+        if self.first_loss is None:
+            self.first_loss = loss
+        if step - 1 in self._saved:
+            self.next_loss[step - 1] = loss
+
+    def sane(self, step: int) -> bool:
+        if step < self.start_step:
+            return True
+        loss = self.next_loss.get(step)
+        if loss is None or not math.isfinite(loss):
+            return False
+        return self.first_loss is None or loss <= SANE_LOSS_FACTOR * max(self.first_loss, 1e-3)
+
+    def last_sane(self, steps: Iterable[int]) -> int | None:
+        good = [s for s in steps if self.sane(s)]
+        return max(good) if good else None

@@ -1,0 +1,402 @@
+"""The workdir policy (nme_train.train.rundir): what a rerun, a damaged checkpoint, a
+divergence or a mistake on the command line does to a run directory.
+
+Each case compares the files of the workdir before and after (names, sizes and
+modification times) with what the policy says.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from conftest import with_overrides
+
+from configs import default
+from nme_train.cli import diagnose_config_flags
+from nme_train.train.checkpoint import CheckpointError
+from nme_train.train.loop import build_experiment, setting_warnings, train_and_evaluate
+from nme_train.train.metrics import Diverged, read_metrics
+from nme_train.train.rundir import (
+    SANE_LOSS_FACTOR,
+    CheckpointHealth,
+    RunDirError,
+    read_diverged,
+    read_final,
+)
+from nme_train.validation import ConfigError, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def mlp_config(data_dir, **overrides):
+    c = default.get_config("mlp")
+    c.data.data_dir = data_dir
+    c.model.hidden = (32,)
+    c.batch_size = 64
+    c.eval_batch_size = 128
+    c.num_epochs = -1
+    c.num_train_steps = 10
+    c.log_every_steps = 5
+    c.eval_every_steps = 0
+    c.checkpoint.every_steps = 5
+    c.mesh.data = 1
+    return with_overrides(c, **overrides)
+
+
+def run(config, workdir, **kwargs):
+    return train_and_evaluate(config, str(workdir), devices=jax.devices()[:1], **kwargs)
+
+
+def files(root):
+    """(path, size, mtime) of every file under root: any write shows."""
+    return sorted((os.path.relpath(os.path.join(d, f), root), os.path.getsize(os.path.join(d, f)),
+                   os.path.getmtime(os.path.join(d, f)))
+                  for d, _, names in os.walk(root) for f in names)
+
+
+def checkpoint_names(workdir):
+    return sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+def damage(workdir, step):
+    """Truncates every array file of a checkpoint (the metadata still lists it)."""
+    state = os.path.join(workdir, "checkpoints", str(step), "state")
+    for d, _, names in os.walk(state):
+        for name in names:
+            if "/d" in d.replace(os.sep, "/"):
+                open(os.path.join(d, name), "wb").close()
+
+
+@pytest.fixture(scope="module")
+def finished(data_dir, tmp_path_factory):
+    """A finished 10-step run (checkpoints 5 and 10), copied by the tests that change it."""
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    run(mlp_config(data_dir), workdir)
+    return workdir
+
+
+def copy_of(source, tmp_path):
+    import shutil
+
+    target = tmp_path / "run"
+    shutil.copytree(source, target, copy_function=shutil.copy2)
+    return target
+
+
+# -- 1: every checkpoint unreadable ----------------------------------------------------
+
+def test_no_readable_checkpoint_sets_them_aside_and_starts_over(finished, data_dir, tmp_path,
+                                                                capsys):
+    workdir = copy_of(finished, tmp_path)
+    os.remove(workdir / "final.json")  # an unfinished run whose checkpoints are all damaged
+    damage(workdir, 5)
+    damage(workdir, 10)
+    capsys.readouterr()
+    result = run(mlp_config(data_dir), workdir)
+    out = capsys.readouterr().out
+    assert "checkpoint at step 10 is unreadable (ValueError: OUT_OF_RANGE" in out
+    assert "no readable checkpoint" in out and "starting from step 0" in out
+    assert checkpoint_names(workdir) == ["10", "10.unreadable", "5", "5.unreadable"]
+    assert read_final(workdir)["step"] == 10 and result["eval/accuracy"] > 0.5
+    assert [r["step"] for r in read_metrics(workdir) if "train/loss" in r] == [5, 10]
+    before = files(workdir)  # and the run is finished: a rerun leaves it alone
+    assert run(mlp_config(data_dir), workdir)["nothing_to_do"]
+    assert files(workdir) == before
+
+
+# -- 2: divergence ---------------------------------------------------------------------
+
+def test_checkpoint_health_picks_the_last_sane_checkpoint():
+    health = CheckpointHealth(start_step=0, first_loss=None)
+    for step, loss in [(1, 2.3), (2, 2.0), (3, 1.9), (4, 2.3 * SANE_LOSS_FACTOR * 2), (5, 1e9)]:
+        if step > 1:
+            health.saved(step - 1)  # a checkpoint after every step
+        health.observe(step, loss)
+    health.saved(5)
+    # checkpoint c is judged by the loss of step c+1 (the loss at its parameters)
+    assert [health.sane(s) for s in (1, 2, 3, 4, 5)] == [True, True, False, False, False]
+    assert health.last_sane([1, 2, 3, 4, 5]) == 2
+    resumed = CheckpointHealth(start_step=40, first_loss=2.3)
+    assert resumed.sane(30) and not resumed.sane(40)  # older ones are trusted
+    resumed.observe(41, 0.5)
+    assert resumed.last_sane([30, 40]) == 40
+
+
+def test_divergence_keeps_metrics_and_rolls_back_to_the_last_sane_checkpoint(
+        finished, data_dir, tmp_path):
+    workdir = copy_of(finished, tmp_path)
+    # continue the finished run with an exploding learning rate, saving every step
+    explode = mlp_config(data_dir, num_train_steps=30, **{
+        "optimizer.learning_rate": 1e6, "optimizer.warmup_epochs": 0.0,
+        "checkpoint.every_steps": 1, "checkpoint.max_to_keep": 0, "log_every_steps": 1})
+    with pytest.raises(Diverged) as info:
+        run(explode, workdir, extend=True)
+    e = info.value
+    marker = read_diverged(workdir)
+    assert marker["step"] == e.step and 11 < e.step < 30
+    assert marker["last_sane_checkpoint"] == 10  # step 11's loss (at its parameters) was sane
+    assert f"diverged at step {e.step}" in str(e) and "last sane checkpoint is step 10" in str(e)
+    logged = [r["step"] for r in read_metrics(workdir) if "train/loss" in r]
+    assert logged[-1] == e.step - 1  # the metrics up to the divergence are on disk
+    names = checkpoint_names(workdir)
+    assert "10" in names and not any(n.isdigit() and int(n) > 10 for n in names)
+    assert f"{e.step - 1}.diverged" in names
+    assert not any("tmp" in n for n in names)
+    assert os.path.exists(workdir / "final.step10.json")  # the finished run's results
+    # the same config again: refused, nothing touched
+    before = files(workdir)
+    with pytest.raises(RunDirError, match="would diverge again.*resume from step 10"):
+        run(explode, workdir)
+    assert files(workdir) == before
+    # a lower learning rate resumes from the last sane checkpoint and finishes
+    fixed = mlp_config(data_dir, num_train_steps=30, **{"optimizer.learning_rate": 0.05})
+    result = run(fixed, workdir)
+    assert read_final(workdir)["step"] == 30 and result["eval/accuracy"] > 0.5
+    assert os.path.exists(workdir / f"diverged.step{e.step}.json")
+    assert not os.path.exists(workdir / "diverged.json")
+
+
+def test_divergence_from_the_start_has_no_sane_checkpoint(data_dir, tmp_path):
+    workdir = tmp_path / "nan"
+    config = mlp_config(data_dir, num_train_steps=30, **{
+        "optimizer.learning_rate": 1e6, "optimizer.warmup_epochs": 0.0,
+        "checkpoint.every_steps": 1})
+    with pytest.raises(Diverged, match="no checkpoint is sane; a rerun starts from step 0"):
+        run(config, workdir)
+    assert all(n.endswith(".diverged") for n in checkpoint_names(workdir))
+    assert read_diverged(workdir)["last_sane_checkpoint"] is None
+
+
+# -- 3: the training length --------------------------------------------------------------
+
+@pytest.mark.parametrize("steps,epochs,message", [
+    (0, 40, "config.num_train_steps=0 must be an integer > 0, or -1"),
+    (-1, 0, "config.num_epochs=0.0 must be a number > 0, or -1"),
+    (-1, -1, "set exactly one of them > 0 and the other to -1"),
+    (100, 40, "set exactly one of them > 0 and the other to -1"),
+    (-5, 40, "config.num_train_steps=-5 must be"),
+])
+def test_training_length_has_one_meaning_per_value(steps, epochs, message):
+    config = with_overrides(default.get_config(), num_train_steps=steps, num_epochs=epochs)
+    with pytest.raises(ConfigError, match=message):
+        validate(config, 1)
+
+
+# -- 4: a finished run is not rewritten ---------------------------------------------------
+
+def test_finished_run_is_left_alone_unless_extended(finished, data_dir, tmp_path, capsys):
+    workdir = copy_of(finished, tmp_path)
+    before = files(workdir)
+    capsys.readouterr()
+    same = run(mlp_config(data_dir), workdir)
+    assert same["nothing_to_do"] and "nothing to do" in capsys.readouterr().out
+    # fields that do not change the result (where it runs, init_from) change nothing either
+    assert run(mlp_config(data_dir, init_from=str(tmp_path / "missing"),
+                          **{"checkpoint.every_steps": 3}), workdir)["nothing_to_do"]
+    assert files(workdir) == before
+    for overrides, hint in [({"num_train_steps": 0}, None),
+                            ({"num_train_steps": 15}, "pass --extend"),
+                            ({"optimizer.learning_rate": 0.1}, "use a new --workdir")]:
+        if hint is None:
+            with pytest.raises(ConfigError):
+                run(mlp_config(data_dir, **overrides), workdir)
+        else:
+            with pytest.raises(RunDirError, match=hint):
+                run(mlp_config(data_dir, **overrides), workdir)
+        assert files(workdir) == before
+    with pytest.raises(RunDirError, match="raise config.num_train_steps"):
+        run(mlp_config(data_dir), workdir, extend=True)
+    assert files(workdir) == before
+    result = run(mlp_config(data_dir, num_train_steps=15), workdir, extend=True)
+    assert read_final(workdir)["step"] == 15 and result["eval/accuracy"] > 0.5
+    kept = json.loads((workdir / "final.step10.json").read_text())
+    assert kept == json.loads((finished / "final.json").read_text())
+
+
+# -- resume: which changes are accepted --------------------------------------------------
+
+def test_resume_refuses_a_change_of_what_the_checkpoint_is(finished, data_dir, tmp_path):
+    workdir = copy_of(finished, tmp_path)
+    os.remove(workdir / "final.json")
+    before = files(workdir)
+    for overrides in ({"seed": 1}, {"model.activation": "gelu"}, {"batch_size": 32}):
+        with pytest.raises(CheckpointError, match="a resume keeps seed, batch_size"):
+            run(mlp_config(data_dir, **overrides), workdir)
+        assert files(workdir) == before
+
+
+# -- 6: advice that works ----------------------------------------------------------------
+
+def test_shape_change_advice_and_init_from_errors(finished, data_dir, tmp_path):
+    workdir = copy_of(finished, tmp_path)
+    os.remove(workdir / "final.json")
+    wider = mlp_config(data_dir, **{"model.hidden": (48,)})
+    with pytest.raises(CheckpointError) as info:
+        run(wider, workdir)
+    assert "model.hidden: (32,) -> (48,)" in str(info.value)
+    assert "init_from" not in str(info.value)  # it cannot work for other parameter shapes
+    new = tmp_path / "new"
+    with pytest.raises(CheckpointError, match=r"config.init_from=.*do not fit this model .*"
+                                              r"params/Dense_0/kernel: \(64, 32\) -> \(64, 48\)"):
+        run(mlp_config(data_dir, init_from=str(finished), **{"model.hidden": (48,)}), new)
+    assert not os.path.exists(new)  # no empty checkpoints/ left behind
+    other_optimizer = mlp_config(data_dir, **{"optimizer.name": "adam"})
+    with pytest.raises(CheckpointError, match="only the optimizer state differs.*init_from"):
+        run(other_optimizer, workdir)
+
+
+# -- 7: settings that do not do what they say ---------------------------------------------
+
+def test_warnings_for_settings_that_do_nothing(data_dir):
+    from nme_train.data import DATASETS
+
+    config = mlp_config(data_dir, **{"mesh.data": 1, "mesh.fsdp": 7,
+                                     "sharding.fsdp_min_size": 1, "probes.every_steps": 5,
+                                     "probes.lanczos_steps": 10**6})
+    exp = build_experiment(config, DATASETS["digits"], jax.devices()[:7], 10, 10)
+    warnings = setting_warnings(config, exp)
+    assert any("config.mesh.fsdp=7: no parameter has a dimension divisible by 7" in w
+               for w in warnings)
+    assert any(f"exceeds the model's {exp.num_params} parameters" in w for w in warnings)
+    fine = mlp_config(data_dir)
+    assert setting_warnings(fine, build_experiment(fine, DATASETS["digits"],
+                                                   jax.devices()[:1], 10, 10)) == []
+
+
+@pytest.mark.parametrize("activation", ["beta_gelu", "relu_synthetic_nme"])
+def test_beta_is_checked_for_every_activation_that_takes_it(activation):
+    config = with_overrides(default.get_config(), **{"model.activation": activation,
+                                                     "model.beta": -1.0})
+    with pytest.raises(ConfigError, match="config.model.beta=-1.0 must be a number > 0"):
+        validate(config, 1)
+
+
+def test_regularizer_arguments_must_be_numbers():
+    config = with_overrides(default.get_config(), regularizers=(("sam", {"rho": "big"}),))
+    with pytest.raises(ConfigError, match=r"regularizers\[0\]: sam rho='big' must be a number"):
+        validate(config, 1)
+
+
+# -- 5: command-line mistakes ------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,message", [
+    (["--config=configs/default.py", "--config.optimizer.lr=0.1"],
+     "--config.optimizer.lr: config has no field 'optimizer.lr'; did you mean "
+     "optimizer.learning_rate"),
+    (["--config=configs/nope.py"], "no such file 'configs/nope.py'"),
+    (["--config=configs/default.py:foo"], "unknown variant 'foo'; choose one of"),
+    (["--config=configs/paper/e1.py:nope"], "unknown scale 'nope'"),
+    (["--config=configs/default.py"], None),
+])
+def test_config_flag_mistakes_are_diagnosed(argv, message):
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        found = diagnose_config_flags(["main", *argv])
+    finally:
+        os.chdir(cwd)
+    assert found == message if message is None else message in found
+
+
+def run_cli(module_or_script, *args, cwd=ROOT):
+    command = [sys.executable, *(["-m", module_or_script] if "." in module_or_script
+                                 and not module_or_script.endswith(".py")
+                                 else [module_or_script]), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "XLA_FLAGS": ""})
+
+
+def test_cli_errors_are_one_line_and_leave_the_workdir_alone(finished, data_dir, tmp_path):
+    workdir = copy_of(finished, tmp_path)
+    before = files(workdir)
+    bad_syntax = tmp_path / "broken.py"
+    bad_syntax.write_text("def get_config(:\n")
+    common = [f"--workdir={workdir}", f"--config.data.data_dir={data_dir}"]
+    cases = [
+        (["--config=configs/default.py", "--config.optimizer.lr=0.1"], "did you mean"),
+        ([f"--config={bad_syntax}"], "SyntaxError"),
+        (["--config=configs/default.py", "--config.batch_size=abc"], "--config.batch_size=abc"),
+        (["--config=configs/default.py:mlp", "--config.num_epochs=-1",
+          "--config.num_train_steps=10", "--config.model.hidden=(32,)",
+          "--config.batch_size=64", "--config.optimizer.learning_rate=0.3"],
+         "holds a finished run"),
+    ]
+    for argv, expected in cases:
+        result = run_cli("nme_train.main", *argv, *common)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert lines[-1].startswith("error: ") and expected in lines[-1], lines
+        assert "Traceback" not in result.stderr
+        assert files(workdir) == before
+    debug = run_cli("nme_train.main", "--config=configs/default.py", "--config.optimizer.lr=1",
+                    "--debug", *common)
+    assert "Traceback" in debug.stderr  # --debug shows where it failed
+
+
+def test_probe_tool_reports_a_damaged_checkpoint_in_one_line(finished, data_dir, tmp_path):
+    workdir = copy_of(finished, tmp_path)
+    damage(workdir, 10)
+    result = run_cli(os.path.join(ROOT, "tools", "probe.py"), "--workdir", str(workdir),
+                     "--set", "probes.kinds=()", "--set", f"data.data_dir={data_dir!r}")
+    assert result.returncode == 1
+    assert "probe: skipped the checkpoint at step 10 (ValueError: OUT_OF_RANGE" in result.stdout
+    assert "TensorStore(" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("probe: error: ")
+    assert not os.path.exists(workdir / "probe_snapshots")
+    unknown = run_cli(os.path.join(ROOT, "tools", "probe.py"), "--workdir", str(workdir),
+                      "--set", "probes.lanczos=3")
+    assert "did you mean probes.lanczos_steps" in unknown.stderr
+
+
+def test_cli_divergence_is_one_line(data_dir, tmp_path):
+    workdir = tmp_path / "nan"
+    result = run_cli("nme_train.main", "--config=configs/default.py:mlp",
+                     f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+                     "--config.num_epochs=-1", "--config.num_train_steps=30",
+                     "--config.model.hidden=(32,)", "--config.optimizer.learning_rate=1e6",
+                     "--config.optimizer.warmup_epochs=0", "--config.mesh.data=1")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: training diverged at step ")
+    assert os.path.exists(workdir / "diverged.json")
+
+
+def test_save_that_cannot_fit_is_refused_before_writing(data_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from nme_train.train import checkpoint
+
+    workdir = tmp_path / "full"
+    real = shutil.disk_usage
+    saves = []
+
+    def usage(path):
+        saves.append(path)
+        free = 10**9 if len(saves) == 1 else 1000  # room for the first save only
+        return real(path)._replace(free=free)
+
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", usage)
+    with pytest.raises(CheckpointError, match=r"not enough free space .* MiB are free\. "
+                                              r"Older checkpoints were left in place"):
+        run(mlp_config(data_dir), workdir)
+    assert checkpoint_names(workdir) == ["5"]  # the first save, and no half-written one
+
+
+def test_sweep_errors_are_one_line(tmp_path, capsys):
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import sweep
+
+    broken = tmp_path / "broken.py"
+    broken.write_text("def grid(:\n")
+    for config, expected in [(str(tmp_path / "nope.py"), "no such file"),
+                             (str(broken), "SyntaxError"),
+                             (os.path.join(ROOT, "configs/default.py"), "defines no grid"),
+                             (os.path.join(ROOT, "configs/paper/e1.py:nope"),
+                              "unknown scale 'nope'")]:
+        assert sweep.main(["--config", config, "--workdir", str(tmp_path / "w"),
+                           "--launcher", "print"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("sweep: error: ") and expected in err[0]
