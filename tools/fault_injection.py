@@ -42,10 +42,21 @@ def complete_steps(workdir: str) -> list[int]:
                   if n.isdigit() and os.path.exists(os.path.join(directory, n, "meta")))
 
 
-def saving(workdir: str) -> bool:
+def saving_dirs(workdir: str) -> set[str]:
+    """orbax's temporary directories: a save in progress (or one killed earlier)."""
     directory = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(directory) and any("orbax-checkpoint-tmp" in n
-                                            for n in os.listdir(directory))
+    if not os.path.isdir(directory):
+        return set()
+    return {n for n in os.listdir(directory) if "orbax-checkpoint-tmp" in n}
+
+
+def logged_step(workdir: str) -> int:
+    """The last step in DIR/metrics.jsonl (every log_every_steps steps)."""
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+            return max([json.loads(line)["step"] for line in f if line.strip()], default=0)
+    except FileNotFoundError:
+        return 0
 
 
 def final_params(workdir: str) -> list[np.ndarray]:
@@ -73,7 +84,7 @@ def damage(workdir: str, step: int, how: str) -> None:
 
 
 def trial(index: int, rng: random.Random, command: list[str], workdir: str,
-          max_delay: float) -> dict:
+          max_delay: float, total_steps: int) -> dict:
     record = {"trial": index, "kills": [], "restarts": 0, "manual_steps": 0,
               "lost_checkpoints": []}
     shutil.rmtree(workdir, ignore_errors=True)
@@ -83,15 +94,30 @@ def trial(index: int, rng: random.Random, command: list[str], workdir: str,
     proc = start(command + [f"--workdir={workdir}"], log)
     while True:
         if len(record["kills"]) < kills:
-            kind = rng.choice(["delay", "delay", "while_saving"])
-            delay = rng.uniform(1.0, max_delay)
+            kind = rng.choice(["delay", "after_step", "while_saving"])
+            delay = rng.uniform(1.0, max_delay)  # start-up and compilation included
+            target, extra = rng.randint(1, total_steps), rng.uniform(0.0, 1.0)
+            old_tmp = saving_dirs(workdir)
             began = time.monotonic()
+            reached = None
             while proc.poll() is None:
-                elapsed = time.monotonic() - began
-                if (kind == "delay" and elapsed >= delay) or (
-                        kind == "while_saving" and saving(workdir)) or elapsed > 4 * max_delay:
+                now = time.monotonic()
+                if kind == "delay" and now - began >= delay:
                     break
-                time.sleep(0.01)
+                if kind == "while_saving" and saving_dirs(workdir) - old_tmp:
+                    break
+                if kind == "after_step":
+                    if reached is None and logged_step(workdir) >= target:
+                        reached = now
+                    if reached is not None and now - reached >= extra:
+                        break
+                if now - began > 4 * max_delay:
+                    break
+                time.sleep(0.005)
+            if proc.poll() is not None:
+                record["kills"].append({"kind": kind, "finished_first": True})
+                kills = len(record["kills"])  # the run ended before this kill: no more
+                continue
             if proc.poll() is None:
                 before = complete_steps(workdir)
                 proc.send_signal(signal.SIGKILL)
@@ -100,6 +126,7 @@ def trial(index: int, rng: random.Random, command: list[str], workdir: str,
                 lost = [s for s in before if s not in after and not any(a > s for a in after)]
                 record["lost_checkpoints"] += lost
                 kill = {"kind": kind, "after_s": round(time.monotonic() - began, 2),
+                        "target_step": target if kind == "after_step" else None,
                         "complete_before": before, "complete_after": after}
                 if after and rng.random() < 0.4:  # damage the newest complete checkpoint
                     kill["damaged"] = (after[-1], rng.choice(["truncate", "delete"]))
@@ -123,7 +150,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", default="configs/default.py")
-    parser.add_argument("--max_delay", type=float, default=30.0,
+    parser.add_argument("--max_delay", type=float, default=15.0,
                         help="longest random delay before a kill, seconds")
     parser.add_argument("--scratch", default="/tmp/nme_fault_injection")
     parser.add_argument("--out", default="docs/measurements/fault_injection.jsonl")
@@ -140,7 +167,7 @@ def main() -> int:
     records = []
     for i in range(args.trials):
         workdir = os.path.join(args.scratch, f"trial{i}")
-        record = trial(i, rng, command, workdir, args.max_delay)
+        record = trial(i, rng, command, workdir, args.max_delay, ref_step)
         if record["manual_steps"] == 0:
             step, params = final_params(workdir)
             record["final_step"] = step
@@ -152,7 +179,7 @@ def main() -> int:
     with open(args.out, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
-    kills = [k for r in records for k in r["kills"]]
+    kills = [k for r in records for k in r["kills"] if not k.get("finished_first")]
     summary = {
         "trials": len(records), "kills": len(kills),
         "kills_while_saving": sum(k["kind"] == "while_saving" for k in kills),
