@@ -265,6 +265,17 @@ def test_sweep_refuses_a_run_made_with_another_config(tmp_path, data_dir):
     assert e7.returncode == 2 and "tools/toy_landscape.py" in e7.stderr
 
 
+def test_sweep_only_runs_the_points_with_a_tag(tmp_path, capsys):
+    args = ["--config", "configs/paper/e2.py:study", "--workdir", str(tmp_path),
+            "--launcher", "print"]
+    assert sweep.main(args + ["--only", "activation=gelu_nme_ablated"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "54 points, 0 finished, 18 to run (--only)" in lines[0]
+    assert len(lines) == 19 and all("activation=gelu_nme_ablated," in x for x in lines[1:])
+    assert sweep.main(args + ["--only", "method=none", "--only", "rho=1"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 18 + 18
+
+
 def test_slurm_launcher_submits_one_job_per_pending_point(tmp_path):
     fake = tmp_path / "sbatch"
     log = tmp_path / "sbatch.log"

@@ -235,9 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="local: runs at a time")
     parser.add_argument("--sbatch_args", default="", help="slurm: extra sbatch arguments")
     parser.add_argument("--python", default=sys.executable, help="interpreter of the runs")
+    parser.add_argument("--only", action="append", default=[], metavar="TAG=VALUE",
+                        help="run only the points whose name has this tag (repeat: any of "
+                             "them), e.g. --only activation=gelu_nme_ablated")
     args = parser.parse_args(argv)
     if args.jobs < 1:
-        parser.error(f"--jobs={args.jobs} must be >= 1")
+        print(f"sweep: error: --jobs={args.jobs} must be >= 1", file=sys.stderr)
+        return 2
     try:
         module, scale, path = load_experiment(args.config)
         finished, pending = plan(module, scale, path, args.workdir)
@@ -245,9 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sweep: error: {e}", file=sys.stderr)
         return 2
     manifest = write_manifest(module, scale, path, args.workdir, expand(module, scale))
-    print(f"sweep: {experiment_name(path)} at scale {scale}: {len(finished) + len(pending)} "
-          f"points, {len(finished)} finished, {len(pending)} to run; manifest {manifest}",
-          flush=True)
+    total = len(finished) + len(pending)
+    if args.only:
+        pending = [p for p in pending if any(tag in p.name.split(",") for tag in args.only)]
+    print(f"sweep: {experiment_name(path)} at scale {scale}: {total} points, {len(finished)} "
+          f"finished, {len(pending)} to run{' (--only)' if args.only else ''}; manifest "
+          f"{manifest}", flush=True)
     if args.launcher == "print":
         for point in pending:
             print(shlex.join(command(path, scale, point, args.workdir, "python")))
