@@ -32,3 +32,26 @@ def test_bench_regularizers_reports_each_method():
     assert set(out) == {"plain", "sam", "gradient_penalty"}
     assert out["plain"]["ratio"] == 1.0 and out["sam"]["temp_mib"] > 0
 
+
+
+def test_pack_runs_keeps_finished_runs_small_files_only(tmp_path):
+    import tarfile
+
+    root = tmp_path / "study"
+    for name, marker in [("a", "final.json"), ("b", "diverged.json"), ("c", None)]:
+        run = root / "grid" / name
+        (run / "checkpoints" / "10").mkdir(parents=True)
+        (run / "checkpoints" / "10" / "big").write_text("x")
+        for f in ("config.json", "metrics.jsonl", "point.json"):
+            (run / f).write_text("{}")
+        if marker:
+            (run / marker).write_text("{}")
+    (root / "grid" / "sweep_e1.json").write_text("{}")
+    out = tmp_path / "runs.tar.xz"
+    subprocess.run(["bash", os.path.join(ROOT, "tools", "pack_runs.sh"), str(root), str(out)],
+                   check=True, capture_output=True)
+    with tarfile.open(out) as tar:
+        names = sorted(tar.getnames())
+    assert names == ["grid/a/config.json", "grid/a/final.json", "grid/a/metrics.jsonl",
+                     "grid/a/point.json", "grid/b/config.json", "grid/b/diverged.json",
+                     "grid/b/metrics.jsonl", "grid/b/point.json", "grid/sweep_e1.json"]

@@ -128,7 +128,9 @@ def trial(index: int, rng: random.Random, command: list[str], workdir: str,
                 kill = {"kind": kind, "after_s": round(time.monotonic() - began, 2),
                         "target_step": target if kind == "after_step" else None,
                         "complete_before": before, "complete_after": after}
-                if after and rng.random() < 0.4:  # damage the newest complete checkpoint
+                finished = os.path.exists(os.path.join(workdir, "final.json"))
+                kill["after_final_json"] = finished  # killed while exiting a finished run
+                if after and not finished and rng.random() < 0.4:  # damage the newest one
                     kill["damaged"] = (after[-1], rng.choice(["truncate", "delete"]))
                     damage(workdir, *kill["damaged"])
                 record["kills"].append(kill)
@@ -169,7 +171,14 @@ def main() -> int:
         workdir = os.path.join(args.scratch, f"trial{i}")
         record = trial(i, rng, command, workdir, args.max_delay, ref_step)
         if record["manual_steps"] == 0:
-            step, params = final_params(workdir)
+            try:
+                step, params = final_params(workdir)
+            except Exception as e:  # noqa: BLE001 - recorded: the final checkpoint is unusable
+                record["final_checkpoint_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                record["manual_steps"] += 1
+                records.append(record)
+                print(json.dumps(record), flush=True)
+                continue
             record["final_step"] = step
             record["equal_to_reference"] = step == ref_step and all(
                 np.array_equal(a, b) for a, b in zip(params, ref))
