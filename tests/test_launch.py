@@ -98,9 +98,9 @@ def test_local_launcher_2x4_equals_1x8_and_resumes_on_other_layouts(data_dir, tm
     assert os.path.isdir(os.path.join(two, "checkpoints", "30"))
     assert sorted(os.listdir(os.path.join(two, "logs"))) == ["process_0.log", "process_1.log"]
     # the 2-process job goes on with 1 process x 8 devices, then 4 processes x 2 devices
-    out = launch(1, 8, trainer_flags(data_dir, two, 40))
+    out = launch(1, 8, trainer_flags(data_dir, two, 40) + ["--extend"])
     assert "resumed from the checkpoint at step 30" in out
-    out = launch(4, 2, trainer_flags(data_dir, two, 50))
+    out = launch(4, 2, trainer_flags(data_dir, two, 50) + ["--extend"])
     assert "resumed from the checkpoint at step 40" in out
     assert final_eval(two)["step"] == 50
 
