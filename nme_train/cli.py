@@ -72,7 +72,7 @@ def import_config_module(path: str, flag: str = "--config", name: str = "_nme_co
     except SyntaxError as e:
         raise ValueError(f"{flag}: {path} line {e.lineno}: SyntaxError: {e.msg}; "
                          "fix the file") from e
-    except Exception as e:  # noqa: BLE001 - any failure of the user's file
+    except Exception as e:
         raise ValueError(f"{flag}: importing {path} failed: {type(e).__name__}: {e}") from e
     if not hasattr(module, "get_config"):
         raise ValueError(f"{flag}: {path} defines no get_config()")
@@ -85,7 +85,7 @@ def load_config_file(spec: str) -> Any:
     module = import_config_module(path, f"--config={spec}")
     try:
         return module.get_config(arg) if arg else module.get_config()
-    except Exception as e:  # noqa: BLE001 - a bad variant or scale, most often
+    except Exception as e:
         variants = getattr(module, "VARIANTS", None) or getattr(module, "SCALES", None)
         known = (f"; its variants are {', '.join(map(str, variants))}"
                  if variants and isinstance(e, KeyError) else "")

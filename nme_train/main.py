@@ -86,5 +86,10 @@ def main(argv: list[str]) -> None:
     cli.run_with_errors(run, USER_ERRORS)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `nme-train` command (same as `python -m nme_train.main`)."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -8,11 +8,11 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import io  # noqa: E402
+import io
 
-import numpy as np  # noqa: E402
-import PIL.Image  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import PIL.Image
+import pytest
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import sys
 process_id, num_processes, port, devices = (int(a) for a in sys.argv[1:5])
 workdir, data_dir, steps = sys.argv[5], sys.argv[6], int(sys.argv[7])
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 

@@ -17,12 +17,9 @@ from nme_train.experiments import apply_overrides, product, seeds
 from nme_train.train.dry_run import dry_run
 from nme_train.train.rundir import DIVERGED_FILE, FINAL_FILE
 from nme_train.validation import validate
+from tools import summarize, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import summarize  # noqa: E402
-import sweep  # noqa: E402
 
 SWEEPS = ("e1", "e2", "e3", "e4", "e5", "e6", "e8", "e9", "e10")
 
@@ -423,8 +420,9 @@ def test_summarize_traces_and_sparsity_on_fake_runs(tmp_path):
 def test_toy_landscape_nme_against_the_dense_hessian():
     import jax
     import jax.numpy as jnp
-    import toy_landscape
     from jax.flatten_util import ravel_pytree
+
+    from tools import toy_landscape
 
     config = module("e7").get_config()
     params = toy_landscape.init_params(config)

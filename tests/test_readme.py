@@ -13,7 +13,7 @@ def test_readme_regularizer_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     example = next(b for b in blocks if "reg.objective(apply_fn, loss_fn)" in b)
     namespace: dict = {}
-    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(example, "README.md", "exec"), namespace)
     metrics = namespace["aux"]["metrics"]
     assert np.isfinite(float(metrics["sam/grad_norm"]))
     grads = namespace["grads"]
@@ -26,7 +26,7 @@ def test_readme_curvature_example_runs():
     namespace: dict = {}
     for marker in ("reg.objective(apply_fn, loss_fn)", "cv.Curvature(apply_fn"):
         example = next(b for b in blocks if marker in b)
-        exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102
+        exec(compile(example, "README.md", "exec"), namespace)
     top, top_bounds = namespace["result"].top(3)
     bottom, _ = namespace["result"].bottom(3)
     assert np.all(np.isfinite(top)) and top[0] >= top[1] >= top[2]

@@ -386,8 +386,7 @@ def test_save_that_cannot_fit_is_refused_before_writing(data_dir, tmp_path, monk
 
 
 def test_sweep_errors_are_one_line(tmp_path, capsys):
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import sweep
+    from tools import sweep
 
     broken = tmp_path / "broken.py"
     broken.write_text("def grid(:\n")

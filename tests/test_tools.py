@@ -55,3 +55,18 @@ def test_pack_runs_keeps_finished_runs_small_files_only(tmp_path):
     assert names == ["grid/a/config.json", "grid/a/final.json", "grid/a/metrics.jsonl",
                      "grid/a/point.json", "grid/b/config.json", "grid/b/diverged.json",
                      "grid/b/metrics.jsonl", "grid/b/point.json", "grid/sweep_e1.json"]
+
+
+def test_every_console_command_names_a_callable():
+    import importlib
+
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    tools = {name[:-3] for name in os.listdir(os.path.join(ROOT, "tools"))
+             if name.endswith(".py") and name != "__init__.py"}
+    assert tools <= {target.split(":")[0].split(".")[-1] for target in scripts.values()}
+    for command, target in scripts.items():
+        module, _, attr = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), attr)), command

@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
 
-import jax  # noqa: E402
-
-from nme_train.train.checkpoint import Checkpointer  # noqa: E402
-from tools.bench_step import load_config, one_device_experiment  # noqa: E402
+from nme_train.train.checkpoint import Checkpointer
+from tools.bench_step import load_config, one_device_experiment
 
 
 def main() -> None:

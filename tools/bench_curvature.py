@@ -26,20 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
 
-import jax  # noqa: E402
-
-from nme_train import curvature as cv  # noqa: E402
-from nme_train.curvature.lanczos import lanczos_start_jit, lanczos_step_jit  # noqa: E402
-from nme_train.curvature.probes import basis_bytes  # noqa: E402
-from nme_train.train.dry_run import memory_mib  # noqa: E402
-from tools.bench_step import load_config, one_device_experiment  # noqa: E402
+from nme_train import curvature as cv
+from nme_train.curvature.lanczos import lanczos_start_jit, lanczos_step_jit
+from nme_train.curvature.probes import basis_bytes
+from nme_train.train.dry_run import memory_mib
+from tools.bench_step import load_config, one_device_experiment
 
 
 def timed(fn, *args, rounds: int):

@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
 
-import jax  # noqa: E402
-
-from nme_train.train.dry_run import memory_mib  # noqa: E402
-from tools.bench_step import load_config, one_device_experiment, time_alternating  # noqa: E402
+from nme_train.train.dry_run import memory_mib
+from tools.bench_step import load_config, one_device_experiment, time_alternating
 
 METHODS = {
     "plain": (),

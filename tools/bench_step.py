@@ -14,23 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from nme_train.data import DATASETS  # noqa: E402
-from nme_train.models import build_model  # noqa: E402
-from nme_train.sharding import global_batch  # noqa: E402
-from nme_train.train.loop import build_experiment  # noqa: E402
-from nme_train.train.optim import learning_rate_schedule, make_optimizer  # noqa: E402
+from nme_train.data import DATASETS
+from nme_train.models import build_model
+from nme_train.sharding import global_batch
+from nme_train.train.loop import build_experiment
+from nme_train.train.optim import learning_rate_schedule, make_optimizer
 
 
 def load_config(path: str):

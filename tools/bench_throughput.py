@@ -26,18 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
 
-import jax  # noqa: E402
-
-from nme_train.train.dry_run import program_flops  # noqa: E402
-from tools.bench_regularizers import METHODS  # noqa: E402
-from tools.bench_step import load_config, one_device_experiment, time_alternating  # noqa: E402
+from nme_train.train.dry_run import program_flops
+from tools.bench_regularizers import METHODS
+from tools.bench_step import load_config, one_device_experiment, time_alternating
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' data sheets (SXM parts).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0,

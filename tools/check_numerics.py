@@ -22,12 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_enable_x64", True)
 
@@ -94,7 +90,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_args()
 
-    import jax.flatten_util  # noqa: F401  (ravel_pytree)
+    import jax.flatten_util
 
     config = load_config(args.config)
     config.model.width = args.width

@@ -31,7 +31,6 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def complete_steps(workdir: str) -> list[int]:
@@ -89,7 +88,7 @@ def trial(index: int, rng: random.Random, command: list[str], workdir: str,
               "lost_checkpoints": []}
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
-    log = open(os.path.join(workdir, "..", f"trial{index}.log"), "w")  # noqa: SIM115
+    log = open(os.path.join(workdir, "..", f"trial{index}.log"), "w")
     kills = rng.randint(1, 3)
     proc = start(command + [f"--workdir={workdir}"], log)
     while True:

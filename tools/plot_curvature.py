@@ -25,7 +25,7 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 KINDS = (("hessian", "H", "C0"), ("gauss_newton", "G", "C1"), ("nme", "NME", "C2"))
 

@@ -14,13 +14,10 @@ $TFDS_DATA_DIR or ~/tensorflow_datasets.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from nme_train.data.datasets import default_data_dir  # noqa: E402
-from nme_train.data.prepare import (  # noqa: E402
+from nme_train.data.datasets import default_data_dir
+from nme_train.data.prepare import (
     FASHION_MNIST_DEBIAN_DIR,
     prepare_digits,
     prepare_fashion_mnist,

@@ -29,12 +29,9 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # noqa: E402
+import jax
 
 OFFLINE_FILE = "probes_offline.jsonl"
 

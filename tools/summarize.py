@@ -56,10 +56,8 @@ import statistics
 import sys
 from collections.abc import Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from nme_train.experiments import format_value  # noqa: E402
-from nme_train.train.rundir import read_diverged, read_final  # noqa: E402
+from nme_train.experiments import format_value
+from nme_train.train.rundir import read_diverged, read_final
 
 HYPERPARAMETERS = ("rho", "sigma2")
 SWEPT = HYPERPARAMETERS + ("probes",)  # tags a method carries with it

@@ -46,16 +46,14 @@ import sys
 import time
 from collections.abc import Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from nme_train.cli import import_config_module  # noqa: E402
-from nme_train.experiments import (  # noqa: E402
+from nme_train.cli import import_config_module
+from nme_train.experiments import (
     POINT_FILE,
     Point,
     apply_overrides,
     check_grid,
 )
-from nme_train.train.rundir import read_diverged, read_final, write_json_atomic  # noqa: E402
+from nme_train.train.rundir import read_diverged, read_final, write_json_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -74,8 +72,6 @@ def load_experiment(config_arg: str):
     path = os.path.abspath(path)  # runs start in the repository: name the file from there
     if os.path.commonpath([path, REPO]) == REPO:
         path = os.path.relpath(path, REPO)
-    if REPO not in sys.path:
-        sys.path.insert(0, REPO)
     name = os.path.splitext(os.path.basename(path))[0]
     module = import_config_module(path, f"--config {config_arg!r}", f"_experiment_{name}")
     if not hasattr(module, "grid"):
@@ -171,7 +167,7 @@ def run_local(path: str, scale: str, points: Sequence[Point], workdir: str, jobs
         while queue or running:
             while queue and len(running) < jobs and not stopping:
                 point = queue.pop(0)
-                log = open(os.path.join(workdir, point.name, "train.log"), "a",  # noqa: SIM115
+                log = open(os.path.join(workdir, point.name, "train.log"), "a",
                            encoding="utf-8")
                 proc = subprocess.Popen(command(path, scale, point, workdir, python), cwd=REPO,
                                         env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -21,15 +21,13 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.flatten_util import ravel_pytree  # noqa: E402
-
-from nme_train.curvature.products import nme_vp  # noqa: E402
-from nme_train.models.activations import get_activation  # noqa: E402
+from nme_train.curvature.products import nme_vp
+from nme_train.models.activations import get_activation
 
 
 def parse_activation(spec: str):

@@ -187,7 +187,7 @@ def lanczos_iterate(linear: Any, v0: Params, num_steps: int, shardings: Any = No
                          basis if keep_basis else None)
 
 
-class _hashable:  # noqa: N801 - a static jit argument wrapping a pytree of shardings
+class _hashable:
     def __init__(self, tree: Any):
         self.tree = tree
         self._key = None if tree is None else tuple(jax.tree.leaves(tree))

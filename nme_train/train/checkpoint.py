@@ -138,7 +138,7 @@ class Checkpointer:
             return
         try:
             self._pending.result()
-        except Exception as e:  # noqa: BLE001 - reported with the directory and the fix
+        except Exception as e:
             raise CheckpointError(
                 f"saving a checkpoint into {self.directory} failed: {type(e).__name__}: {e}. "
                 "Older checkpoints were left in place; free disk space or fix the "

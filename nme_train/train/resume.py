@@ -173,7 +173,7 @@ def warm_start(init_from: str, state: Any, state_sharding: Any) -> tuple[Any, st
     source = os.path.join(directory, str(step), "state")
     try:
         saved = metadata_shapes(ocp.StandardCheckpointer().metadata(source))
-    except Exception as e:  # noqa: BLE001 - not a checkpoint
+    except Exception as e:
         raise CheckpointError(f"config.init_from={init_from!r}: {source} is not a readable "
                               f"checkpoint ({describe_error(e)})") from e
     wanted = tree_shapes(target)
@@ -188,7 +188,7 @@ def warm_start(init_from: str, state: Any, state_sharding: Any) -> tuple[Any, st
         restored = ocp.PyTreeCheckpointer().restore(source, args=ocp.args.PyTreeRestore(
             item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True))
-    except Exception as e:  # noqa: BLE001 - shapes or files that do not fit
+    except Exception as e:
         raise CheckpointError(
             f"config.init_from={init_from!r}: cannot read the parameters in {source} "
             f"({describe_error(e)})"
