@@ -24,6 +24,8 @@ from nme_train.train.loop import build_experiment, train_and_evaluate
 from nme_train.train.metrics import read_metrics
 from nme_train.train.resume import warm_start
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DETERMINISTIC = ("train/loss", "train/accuracy", "train/grad_norm", "train/learning_rate")
 STEPS = 1200
@@ -289,6 +291,7 @@ def start_workers(count, devices, workdir, data_dir, steps):
         for i in range(count)]
 
 
+@pytest.mark.multiprocess
 def test_multiprocess_sigterm_stops_all_processes_at_one_step(data_dir, tmp_path):
     """SIGTERM to one process of two: both stop at the same step, save once, exit 0."""
     workdir = str(tmp_path / "mp")

@@ -98,6 +98,7 @@ def dense_matrices(curv, params, batches):
     return {"hessian": np.asarray(H), "gauss_newton": np.asarray(G), "nme": np.asarray(NME)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_products_match_dense_matrices(name):
     curv, params, batches = make_case(name)
@@ -133,6 +134,7 @@ def run_lanczos(curv, params, batches, kind, steps, seed=0):
     return cv.LanczosResult(alphas, betas, basis)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp_gelu_ce", "cnn_gelu_ce", "mlp_gelu_mse"])
 def test_lanczos_extreme_eigenvalues_match_eigh(name):
     curv, params, batches = make_case(name)
@@ -157,6 +159,7 @@ def test_lanczos_extreme_eigenvalues_match_eigh(name):
         assert np.linalg.norm(residual) < 1e-6 * scale
 
 
+@pytest.mark.slow
 def test_lanczos_error_bounds_hold_before_convergence():
     curv, params, batches = make_case("cnn_gelu_ce")
     exact = np.linalg.eigvalsh(dense_matrices(curv, params, batches)["hessian"])
@@ -176,6 +179,7 @@ def test_host_basis_lanczos_equals_the_jitted_one():
     np.testing.assert_allclose(host.betas, device.betas, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_hutchinson_traces_share_probes_and_are_unbiased():
     curv, params, batches = make_case("mlp_gelu_ce")
     dense = dense_matrices(curv, params, batches)
@@ -189,6 +193,7 @@ def test_hutchinson_traces_share_probes_and_are_unbiased():
         assert abs(mean - np.trace(dense[kind])) < 4 * se, (kind, mean, np.trace(dense[kind]), se)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cnn_gelu_ce", "mlp_relu_ce"])
 def test_per_layer_traces_are_the_dense_block_traces(name):
     """v_l^T (M v)_l averages to tr(M_ll), the trace of leaf l's diagonal block, for H, G, NME."""
@@ -260,6 +265,7 @@ def test_nondeterministic_operator_is_refused():
     cv.check_deterministic(lambda u: curv.operator("hessian", params, batches)(u), v)
 
 
+@pytest.mark.slow
 def test_distributed_operators_equal_single_device():
     """Params sharded over fsdp, batches over data (8 fake devices): same products."""
     curv, params, batches = make_case("mlp_gelu_ce", sizes=(8, 16))
@@ -282,6 +288,7 @@ def test_distributed_operators_equal_single_device():
         assert multi[2]["w1"].sharding.spec == P(None, None, "fsdp")
 
 
+@pytest.mark.slow
 def test_stepwise_lanczos_equals_the_jitted_loop():
     """lanczos_iterate on a Partial operator (the probes' driver) = lanczos in one jit."""
     curv, params, batches = make_case("cnn_gelu_ce")

@@ -175,6 +175,7 @@ def test_missing_dataset_names_the_command_that_builds_it(tmp_path):
         next(train_batches(DATASETS["cifar100"], data_config(str(tmp_path)), 8, 0, 0, 0, 1))
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches(imagenet_dir):
     spec = DATASETS["imagenet2012"]
     c = data_config(imagenet_dir, name="imagenet2012", augment="inception_crop_flip",

@@ -2,10 +2,13 @@
 
 import os
 
+import pytest
 from conftest import with_overrides
 
 from configs import default
 from nme_train.train.dry_run import dry_run
+
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

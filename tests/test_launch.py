@@ -16,6 +16,7 @@ from test_checkpoint import ROOT, free_port
 from nme_train import distributed as dist
 from nme_train.train.metrics import read_metrics
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 LAUNCH = os.path.join(ROOT, "launch")
 
 

@@ -4,7 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from nme_train.train.metrics import read_metrics
+
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -62,6 +62,7 @@ def test_standard_networks_have_the_published_parameter_counts(config, image_sha
     assert count == expected
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params():
     config = model_config(name="resnet", depth=18, dtype="bfloat16")
     model = build_model(config, 10)

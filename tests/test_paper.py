@@ -19,6 +19,8 @@ from nme_train.train.rundir import DIVERGED_FILE, FINAL_FILE
 from nme_train.validation import validate
 from tools import summarize, sweep
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SWEEPS = ("e1", "e2", "e3", "e4", "e5", "e6", "e8", "e9", "e10")

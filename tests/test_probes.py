@@ -18,6 +18,8 @@ from nme_train.train.loop import train_and_evaluate
 from nme_train.train.probing import read_probes
 from nme_train.validation import ConfigError, validate
 
+pytestmark = pytest.mark.slow
+
 PROBES = {"probes.every_steps": 10, "probes.lanczos_steps": 6, "probes.top_k": 2,
           "probes.bottom_k": 2, "probes.trace_probes": 3, "probes.density_runs": 1,
           "probes.density_steps": 4, "probes.batch_size": 64}

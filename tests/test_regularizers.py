@@ -70,6 +70,7 @@ def grad_of(transform, params, batch, rng=jax.random.PRNGKey(0), activation=jnp.
     return ravel_pytree(grads)[0], aux
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", [jnp.tanh, gelu])
 @pytest.mark.parametrize("mode", ["hvp", "double_backprop"])
 def test_gradient_penalty_power1_is_g_plus_rho_H_ghat(problem, activation, mode):
@@ -85,6 +86,7 @@ def test_gradient_penalty_power1_is_g_plus_rho_H_ghat(problem, activation, mode)
                                jnp.linalg.norm(g), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_gradient_penalty_power2_and_without_nme(problem):
     params, batch = problem
     d = dense(params, batch)
@@ -150,6 +152,7 @@ def per_group_sam(params, batch, rho, m):
     return jnp.mean(jnp.stack(grads), axis=0)
 
 
+@pytest.mark.slow
 def test_m_sharpness_matches_the_per_group_computation(problem):
     params, batch = problem
     got, _ = grad_of(reg.sam(0.2, m=3), params, batch)
@@ -200,6 +203,7 @@ def monte_carlo(metric_fn, keys):
     return values.mean(), values.std(ddof=1) / np.sqrt(len(values))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", [jnp.tanh, gelu])
 def test_hessian_trace_estimate_is_unbiased(problem, activation):
     params, batch = problem
@@ -212,6 +216,7 @@ def test_hessian_trace_estimate_is_unbiased(problem, activation):
     assert abs(mean - jnp.trace(d["H"])) < 4 * se, (mean, jnp.trace(d["H"]), se)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["hutchinson", "sampled_labels", "sampled_labels_score"])
 def test_gauss_newton_trace_estimates_are_unbiased(problem, estimator):
     params, batch = problem
@@ -223,6 +228,7 @@ def test_gauss_newton_trace_estimates_are_unbiased(problem, estimator):
     assert abs(mean - jnp.trace(d["G"])) < 4 * se, (mean, jnp.trace(d["G"]), se)
 
 
+@pytest.mark.slow
 def test_hessian_trace_penalty_gradient_is_the_third_derivative(problem):
     params, batch = problem
     d = dense(params, batch, gelu)
@@ -256,6 +262,7 @@ def z_scores(samples, reference):
     return (mean - reference) / np.maximum(se, 1e-12 * np.abs(reference).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimator", ["hutchinson", "sampled_labels_score"])
 def test_gauss_newton_penalty_gradient_is_unbiased_for_grad_trace_g(problem, estimator):
     """The mean update over many draws matches the dense grad Tr G within its standard errors."""
@@ -270,6 +277,7 @@ def test_gauss_newton_penalty_gradient_is_unbiased_for_grad_trace_g(problem, est
     assert rel < 0.15, rel
 
 
+@pytest.mark.slow
 def test_paper_gauss_newton_estimator_gradient_drops_the_score_term(problem):
     """The sampled-label update averages to the gradient with p held fixed, not to grad Tr G."""
     params, batch = problem
@@ -286,6 +294,7 @@ def test_paper_gauss_newton_estimator_gradient_drops_the_score_term(problem):
     assert np.sqrt(np.mean(z_scores(samples, grad_tr_g) ** 2)) > 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", [jnp.tanh, gelu])
 def test_hessian_trace_penalty_gradient_is_unbiased_for_grad_trace_h(problem, activation):
     params, batch = problem
@@ -345,6 +354,7 @@ def test_bad_arguments_are_rejected():
         reg.from_config([("mixup", {})])
 
 
+@pytest.mark.slow
 def test_gn_estimator_bias_tool_reports_each_estimator(capsys):
     """tools/gn_estimator_bias.py (few draws): one JSON line per seed, every estimator."""
     import json

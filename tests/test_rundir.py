@@ -88,6 +88,7 @@ def copy_of(source, tmp_path):
 
 # -- 1: every checkpoint unreadable ----------------------------------------------------
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_sets_them_aside_and_starts_over(finished, data_dir, tmp_path,
                                                                 capsys):
     workdir = copy_of(finished, tmp_path)
@@ -125,6 +126,7 @@ def test_checkpoint_health_picks_the_last_sane_checkpoint():
     assert resumed.last_sane([30, 40]) == 40
 
 
+@pytest.mark.slow
 def test_divergence_keeps_metrics_and_rolls_back_to_the_last_sane_checkpoint(
         finished, data_dir, tmp_path):
     workdir = copy_of(finished, tmp_path)
@@ -159,6 +161,7 @@ def test_divergence_keeps_metrics_and_rolls_back_to_the_last_sane_checkpoint(
     assert not os.path.exists(workdir / "diverged.json")
 
 
+@pytest.mark.slow
 def test_divergence_from_the_start_has_no_sane_checkpoint(data_dir, tmp_path):
     workdir = tmp_path / "nan"
     config = mlp_config(data_dir, num_train_steps=30, **{
@@ -187,6 +190,7 @@ def test_training_length_has_one_meaning_per_value(steps, epochs, message):
 
 # -- 4: a finished run is not rewritten ---------------------------------------------------
 
+@pytest.mark.slow
 def test_finished_run_is_left_alone_unless_extended(finished, data_dir, tmp_path, capsys):
     workdir = copy_of(finished, tmp_path)
     before = files(workdir)
@@ -218,6 +222,7 @@ def test_finished_run_is_left_alone_unless_extended(finished, data_dir, tmp_path
 
 # -- resume: which changes are accepted --------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_refuses_a_change_of_what_the_checkpoint_is(finished, data_dir, tmp_path):
     workdir = copy_of(finished, tmp_path)
     os.remove(workdir / "final.json")
@@ -230,6 +235,7 @@ def test_resume_refuses_a_change_of_what_the_checkpoint_is(finished, data_dir, t
 
 # -- 6: advice that works ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_shape_change_advice_and_init_from_errors(finished, data_dir, tmp_path):
     workdir = copy_of(finished, tmp_path)
     os.remove(workdir / "final.json")
@@ -250,6 +256,7 @@ def test_shape_change_advice_and_init_from_errors(finished, data_dir, tmp_path):
 
 # -- 7: settings that do not do what they say ---------------------------------------------
 
+@pytest.mark.slow
 def test_warnings_for_settings_that_do_nothing(data_dir):
     from nme_train.data import DATASETS
 
@@ -309,6 +316,7 @@ def run_cli(module_or_script, *args, cwd=ROOT):
                           env={**os.environ, "XLA_FLAGS": ""})
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_and_leave_the_workdir_alone(finished, data_dir, tmp_path):
     workdir = copy_of(finished, tmp_path)
     before = files(workdir)
@@ -336,6 +344,7 @@ def test_cli_errors_are_one_line_and_leave_the_workdir_alone(finished, data_dir,
     assert "Traceback" in debug.stderr  # --debug shows where it failed
 
 
+@pytest.mark.slow
 def test_probe_tool_reports_a_damaged_checkpoint_in_one_line(finished, data_dir, tmp_path):
     workdir = copy_of(finished, tmp_path)
     damage(workdir, 10)
@@ -351,6 +360,7 @@ def test_probe_tool_reports_a_damaged_checkpoint_in_one_line(finished, data_dir,
     assert "did you mean probes.lanczos_steps" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_cli_divergence_is_one_line(data_dir, tmp_path):
     workdir = tmp_path / "nan"
     result = run_cli("nme_train.main", "--config=configs/default.py:mlp",
@@ -364,6 +374,7 @@ def test_cli_divergence_is_one_line(data_dir, tmp_path):
     assert os.path.exists(workdir / "diverged.json")
 
 
+@pytest.mark.slow
 def test_save_that_cannot_fit_is_refused_before_writing(data_dir, tmp_path, monkeypatch):
     import shutil
 

@@ -13,6 +13,8 @@ from nme_train.train.loop import train_and_evaluate
 from nme_train.train.metrics import read_metrics
 from nme_train.train.rundir import read_diverged
 
+pytestmark = pytest.mark.slow
+
 
 def tiny_config(data_dir, **overrides):
     c = default.get_config()
