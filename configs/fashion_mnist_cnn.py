@@ -4,7 +4,7 @@ The NME paper gives no Fashion-MNIST recipe; this one is ours: two conv
 stages (32, 64 channels, 3x3, BatchNorm, 2x2 average pooling), a 256-unit
 dense layer, batch 128, Nesterov momentum 0.9, learning rate 0.05 after one
 warmup epoch with cosine decay, weight decay 5e-4 on kernels, 15 epochs,
-no augmentation. Measured result: see README ("Fashion-MNIST").
+no augmentation. Measured result: docs/benchmarks.md ("Fashion-MNIST CNN").
 
 Prepare the data once (Debian package dataset-fashion-mnist):
     python tools/prepare_data.py fashion_mnist --from /usr/share/datasets/fashion-mnist

@@ -9,7 +9,7 @@ weight decay 1e-4 on kernels, label smoothing 0.1, 90 epochs, Inception
 crop + flip for training, resize 256 + centre crop 224 for evaluation.
 Every value is a config field; change it to match another recipe.
 
-Needs the TFDS `imagenet2012` dataset built as array_record (see README).
+Needs the TFDS `imagenet2012` dataset built as array_record (docs/configuring.md, "Datasets").
 The mesh shards parameters over `fsdp` when it is set > 1.
 """
 

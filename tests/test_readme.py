@@ -1,4 +1,5 @@
-"""The README's regularizer and curvature examples run as written."""
+"""The documentation's regularizer and curvature examples run as written, and the
+README's command line is a valid config."""
 
 import os
 import re
@@ -11,9 +12,17 @@ pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def python_blocks():
+    """The ```python blocks of the README and of docs/*.md."""
+    paths = [os.path.join(ROOT, "README.md")] + sorted(
+        os.path.join(ROOT, "docs", n) for n in os.listdir(os.path.join(ROOT, "docs"))
+        if n.endswith(".md"))
+    text = "".join(open(p, encoding="utf-8").read() for p in paths)
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
 def test_readme_regularizer_example_runs():
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = python_blocks()
     example = next(b for b in blocks if "reg.objective(apply_fn, loss_fn)" in b)
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)
@@ -24,8 +33,7 @@ def test_readme_regularizer_example_runs():
 
 
 def test_readme_curvature_example_runs():
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = python_blocks()
     namespace: dict = {}
     for marker in ("reg.objective(apply_fn, loss_fn)", "cv.Curvature(apply_fn"):
         example = next(b for b in blocks if marker in b)

@@ -1,4 +1,4 @@
-"""The benchmark tools run (tiny settings; their figures are in the README)."""
+"""The benchmark tools run (tiny settings; their figures are in docs/benchmarks.md)."""
 
 import json
 import os

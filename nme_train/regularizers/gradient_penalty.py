@@ -14,7 +14,7 @@ Two exact ways to get that gradient:
                          Hessian, vjp).
   mode="double_backprop" jax.grad through a function that calls jax.grad
                          (reverse over reverse). Measured 13x a gradient on
-                         a CPU ResNet-18 (see the README's benchmarks).
+                         a CPU ResNet-18 (docs/benchmarks.md).
 The hvp form is the default. Its objective supports first-order
 differentiation only (jax.grad, as the trainer uses); put it outermost in a
 chain under transforms that differentiate twice (trace penalties).

@@ -8,7 +8,7 @@ Files (written by process 0):
   final.json           written once the run has finished: its final metrics
   diverged.json        written when the training loss became NaN/inf
 
-The policy (README, "Checkpoints, resuming and the run directory"):
+The policy (docs/checkpoints.md, "The workdir policy"):
 
 - A finished run (final.json) is never trained again or rewritten by a
   rerun: the same command prints "nothing to do"; a config that differs is
