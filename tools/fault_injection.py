@@ -34,11 +34,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def complete_steps(workdir: str) -> list[int]:
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(n) for n in os.listdir(directory)
-                  if n.isdigit() and os.path.exists(os.path.join(directory, n, "meta")))
+    from nme_train.train.checkpoint import checkpoint_dir, saved_steps
+
+    return saved_steps(checkpoint_dir(workdir))
 
 
 def saving_dirs(workdir: str) -> set[str]:
@@ -51,10 +49,11 @@ def saving_dirs(workdir: str) -> set[str]:
 
 def logged_step(workdir: str) -> int:
     """The last step in DIR/metrics.jsonl (every log_every_steps steps)."""
+    from nme_train.train.metrics import read_metrics
+
     try:
-        with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-            return max([json.loads(line)["step"] for line in f if line.strip()], default=0)
-    except FileNotFoundError:
+        return max((r["step"] for r in read_metrics(workdir)), default=0)
+    except (ValueError, KeyError):  # a line being written
         return 0
 
 

@@ -18,7 +18,6 @@ A figure whose data the probes do not hold is skipped (and said so).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -31,12 +30,10 @@ KINDS = (("hessian", "H", "C0"), ("gauss_newton", "G", "C1"), ("nme", "NME", "C2
 
 
 def read_records(workdir: str) -> list[dict]:
-    records = []
-    for name in ("probes.jsonl", "probes_offline.jsonl"):
-        path = os.path.join(workdir, name)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                records += [json.loads(line) for line in f if line.strip()]
+    """The run's probe records and those of tools/probe.py, by step."""
+    from nme_train.train.probing import read_probes
+
+    records = read_probes(workdir) + read_probes(workdir, "probes_offline.jsonl")
     return sorted(records, key=lambda r: (r["step"], r.get("source", "")))
 
 

@@ -117,22 +117,16 @@ def _tuple(value):
 
 
 def finalized_steps(workdir: str) -> list[int]:
-    """Steps whose checkpoint orbax has finished writing (a plain integer directory)."""
-    from nme_train.train.checkpoint import checkpoint_dir
+    """Steps whose checkpoint orbax has finished writing."""
+    from nme_train.train.checkpoint import checkpoint_dir, saved_steps
 
-    directory = checkpoint_dir(workdir)
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(name) for name in os.listdir(directory)
-                  if name.isdigit() and os.path.exists(os.path.join(directory, name, "meta")))
+    return saved_steps(checkpoint_dir(workdir))
 
 
 def probed_steps(workdir: str) -> set[int]:
-    path = os.path.join(workdir, OFFLINE_FILE)
-    if not os.path.exists(path):
-        return set()
-    with open(path, encoding="utf-8") as f:
-        return {json.loads(line)["step"] for line in f if line.strip()}
+    from nme_train.train.probing import read_probes
+
+    return {record["step"] for record in read_probes(workdir, OFFLINE_FILE)}
 
 
 class OfflineProber:

@@ -57,6 +57,7 @@ import sys
 from collections.abc import Sequence
 
 from nme_train.experiments import format_value
+from nme_train.train.probing import read_probes
 from nme_train.train.rundir import read_diverged, read_final
 
 HYPERPARAMETERS = ("rho", "sigma2")
@@ -78,14 +79,6 @@ def fmt(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
     if math.isnan(std):
         return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
-
-
-def read_probes(run_dir: str) -> list[dict]:
-    path = os.path.join(run_dir, "probes.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def difference(a: dict, b: dict, field: str = "test_acc") -> tuple[float, float]:

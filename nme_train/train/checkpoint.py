@@ -63,6 +63,16 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+def saved_steps(directory: str) -> list[int]:
+    """Steps of the checkpoints orbax has finished writing in a checkpoints directory
+    (a plain integer name with its meta/; set-aside `<step>.unreadable` ones are not),
+    read from the file system without a checkpoint manager (tools, warm starts)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory)
+                  if name.isdigit() and os.path.isdir(os.path.join(directory, name, "meta")))
+
+
 class Checkpointer:
     """Saves and restores TrainStates in DIR/checkpoints with an orbax CheckpointManager."""
 
@@ -247,7 +257,7 @@ def load_checkpoint(workdir: str, step: int | None = None) -> tuple[dict, dict]:
     """
     directory = checkpoint_dir(workdir)
     if step is None:
-        steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit())
+        steps = saved_steps(directory)
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {directory}")
         step = steps[-1]

@@ -60,6 +60,7 @@ from nme_train.train.rundir import (
     write_json_atomic,
 )
 from nme_train.train.step import (
+    global_norm,
     init_state,
     make_eval_step,
     make_loss_fn,
@@ -157,11 +158,8 @@ def build_experiment(
 
 def _param_health(params: Any) -> dict[str, jax.Array]:
     """Global norm and finiteness of the parameters (recorded with each checkpoint)."""
-    leaves = [x.astype(jax.numpy.float32) for x in jax.tree.leaves(params)]
-    squares = sum(jax.numpy.sum(x * x) for x in leaves)
-    finite = jax.numpy.all(jax.numpy.stack([jax.numpy.all(jax.numpy.isfinite(x))
-                                            for x in leaves]))
-    return {"param_norm": jax.numpy.sqrt(squares), "finite": finite}
+    finite = [jax.numpy.all(jax.numpy.isfinite(x)) for x in jax.tree.leaves(params)]
+    return {"param_norm": global_norm(params), "finite": jax.numpy.all(jax.numpy.stack(finite))}
 
 
 def setting_warnings(config: Any, exp: Experiment) -> list[str]:

@@ -72,13 +72,17 @@ class MetricWriter:
             self._tb.close()
 
 
-def read_metrics(workdir: str, name: str = "metrics") -> list[dict]:
-    """All records of DIR/<name>.jsonl (for tests, tools and notebooks); [] when missing."""
-    path = os.path.join(workdir, f"{name}.jsonl")
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSON-lines file (metrics, probes, sweeps); [] when it is missing."""
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_metrics(workdir: str, name: str = "metrics") -> list[dict]:
+    """All records of DIR/<name>.jsonl (for tests, tools and notebooks); [] when missing."""
+    return read_jsonl(os.path.join(workdir, f"{name}.jsonl"))
 
 
 class Progress:

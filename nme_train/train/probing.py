@@ -29,6 +29,7 @@ from nme_train.curvature.probes import ProbeSettings, ProbeSuite, scalars, spars
 from nme_train.data import train_batches
 from nme_train.models import get_activation
 from nme_train.sharding import global_batch
+from nme_train.train.metrics import read_jsonl
 from nme_train.train.step import make_normalize
 
 PROBES_FILE = "probes.jsonl"
@@ -119,8 +120,5 @@ def summary(record: dict) -> str:
 
 
 def read_probes(workdir: str, filename: str = PROBES_FILE) -> list[dict]:
-    path = os.path.join(workdir, filename)
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The probe records of a run (DIR/probes.jsonl, or another file of the same form)."""
+    return read_jsonl(os.path.join(workdir, filename))

@@ -31,6 +31,7 @@ from nme_train.train.checkpoint import (
     checkpoint_dir,
     describe_error,
     metadata_shapes,
+    saved_steps,
     tree_shapes,
 )
 from nme_train.train.rundir import (
@@ -156,8 +157,7 @@ def _resolve_init_from(path: str) -> tuple[str, int]:
     if match and os.path.basename(match.group(1)) == "checkpoints":
         return match.group(1), int(match.group(2))
     directory = path if os.path.basename(path) == "checkpoints" else checkpoint_dir(path)
-    steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) \
-        if os.path.isdir(directory) else []
+    steps = saved_steps(directory)
     if not steps:
         raise CheckpointError(f"config.init_from={path!r}: no checkpoint found in {directory}")
     return directory, steps[-1]

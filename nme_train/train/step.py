@@ -21,7 +21,7 @@ from nme_train.train.losses import accuracy, cross_entropy
 from nme_train.train.state import TrainState
 
 
-def _global_norm(tree: Any) -> jax.Array:
+def global_norm(tree: Any) -> jax.Array:
     """Euclidean norm of a pytree, as one vector."""
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
@@ -110,7 +110,7 @@ def make_train_step(
             **aux["metrics"],
             "objective": value,
             "accuracy": jnp.mean(accuracy(aux["outputs"], batch["label"])),
-            "grad_norm": _global_norm(grads),
+            "grad_norm": global_norm(grads),
             "learning_rate": schedule(state.step),
         }
         model_state = aux["state"] if state.model_state else state.model_state
