@@ -8,7 +8,6 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import os
 import re
@@ -16,35 +15,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from nme_train.config_fields import leaf_fields, unknown_field
+
 DEBUG_FLAG = "--debug"
-
-
-def leaf_fields(config: Any, prefix: str = "") -> list[str]:
-    """Dotted names of every field of a ConfigDict (groups included)."""
-    names = []
-    for key in config.keys():
-        value = config[key]
-        names.append(prefix + key)
-        if hasattr(value, "keys") and hasattr(value, "unlocked"):
-            names.extend(leaf_fields(value, f"{prefix}{key}."))
-    return names
-
-
-def unknown_field(name: str, fields: Sequence[str], what: str = "config") -> str:
-    """'no field X; did you mean ...' with the nearest valid names."""
-    leaves = [f for f in fields if not any(g.startswith(f + ".") for g in fields)]
-    last = name.rsplit(".", 1)[-1]
-    initials = [f for f in leaves  # "lr" for learning_rate
-                if "".join(w[0] for w in f.rsplit(".", 1)[-1].split("_") if w) == last]
-    near = initials + [f for f in difflib.get_close_matches(name, leaves, n=4, cutoff=0.5)
-                       if f not in initials]
-    near = near[:4]
-    parent = name.rsplit(".", 1)[0] if "." in name else ""
-    if not near:
-        near = [f for f in leaves if parent and f.startswith(parent + ".")
-                and "." not in f[len(parent) + 1:]][:8]
-    hint = f"; did you mean {', '.join(near)}?" if near else ""
-    return f"{what} has no field {name!r}{hint} (all fields: nme_train/base_config.py)"
 
 
 def _config_arg(argv: Sequence[str]) -> str | None:

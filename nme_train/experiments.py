@@ -34,6 +34,8 @@ from typing import Any
 
 import ml_collections
 
+from nme_train.config_fields import set_fields
+
 POINT_FILE = "point.json"  # written by tools/sweep.py: the point's tags and config string
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.=,+-]+$")
@@ -168,19 +170,8 @@ def methods(spec: dict[str, Sequence[float]],
 
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Iterable[tuple[str, Any]]) -> ml_collections.ConfigDict:
-    """A copy of `config` with dotted `field` paths set; unknown fields are an error."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    for path, value in overrides:
-        *parents, leaf = path.split(".")
-        node = config
-        for p in parents:
-            if p not in node:
-                raise KeyError(f"override {path!r}: the config has no field {p!r}")
-            node = node[p]
-        if leaf not in node:
-            raise KeyError(f"override {path!r}: the config has no field {leaf!r}")
-        node[leaf] = value
-    return config
+    """A copy of `config` with dotted `field` paths set; unknown fields are a KeyError."""
+    return set_fields(ml_collections.ConfigDict(config.to_dict()), overrides)
 
 
 def experiment_config(base: Callable[[str], ml_collections.ConfigDict],

@@ -10,13 +10,18 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from nme_train.curvature.operators import KINDS
+from nme_train.curvature.probes import BASIS_MEMORY, PRECISIONS
 from nme_train.data.augment import AUGMENTATIONS
 from nme_train.data.datasets import DATASETS
 from nme_train.models import DTYPES, MODEL_NAMES, STAGE_SIZES, activation_names
 from nme_train.models.activations import activation_params
+from nme_train.models.cnn import POOLS
+from nme_train.models.layers import BATCH_NORM_MODES
+from nme_train.models.resnet import STEMS
+from nme_train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_ON
 from nme_train.regularizers import REGISTRY as REGULARIZERS
 from nme_train.sharding import AXES, mesh_shape
-from nme_train.train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_ON
 
 
 class ConfigError(ValueError):
@@ -52,7 +57,7 @@ def _check_model(problems: list[str], m: Any) -> None:
         if m.depth not in STAGE_SIZES:
             problems.append(f"config.model.depth={m.depth!r} is not a ResNet depth; "
                             f"use one of {sorted(STAGE_SIZES)}")
-        _choice(problems, "config.model.stem", m.stem, ("cifar", "imagenet"))
+        _choice(problems, "config.model.stem", m.stem, STEMS)
         _positive(problems, "config.model.width", m.width)
     if m.name == "wide_resnet":
         if not isinstance(m.depth, int) or m.depth < 10 or (m.depth - 4) % 6:
@@ -60,7 +65,7 @@ def _check_model(problems: list[str], m: Any) -> None:
                             "(e.g. 16, 22, 28, 40)")
         _positive(problems, "config.model.width", m.width)
     if m.name == "cnn":
-        _choice(problems, "config.model.pool", m.pool, ("avg", "max"))
+        _choice(problems, "config.model.pool", m.pool, POOLS)
         if not m.features:
             problems.append("config.model.features is empty; give the conv widths, e.g. (32, 64)")
     if m.name == "mlp" and not m.hidden:
@@ -151,19 +156,13 @@ def _check_regularizers(problems: list[str], config: Any, num_devices: int) -> N
                     f"use one of {divisors}")
 
 
-PROBE_KINDS = ("hessian", "gauss_newton", "nme")
-PROBE_BATCH_NORM = ("batch_stats", "running_average")
-PROBE_BASIS_MEMORY = ("auto", "device", "host")
-PRECISIONS = ("default", "high", "highest")
-
-
 def _check_probes(problems: list[str], config: Any, num_devices: int,
                   process_count: int) -> None:
     p = config.probes
-    unknown = [k for k in p.kinds if k not in PROBE_KINDS]
+    unknown = [k for k in p.kinds if k not in KINDS]
     if unknown or len(set(p.kinds)) != len(p.kinds):
         problems.append(f"config.probes.kinds={tuple(p.kinds)!r}: give distinct names from "
-                        f"{PROBE_KINDS}, or () for the gradient and sparsity probes only")
+                        f"{KINDS}, or () for the gradient and sparsity probes only")
     for field in ("every_steps", "lanczos_steps", "top_k", "bottom_k", "trace_probes",
                   "density_runs", "batch_size"):
         value = p[field]
@@ -181,8 +180,8 @@ def _check_probes(problems: list[str], config: Any, num_devices: int,
         problems.append(f"config.probes.batch_size={batch} is not divisible by {num_devices} "
                         f"devices and {process_count} process(es); use a multiple of "
                         f"{max(num_devices, process_count)}")
-    _choice(problems, "config.probes.batch_norm", p.batch_norm, PROBE_BATCH_NORM)
-    _choice(problems, "config.probes.basis_memory", p.basis_memory, PROBE_BASIS_MEMORY)
+    _choice(problems, "config.probes.batch_norm", p.batch_norm, BATCH_NORM_MODES)
+    _choice(problems, "config.probes.basis_memory", p.basis_memory, BASIS_MEMORY)
     _choice(problems, "config.probes.precision", p.precision, PRECISIONS)
     _positive(problems, "config.probes.max_basis_mib", p.max_basis_mib)
     _positive(problems, "config.probes.sparsity_threshold", p.sparsity_threshold,

@@ -9,10 +9,17 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import io
+import subprocess
+import sys
+import time
 
 import numpy as np
 import PIL.Image
 import pytest
+
+from configs import default
+from nme_train.config_fields import set_fields
+from nme_train.train.checkpoint import saved_steps
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +35,86 @@ def float64():
 
 def with_overrides(config, **overrides):
     """`config` with dotted-path fields replaced: with_overrides(c, **{"mesh.data": 4})."""
-    for key, value in overrides.items():
-        target = config
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
-    return config
+    return set_fields(config, overrides.items())
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_command(*args, devices: int | None = 1, timeout: float = 300, env=None):
+    """`python ARGS` in the repository root (captured); `devices` fake CPU devices."""
+    flags = f"--xla_force_host_platform_device_count={devices}" if devices else ""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "XLA_FLAGS": flags, **(env or {})})
+
+
+def tiny_config(data_dir, **overrides):
+    """The default digits config, narrowed to a 24-step run of a small CNN."""
+    c = default.get_config()
+    c.data.data_dir = data_dir
+    c.model.features = (8, 16)
+    c.model.hidden = (32,)
+    c.batch_size = 64
+    c.eval_batch_size = 128
+    c.num_epochs = -1
+    c.num_train_steps = 24
+    c.log_every_steps = 8
+    c.eval_every_steps = 16
+    c.optimizer.learning_rate = 0.1
+    return with_overrides(c, **overrides)
+
+
+def cli_args(data_dir, workdir, steps=1200, every=100):
+    """Command-line flags of a small digits run (the default CNN, narrowed) in `workdir`."""
+    return ["--config=configs/default.py", f"--workdir={workdir}",
+            f"--config.data.data_dir={data_dir}", "--config.num_epochs=-1",
+            f"--config.num_train_steps={steps}", f"--config.checkpoint.every_steps={every}",
+            "--config.log_every_steps=10", "--config.eval_every_steps=0",
+            "--config.model.features=(8,16)", "--config.model.hidden=(32,)"]
+
+
+def start(args):
+    """`python -m nme_train.main ARGS` on one fake device, in the background."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    return subprocess.Popen([sys.executable, "-m", "nme_train.main", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def wait_for_checkpoint(workdir, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        d = os.path.join(workdir, "checkpoints")
+        if saved_steps(d):
+            return
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    raise TimeoutError("no checkpoint appeared")
+
+
+def free_port():
+    """A TCP port free on this machine now (for a coordinator)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_plot(path, panels: int = 1) -> None:
+    """`path` is a PNG plot: it decodes, is at least 300 px per panel wide and 200 px high,
+    and is drawn on (many colours; a blank or single-colour image fails)."""
+    with PIL.Image.open(path) as image:
+        assert image.format == "PNG", (path, image.format)
+        width, height = image.size
+        assert width >= 300 * panels and height >= 200, (path, image.size)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is None or len(colours) > 20, (path, len(colours or ()))
 
 
 @pytest.fixture(scope="session")

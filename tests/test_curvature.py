@@ -127,6 +127,19 @@ def test_output_losses_closed_forms_match_autodiff():
                                    rtol=1e-12, atol=1e-15)
 
 
+def test_training_and_probe_losses_share_one_smoothed_cross_entropy():
+    """p = softmax(log [1, 2, 1]) = [1/4, 1/2, 1/4], label 1, smoothing 0.3: t = [.1, .8, .1],
+    CE = -(0.2 log 1/4 + 0.8 log 1/2) = 1.2 log 2 (0.3 log 2 less than without smoothing)."""
+    from nme_train.train.step import make_loss_fn
+
+    z = jnp.log(jnp.asarray([[1.0, 2.0, 1.0]]))
+    y = jnp.asarray([1])
+    for smoothing, expected in ((0.3, 1.2 * np.log(2)), (0.0, np.log(2))):
+        assert float(make_loss_fn(smoothing)(z, y)) == pytest.approx(expected, rel=1e-12)
+        assert float(cv.softmax_cross_entropy(smoothing)(z, y)) == pytest.approx(expected,
+                                                                                  rel=1e-12)
+
+
 def run_lanczos(curv, params, batches, kind, steps, seed=0):
     v0 = cv.rademacher_like(jax.random.PRNGKey(seed), params)
     alphas, betas, basis = jax.jit(lambda p, v: cv.lanczos(
@@ -183,9 +196,10 @@ def test_host_basis_lanczos_equals_the_jitted_one():
 def test_hutchinson_traces_share_probes_and_are_unbiased():
     curv, params, batches = make_case("mlp_gelu_ce")
     dense = dense_matrices(curv, params, batches)
-    forms = np.asarray(jax.jit(lambda p, k: cv.hutchinson_quadratic_forms(
-        [curv.operator(kind, p, batches) for kind in cv.KINDS], p, k, 2000))(
-        params, jax.random.PRNGKey(3)))
+    build = jax.jit(curv.linear_operator, static_argnums=0)
+    forms = np.stack([cv.hutchinson_quadratic_forms(build(kind, params, batches), params,
+                                                    jax.random.PRNGKey(3), 2000).sum(axis=-1)
+                      for kind in cv.KINDS], axis=1)
     # per probe: v^T H v = v^T G v + v^T NME v
     np.testing.assert_allclose(forms[:, 0], forms[:, 1] + forms[:, 2], rtol=1e-9, atol=1e-12)
     for i, kind in enumerate(cv.KINDS):
@@ -202,9 +216,10 @@ def test_per_layer_traces_are_the_dense_block_traces(name):
     paths = cv.leaf_paths(params)
     assert paths == sorted(params)  # a flat dict: its keys, in flattening order
     bounds = np.cumsum([0] + [x.size for x in jax.tree.leaves(params)])  # ravel_pytree order
-    forms = np.asarray(jax.jit(lambda p, k: cv.hutchinson_quadratic_forms(
-        [curv.operator(kind, p, batches) for kind in cv.KINDS], p, k, 3000, by_leaf=True))(
-        params, jax.random.PRNGKey(5)))
+    build = jax.jit(curv.linear_operator, static_argnums=0)
+    forms = np.stack([cv.hutchinson_quadratic_forms(build(kind, params, batches), params,
+                                                    jax.random.PRNGKey(5), 3000)
+                      for kind in cv.KINDS], axis=1)
     assert forms.shape == (3000, len(cv.KINDS), len(paths))
     for i, kind in enumerate(cv.KINDS):
         for leaf, path in enumerate(paths):

@@ -1,6 +1,5 @@
 """--dry_run: compile the training and probe steps from shapes, for a topology, without data."""
 
-import os
 
 import pytest
 from conftest import with_overrides
@@ -10,7 +9,6 @@ from nme_train.train.dry_run import dry_run
 
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_dry_run_reports_flops_and_memory_per_device():

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import yaml
-from test_checkpoint import ROOT, free_port
+from conftest import ROOT, free_port
 
 from nme_train import distributed as dist
 from nme_train.train.metrics import read_metrics

@@ -1,22 +1,18 @@
 """The command line: config file variants, overrides, and errors before any compile."""
 
 import os
-import subprocess
-import sys
 
 import pytest
+from conftest import run_command
 
 from nme_train.train.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_main(*args):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    return subprocess.run([sys.executable, "-m", "nme_train.main", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_command("-m", "nme_train.main", *args, devices=2)
 
 
 def test_cli_variant_and_overrides(data_dir, tmp_path):

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import ROOT, assert_plot, run_command
 
 from nme_train.experiments import apply_overrides, product, seeds
 from nme_train.train.dry_run import dry_run
@@ -21,7 +22,6 @@ from tools import summarize, sweep
 
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SWEEPS = ("e1", "e2", "e3", "e4", "e5", "e6", "e8", "e9", "e10")
 
@@ -89,7 +89,7 @@ def test_bad_config_strings_name_the_fix():
         module("e1").get_config("study/method=sam")
     with pytest.raises(ValueError, match="combined twice"):
         product(seeds((0,)), seeds((1,)))
-    with pytest.raises(KeyError, match="no field 'nonexistent'"):
+    with pytest.raises(KeyError, match="no field 'model.nonexistent'"):
         apply_overrides(module("e1").base("study"), [("model.nonexistent", 1)])
 
 
@@ -177,9 +177,7 @@ def tiny_experiment(tmp_path, data_dir) -> str:
 
 
 def run_sweep(*args, env=None):
-    return subprocess.run([sys.executable, "tools/sweep.py", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "XLA_FLAGS": "", **(env or {})})
+    return run_command("tools/sweep.py", *args, devices=None, timeout=600, env=env)
 
 
 def test_local_sweep_runs_each_point_once_and_summarizes(tmp_path, data_dir):
@@ -212,7 +210,7 @@ def test_local_sweep_runs_each_point_once_and_summarizes(tmp_path, data_dir):
     table = (tmp_path / "summary" / "summary_tiny.md").read_text()
     assert "| method | rho | seeds | test accuracy (%)" in table
     assert "| gp | 0.1 | 2 |" in table and "1 run(s) of this grid have not finished" in table
-    assert (tmp_path / "summary" / "summary_tiny.png").stat().st_size > 5000
+    assert_plot(tmp_path / "summary" / "summary_tiny.png")
 
 
 def test_sigterm_stops_a_local_sweep_at_a_checkpoint_and_the_next_sweep_resumes(
@@ -342,7 +340,8 @@ def test_summarize_mean_and_std_over_seeds_on_fake_runs(tmp_path):
     rows = (w / "summary_e1.csv").read_text().splitlines()
     assert "| relu | gn_trace | — | 0.01 | 1 | 70.00 |" in table
     assert rows[0].startswith("activation,method,rho,sigma2,seeds,diverged,test_acc_mean")
-    assert len(rows) == 5 and (w / "summary_e1.png").stat().st_size > 5000
+    assert len(rows) == 5
+    assert_plot(w / "summary_e1.png")
 
 
 def test_summarize_differences_tolerance_and_diverged_runs(tmp_path):
@@ -377,7 +376,7 @@ def test_summarize_differences_tolerance_and_diverged_runs(tmp_path):
     assert "| false | gelu | gp | 88.00 | 0.3 | 1 (-1.50, diverged 1) |" in table
     # gelu - relu at gp 0.3: +2 points, SE 0.816
     assert "| false | gp | 0.3 | +2.00 ± 0.82 | 2.4 |" in table
-    assert (w / "summary_e1.png").stat().st_size > 5000
+    assert_plot(w / "summary_e1.png")
 
 
 def test_summarize_traces_and_sparsity_on_fake_runs(tmp_path):
@@ -407,12 +406,12 @@ def test_summarize_traces_and_sparsity_on_fake_runs(tmp_path):
     assert "| hessian_trace | 0.01 | BatchNorm_0 | — | — | — | — | 0.50 ± 0.00 | 10.50 ± 0.00 |" \
         in traces
     assert "| hessian_trace | 0.01 | Conv_0 | — | — | — | — | 1.50 ± 0.71 | 1.50 ± 0.71 |" in traces
-    assert (w / "summary_e6_layers.png").stat().st_size > 5000
+    assert_plot(w / "summary_e6_layers.png")
     sparsity = (w / "summary_e9.md").read_text()
     assert "| 64 | none | 0 | 2 | 50.00 ± 0.00 |" in sparsity and "| 20.00 ± 0.00 | 5.00 ± 0.00 |" \
         in sparsity
     for name in ("e6", "e9"):
-        assert (w / f"summary_{name}.png").stat().st_size > 5000
+        assert_plot(w / f"summary_{name}.png")
     assert summarize.main([str(tmp_path / "empty")]) == 2
 
 
@@ -461,4 +460,4 @@ def test_toy_landscape_tool_reports_nme_within_band_of_the_boundaries(tmp_path):
     assert rows["relu"]["nme_max"] == 0.0
     assert rows["beta_gelu:16"]["share_within_band"] > 0.9
     assert rows["beta_gelu:16"]["nme_max"] > rows["beta_gelu:1"]["nme_max"]
-    assert (tmp_path / "toy_landscape.png").stat().st_size > 20000
+    assert_plot(tmp_path / "toy_landscape.png")

@@ -6,10 +6,10 @@ import re
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def python_blocks():

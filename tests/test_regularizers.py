@@ -340,7 +340,9 @@ def test_chain_applies_inner_first(problem):
     chained, _ = grad_of(reg.chain(reg.weight_noise(0.05), reg.sam(0.1)), params, batch, rng)
     by_hand, _ = grad_of(lambda o: reg.sam(0.1)(reg.weight_noise(0.05)(o)), params, batch, rng)
     np.testing.assert_allclose(chained, by_hand, rtol=1e-14)
-    assert reg.from_config([("weight_noise", {"sigma": 0.05}), ("sam", {"rho": 0.1})])
+    from_config, _ = grad_of(reg.from_config([("weight_noise", {"sigma": 0.05}),
+                                              ("sam", {"rho": 0.1})]), params, batch, rng)
+    np.testing.assert_allclose(from_config, chained, rtol=1e-14)
 
 
 def test_bad_arguments_are_rejected():

@@ -7,17 +7,16 @@ modification times) with what the policy says.
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import pytest
-from conftest import with_overrides
+from conftest import ROOT, run_command, with_overrides
 
 from configs import default
 from nme_train.cli import diagnose_config_flags
 from nme_train.train.checkpoint import CheckpointError
-from nme_train.train.loop import build_experiment, setting_warnings, train_and_evaluate
+from nme_train.train.experiment import build_experiment, setting_warnings
+from nme_train.train.loop import train_and_evaluate
 from nme_train.train.metrics import Diverged, read_metrics
 from nme_train.train.rundir import (
     SANE_LOSS_FACTOR,
@@ -27,8 +26,6 @@ from nme_train.train.rundir import (
     read_final,
 )
 from nme_train.validation import ConfigError, validate
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def mlp_config(data_dir, **overrides):
@@ -308,12 +305,10 @@ def test_config_flag_mistakes_are_diagnosed(argv, message):
     assert found == message if message is None else message in found
 
 
-def run_cli(module_or_script, *args, cwd=ROOT):
-    command = [sys.executable, *(["-m", module_or_script] if "." in module_or_script
-                                 and not module_or_script.endswith(".py")
-                                 else [module_or_script]), *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "XLA_FLAGS": ""})
+def run_cli(module_or_script, *args):
+    module = "." in module_or_script and not module_or_script.endswith(".py")
+    return run_command(*(["-m", module_or_script] if module else [module_or_script]), *args,
+                       devices=None)
 
 
 @pytest.mark.slow

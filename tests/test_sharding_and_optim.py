@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from nme_train import sharding as shd
-from nme_train.train.optim import learning_rate_schedule, make_optimizer
+from nme_train.optim import learning_rate_schedule, make_optimizer
 
 
 def test_param_spec_rule():

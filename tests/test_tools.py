@@ -3,38 +3,41 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
+from conftest import ROOT, run_command
 
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_tool(*args):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = run_command(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_bench_step_reports_a_ratio():
     out = run_tool("tools/bench_step.py", "--steps", "3", "--rounds", "2")
-    assert out["ratio"] > 0 and out["framework_ms"] > 0
+    assert out["ratio"] == pytest.approx(out["framework_ms"] / out["hand_written_ms"])
+    assert 0.2 < out["ratio"] < 5  # the same program; far off means one side is not timed
 
 
 def test_bench_checkpoint_reports_the_save_step():
     out = run_tool("tools/bench_checkpoint.py", "--steps", "40", "--every", "20")
-    assert out["save_step_ratio"] > 0
+    assert out["save_step_ratio"] == pytest.approx(out["saving_ms"] / out["normal_ms"])
+    assert out["normal_ms"] > 0 and out["saving_ms"] > 0
 
 
 def test_bench_regularizers_reports_each_method():
     out = run_tool("tools/bench_regularizers.py", "--config", "configs/default.py",
                    "--rounds", "1", "--methods", "plain,sam,gradient_penalty")
     assert set(out) == {"plain", "sam", "gradient_penalty"}
-    assert out["plain"]["ratio"] == 1.0 and out["sam"]["temp_mib"] > 0
+    assert out["plain"]["ratio"] == 1.0
+    for name in ("sam", "gradient_penalty"):  # two gradients: more time and more memory
+        assert out[name]["ratio"] == pytest.approx(out[name]["median_s"]
+                                                   / out["plain"]["median_s"])
+        assert out[name]["temp_mib"] > out["plain"]["temp_mib"], (name, out)
 
 
 

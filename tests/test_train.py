@@ -2,33 +2,18 @@
 
 import json
 import os
+import struct
 
 import jax
 import numpy as np
 import pytest
-from conftest import with_overrides
+from conftest import tiny_config
 
-from configs import default
 from nme_train.train.loop import train_and_evaluate
 from nme_train.train.metrics import read_metrics
 from nme_train.train.rundir import read_diverged
 
 pytestmark = pytest.mark.slow
-
-
-def tiny_config(data_dir, **overrides):
-    c = default.get_config()
-    c.data.data_dir = data_dir
-    c.model.features = (8, 16)
-    c.model.hidden = (32,)
-    c.batch_size = 64
-    c.eval_batch_size = 128
-    c.num_epochs = -1
-    c.num_train_steps = 24
-    c.log_every_steps = 8
-    c.eval_every_steps = 16
-    c.optimizer.learning_rate = 0.1
-    return with_overrides(c, **overrides)
 
 
 def test_end_to_end_writes_metrics_and_learns(data_dir, tmp_path):
@@ -44,9 +29,36 @@ def test_end_to_end_writes_metrics_and_learns(data_dir, tmp_path):
         assert all(np.isfinite(r[key]) for r in train), key
     assert train[-1]["train/loss"] < train[0]["train/loss"]
     assert final["eval/accuracy"] == evals[-1]["eval/accuracy"] > 0.5  # chance is 0.1
-    assert os.listdir(os.path.join(workdir, "tensorboard"))
     saved = json.load(open(os.path.join(workdir, "config.json")))
     assert saved["num_train_steps"] == 24
+    # TensorBoard: the scalars, the config as text and as hparams
+    summaries = tensorboard_summaries(os.path.join(workdir, "tensorboard"))
+    scalars = {(v.tag, step) for step, v in summaries if v.HasField("simple_value")}
+    assert {("train/loss", 8), ("train/loss", 24), ("eval/accuracy", 24)} <= scalars
+    text = [v for _, v in summaries if v.tag.startswith("config")]
+    assert text and '"num_train_steps": 24' in text[0].tensor.string_val[0].decode()
+    plugins = {v.metadata.plugin_data.plugin_name for _, v in summaries}
+    assert "hparams" in plugins
+    hparams = b"".join(v.metadata.plugin_data.content for _, v in summaries
+                       if v.metadata.plugin_data.plugin_name == "hparams")
+    assert b"optimizer.learning_rate" in hparams and b"eval/accuracy" in hparams
+
+
+def tensorboard_summaries(directory):
+    """(step, Summary.Value) of every event file in `directory` (TFRecord framing)."""
+    from tensorboardX.proto import event_pb2
+
+    values = []
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name), "rb") as f:
+            data = f.read()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4  # length, its CRC, the record, its CRC
+            values += [(event.step, v) for v in event.summary.value]
+    return values
 
 
 def test_one_device_equals_eight_devices_with_fsdp(data_dir, tmp_path):
@@ -98,7 +110,7 @@ def test_training_with_regularizers_logs_their_diagnostics(data_dir, tmp_path, r
     line = [r for r in read_metrics(str(tmp_path / "run")) if "train/loss" in r][-1]
     for key in keys + ("train/objective", "train/loss", "train/accuracy"):
         assert np.isfinite(line[key]), key
-    assert result["eval/accuracy"] > 0
+    assert np.isfinite(result["eval/loss"])
 
 
 def test_m_sharpness_with_one_group_per_device_on_8_devices(data_dir, tmp_path):
@@ -110,4 +122,4 @@ def test_m_sharpness_with_one_group_per_device_on_8_devices(data_dir, tmp_path):
     lines = [r for r in read_metrics(str(tmp_path / "msam")) if "train/loss" in r]
     assert [r["step"] for r in lines] == [3, 6]
     assert all(np.isfinite(r["train/sam/grad_norm"]) for r in lines)
-    assert result["eval/accuracy"] > 0
+    assert np.isfinite(result["eval/loss"])

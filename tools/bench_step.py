@@ -24,9 +24,9 @@ import optax
 
 from nme_train.data import DATASETS
 from nme_train.models import build_model
+from nme_train.optim import learning_rate_schedule, make_optimizer
 from nme_train.sharding import global_batch
-from nme_train.train.loop import build_experiment
-from nme_train.train.optim import learning_rate_schedule, make_optimizer
+from nme_train.train.experiment import build_experiment
 
 
 def load_config(path: str):

@@ -30,9 +30,10 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+import optax.tree_utils as otu  # noqa: E402
 
 from nme_train import regularizers as reg  # noqa: E402
-from nme_train.curvature.products import hvp, tree_norm  # noqa: E402
+from nme_train.curvature.products import hvp  # noqa: E402
 from nme_train.data import DATASETS  # noqa: E402
 from nme_train.models import build_model  # noqa: E402
 from tools.bench_step import load_config  # noqa: E402
@@ -108,7 +109,7 @@ def main() -> None:
         jax.random.PRNGKey(0), jnp.zeros((1, size, size, spec.channels)), train=False)
     params, stats = variables["params"], variables["batch_stats"]
     v = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
-    v = jax.tree.map(lambda a: a / tree_norm(v), v)
+    v = jax.tree.map(lambda a: a / otu.tree_norm(v), v)
 
     def compute(name):
         dtype, param_dtype, precision = SETTINGS[name]

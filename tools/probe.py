@@ -33,6 +33,8 @@ import time
 
 import jax
 
+from nme_train.config_fields import set_fields
+
 OFFLINE_FILE = "probes_offline.jsonl"
 
 
@@ -99,16 +101,10 @@ def load_run_config(workdir: str, overrides: list[str]):
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             value = text
-        target = config
-        *path_, last = key.split(".")
-        for part in path_:
-            target = target[part]
-        if last not in target:
-            from nme_train.cli import leaf_fields, unknown_field
-
-            raise ProbeError(f"--set {key}: " + unknown_field(key, leaf_fields(config),
-                                                              "the run's config"))
-        target[last] = value
+        try:
+            set_fields(config, [(key, value)], "the run's config")
+        except KeyError as e:
+            raise ProbeError(f"--set {key}: {e.args[0]}") from None
     return config
 
 
@@ -134,7 +130,7 @@ class OfflineProber:
 
     def __init__(self, workdir: str, config, float64: bool = False):
         from nme_train.data import DATASETS, default_data_dir
-        from nme_train.train.loop import build_experiment
+        from nme_train.train.experiment import build_experiment
         from nme_train.train.probing import RunProbes
         from nme_train.validation import validate
 

@@ -41,10 +41,6 @@ from nme_train.curvature.products import (
     hvp,
     nme_vp,
     output_hvp,
-    tree_axpy,
-    tree_dot,
-    tree_norm,
-    tree_scale,
 )
 
 __all__ = [
@@ -54,5 +50,4 @@ __all__ = [
     "lanczos_host", "lanczos_iterate", "apply", "mean_and_standard_error",
     "mean_squared_error", "nme_vp", "output_hvp",
     "rademacher_like", "slq_nodes_and_weights", "softmax_cross_entropy", "spectral_density",
-    "tree_axpy", "tree_dot", "tree_norm", "tree_scale",
 ]

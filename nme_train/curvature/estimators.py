@@ -1,8 +1,9 @@
 """Stochastic estimates built on the operators: traces, spectral densities, alignment.
 
-hutchinson_quadratic_forms  v^T M v for every kind M, with the SAME Rademacher
-    probes v for all kinds, so that tr H = tr G + tr NME holds probe by
-    probe (up to round-off); the trace is their mean, with a standard error.
+hutchinson_quadratic_forms  v^T M v for Rademacher probes v drawn from a key:
+    called for H, G and the NME with one key, every kind sees the SAME
+    probes, so tr H = tr G + tr NME holds probe by probe (up to round-off);
+    the trace is their mean, with a standard error.
     Split by parameter leaf l, v_l^T (M v)_l has mean tr(M_ll), the trace of
     the diagonal block of that leaf (`leafwise_dots`): per-layer traces from
     the same matvecs, at no extra cost (their variance includes the
@@ -17,26 +18,23 @@ alignment  g^T M g / ||g||^2 for the gradient g over the probe batches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax.tree_utils as otu
 
 from nme_train.curvature.lanczos import LanczosResult
-from nme_train.curvature.products import tree_dot
 
 Params = Any
 
 
-def rademacher_like(key: jax.Array, tree: Params) -> Params:
-    """Independent +-1 entries shaped (and typed) like `tree`, one key per leaf."""
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(treedef, [
-        jax.random.rademacher(k, x.shape, jnp.float32).astype(x.dtype)
-        for k, x in zip(keys, leaves)])
+# Independent +-1 entries shaped (and typed) like a tree, one key per leaf (the probes
+# of every Hutchinson estimate and the start vectors of Lanczos).
+rademacher_like = functools.partial(otu.tree_random_like, sampler=jax.random.rademacher)
 
 
 def leaf_paths(tree: Params) -> list[str]:
@@ -52,27 +50,30 @@ def leaf_paths(tree: Params) -> list[str]:
 
 
 def leafwise_dots(a: Params, b: Params) -> jax.Array:
-    """[number of leaves]: <a_l, b_l> for each leaf l; their sum is tree_dot(a, b)."""
+    """[number of leaves]: <a_l, b_l> for each leaf l; their sum is otu.tree_vdot(a, b)."""
     return jnp.stack([jnp.vdot(x, y).real.astype(jnp.promote_types(x.dtype, jnp.float32))
                       for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))])
 
 
-def hutchinson_quadratic_forms(matvecs: Sequence[Callable[[Params], Params]], params: Params,
-                               key: jax.Array, num_probes: int,
-                               by_leaf: bool = False) -> jax.Array:
-    """[num_probes, len(matvecs)] values v_s^T M_k v_s, one shared probe v_s per row; jittable.
+@jax.jit
+def _probe_form(linear: Any, key: jax.Array, params: Params) -> jax.Array:
+    v = rademacher_like(key, params)
+    return leafwise_dots(v, linear(v))
 
-    With `by_leaf`, [num_probes, len(matvecs), leaves]: v_l^T (M_k v)_l per
-    parameter leaf l (leaf_paths order), whose means are the block traces.
+
+def hutchinson_quadratic_forms(linear: Any, params: Params, key: jax.Array,
+                               num_probes: int) -> np.ndarray:
+    """[num_probes, leaves] float64: v_l^T (M v)_l for probe v = rademacher(fold_in(key, j)).
+
+    `linear` is the operator M as a pytree (`Curvature.linear_operator`).
+    A row's sum is v^T M v, whose mean over rows is tr M; a column's mean is
+    the trace of that leaf's diagonal block (leaf_paths order). One compiled
+    program per operator shape, one matvec per probe, driven from Python (a
+    while-loop over ResNet matvecs runs far slower on CPU).
     """
-
-    def one(k):
-        v = rademacher_like(k, params)
-        if by_leaf:
-            return jnp.stack([leafwise_dots(v, mv(v)) for mv in matvecs])
-        return jnp.stack([tree_dot(v, mv(v)) for mv in matvecs])
-
-    return jax.lax.map(one, jax.random.split(key, num_probes))
+    rows = [np.asarray(_probe_form(linear, jax.random.fold_in(key, j), params), np.float64)
+            for j in range(num_probes)]
+    return np.stack(rows) if rows else np.zeros((0, len(jax.tree.leaves(params))))
 
 
 def mean_and_standard_error(samples: np.ndarray) -> tuple[float, float]:

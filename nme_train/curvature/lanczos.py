@@ -39,10 +39,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax.tree_utils as otu
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-
-from nme_train.curvature.products import tree_axpy, tree_dot, tree_norm, tree_scale
 
 Params = Any
 
@@ -128,7 +127,7 @@ def _start(v0: Params, num_steps: int, shardings: Any) -> tuple[Any, jax.Array, 
     """(basis with v0 / ||v0|| in row 0, zero alphas, zero betas)."""
     if isinstance(shardings, _hashable):
         shardings = shardings.tree
-    v0 = tree_scale(1.0 / tree_norm(v0), v0)
+    v0 = otu.tree_scale(1.0 / otu.tree_norm(v0), v0)
     basis = jax.tree.map(lambda x: jnp.zeros((num_steps + 1, *x.shape), x.dtype), v0)
     if shardings is not None:
         basis = jax.lax.with_sharding_constraint(basis, basis_sharding(shardings))
@@ -138,17 +137,30 @@ def _start(v0: Params, num_steps: int, shardings: Any) -> tuple[Any, jax.Array, 
     return basis, zeros, zeros
 
 
+def _advance(matvec: Callable[[Params], Params], v: Params,
+             reorthogonalize: Callable[[Params], Params], scale: jax.Array | float
+             ) -> tuple[jax.Array, jax.Array, Params]:
+    """One Lanczos step from the unit vector v: (alpha, beta, next unit vector).
+
+    The one home of the iteration, for the device and the host drivers alike.
+    `reorthogonalize` removes the basis' components from a vector; `scale`
+    is the largest |alpha| so far. On breakdown (beta negligible against
+    the alphas) the next vector is zero.
+    """
+    w = matvec(v)
+    alpha = otu.tree_vdot(w, v)
+    w = reorthogonalize(w)
+    beta = otu.tree_norm(w)
+    live = beta > 1e-10 * jnp.maximum(jnp.maximum(scale, jnp.abs(alpha)), 1e-30)
+    return alpha, beta, otu.tree_scale(jnp.where(live, 1.0 / jnp.where(live, beta, 1.0), 0.0), w)
+
+
 def _step(matvec: Callable[[Params], Params], i: jax.Array, basis: Any, alphas: jax.Array,
           betas: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
-    """Lanczos step i: row i + 1 of the basis, alphas[i], betas[i]."""
+    """Lanczos step i on a stacked basis: row i + 1 of the basis, alphas[i], betas[i]."""
     v = jax.tree.map(lambda b: b[i], basis)
-    w = matvec(v)
-    alpha = tree_dot(w, v)
-    w = _reorthogonalize(basis, w)
-    beta = tree_norm(w)
-    scale = jnp.maximum(jnp.max(jnp.abs(alphas)), jnp.abs(alpha))
-    live = beta > 1e-10 * jnp.maximum(scale, 1e-30)  # else: breakdown, the rest stays zero
-    w = tree_scale(jnp.where(live, 1.0 / jnp.where(live, beta, 1.0), 0.0), w)
+    alpha, beta, w = _advance(matvec, v, functools.partial(_reorthogonalize, basis),
+                              jnp.max(jnp.abs(alphas)))
     basis = jax.tree.map(lambda b, x: b.at[i + 1].set(x), basis, w)
     return basis, alphas.at[i].set(alpha), betas.at[i].set(beta)
 
@@ -215,30 +227,29 @@ def lanczos_host(matvec: Callable[[Params], Params], v0: Params, num_steps: int,
                  shardings: Any) -> LanczosResult:
     """Lanczos driven from Python with the basis in host memory; same algorithm."""
     host = jax.tree.map(host_memory_sharding, shardings)
-    dot = jax.jit(tree_dot)
-    axpy = jax.jit(tree_axpy)
-    norm = jax.jit(tree_norm)
-    scale = jax.jit(tree_scale)
+    dot = jax.jit(otu.tree_vdot)
+    subtract = jax.jit(lambda w, c, b: otu.tree_add_scale(w, -c, b))
 
     def to_device(x):
         return jax.device_put(x, shardings)
 
-    v = scale(1.0 / norm(v0), v0)
-    basis = [jax.device_put(v, host)]
-    alphas, betas = [], []
-    for _ in range(num_steps):
-        w = matvec(v)
-        alpha = float(dot(w, v))
+    def reorthogonalize(w):  # streams each stored vector back, twice (as _reorthogonalize)
         for _ in range(2):
             coeffs = [dot(to_device(b), w) for b in basis]
             for c, b in zip(coeffs, basis):
-                w = axpy(-c, to_device(b), w)
-        beta = float(norm(w))
-        alphas.append(alpha)
-        betas.append(beta)
+                w = subtract(w, c, to_device(b))
+        return w
+
+    v = jax.jit(lambda x: otu.tree_scale(1.0 / otu.tree_norm(x), x))(v0)
+    basis = [jax.device_put(v, host)]
+    alphas: list[float] = []
+    betas: list[float] = []
+    for _ in range(num_steps):
+        alpha, beta, v = _advance(matvec, v, reorthogonalize, max(map(abs, alphas), default=0.0))
+        alphas.append(float(alpha))
+        betas.append(float(beta))
         if beta <= 1e-10 * max(max(abs(a) for a in alphas), 1e-30):
             break
-        v = scale(1.0 / beta, w)
         basis.append(jax.device_put(v, host))
     return LanczosResult(np.asarray(alphas), np.asarray(betas))  # Ritz vectors: device runs
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,22 +38,33 @@ class OutputLoss:
         return self.value(outputs, targets)
 
 
-def _target_distribution(logits: jax.Array, targets: jax.Array, smoothing: float) -> jax.Array:
-    num_classes = logits.shape[-1]
+def target_distribution(logits: jax.Array, targets: jax.Array, smoothing: float = 0.0
+                        ) -> jax.Array:
+    """Integer labels (one-hot encoded) or distributions, smoothed towards uniform.
+
+    The one label-smoothing path of the project: t (1 - s) + s / K
+    (optax.smooth_labels), for the training loss and the probes alike.
+    """
     if jnp.issubdtype(targets.dtype, jnp.integer):
-        targets = jax.nn.one_hot(targets, num_classes, dtype=logits.dtype)
-    return targets * (1.0 - smoothing) + smoothing / num_classes
+        targets = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
+    return optax.smooth_labels(targets, smoothing) if smoothing else targets
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0
+                  ) -> jax.Array:
+    """Per-example softmax cross-entropy against (smoothed) labels or distributions."""
+    return optax.softmax_cross_entropy(logits, target_distribution(logits, targets,
+                                                                   label_smoothing))
 
 
 def softmax_cross_entropy(label_smoothing: float = 0.0) -> OutputLoss:
     """Mean softmax cross-entropy; targets are integer labels or distributions."""
 
     def value(z, targets):
-        t = _target_distribution(z, targets, label_smoothing)
-        return -jnp.mean(jnp.sum(t * jax.nn.log_softmax(z), axis=-1))
+        return jnp.mean(cross_entropy(z, targets, label_smoothing))
 
     def residual(z, targets):
-        t = _target_distribution(z, targets, label_smoothing)
+        t = target_distribution(z, targets, label_smoothing)
         return (jax.nn.softmax(z) - t) / z.shape[0]
 
     def hessian_product(z, targets, u):

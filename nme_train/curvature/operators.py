@@ -33,15 +33,16 @@ key; BatchNorm in one fixed mode). `check_deterministic` tests that.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax.tree_utils as otu
 
 from nme_train.curvature.losses import OutputLoss, as_output_loss
-from nme_train.curvature.products import tree_norm, tree_scale, tree_sum
 
 KINDS = ("hessian", "gauss_newton", "nme")
 Params = Any
@@ -81,9 +82,10 @@ class Curvature:
                  "nme": self._nme}[kind]
         if linearize:
             parts = [build(params, b) for b in batches]
-            return lambda v: tree_sum([tree_scale(w, mv(v)) for w, mv in zip(weights, parts)])
-        return lambda v: tree_sum([tree_scale(w, build(params, b)(v))
-                                   for w, b in zip(weights, batches)])
+            return lambda v: functools.reduce(otu.tree_add, [
+                otu.tree_scale(w, mv(v)) for w, mv in zip(weights, parts)])
+        return lambda v: functools.reduce(otu.tree_add, [
+            otu.tree_scale(w, build(params, b)(v)) for w, b in zip(weights, batches)])
 
     def linear_operator(self, kind: str, params: Params, batches: Sequence[Batch]) -> Any:
         """The operator as a `jax.tree_util.Partial`: a pytree holding its residuals.
@@ -144,8 +146,8 @@ def check_deterministic(matvec: Matvec, v: Params, name: str = "operator") -> No
     """
     a = jax.block_until_ready(matvec(v))  # one at a time: concurrent multi-device
     b = matvec(v)  # programs can starve each other's collectives on a small CPU
-    diff = float(tree_norm(jax.tree.map(jnp.subtract, a, b)))
-    scale = float(tree_norm(a))
+    diff = float(otu.tree_norm(jax.tree.map(jnp.subtract, a, b)))
+    scale = float(otu.tree_norm(a))
     if not np.isfinite(diff) or diff > 1e-6 * max(scale, 1e-30):
         raise ValueError(
             f"{name} is not deterministic: two products with the same vector differ by "

@@ -37,12 +37,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+import optax.tree_utils as otu
 
 from nme_train.curvature.estimators import (
+    hutchinson_quadratic_forms,
     leaf_paths,
-    leafwise_dots,
     mean_and_standard_error,
     rademacher_like,
     slq_nodes_and_weights,
@@ -50,9 +50,9 @@ from nme_train.curvature.estimators import (
 )
 from nme_train.curvature.lanczos import LanczosResult, lanczos_host, lanczos_iterate
 from nme_train.curvature.operators import KINDS, Curvature, apply, check_deterministic
-from nme_train.curvature.products import tree_dot
 
 BASIS_MEMORY = ("auto", "device", "host")
+PRECISIONS = ("default", "high", "highest")  # jax.default_matmul_precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +105,6 @@ class ProbeSuite:
                 static_argnums=0)
         self._gradient = jax.jit(jax.value_and_grad(curv.loss_value))
         self._start = jax.jit(rademacher_like)
-        self._leaf_dots = jax.jit(leafwise_dots)
 
     def basis_memory(self, params: Any) -> tuple[str, float]:
         mib = basis_bytes(params, self.s.lanczos_steps) / 2**20
@@ -133,7 +132,7 @@ class ProbeSuite:
         with jax.default_matmul_precision(s.precision):
             if s.alignment:
                 loss, grad = self._gradient(params, batches)
-                grad_sq = float(tree_dot(grad, grad))
+                grad_sq = float(otu.tree_vdot(grad, grad))
                 record.update({"loss": float(loss), "grad_norm": grad_sq ** 0.5})
             for i, kind in enumerate(s.kinds):
                 linear = self._build(kind, params, batches)
@@ -154,9 +153,10 @@ class ProbeSuite:
                                    f"{kind}/bottom_eigenvalues": bottom.tolist(),
                                    f"{kind}/bottom_error_bounds": bottom_err.tolist(),
                                    f"{kind}/lanczos_steps": result.steps})
-                for j in range(s.trace_probes):  # the same probe vectors for every kind
-                    v = self._start(jax.random.fold_in(key, 1000 + j), params)
-                    forms[j, i] = np.asarray(self._leaf_dots(v, apply(linear, v)), np.float64)
+                # one key for every kind: the same probe vectors for H, G and the NME
+                forms[:, i] = hutchinson_quadratic_forms(linear, params,
+                                                         jax.random.fold_in(key, 1000),
+                                                         s.trace_probes)
                 matvecs += s.trace_probes
                 if s.trace_probes:
                     record[f"{kind}/trace"], record[f"{kind}/trace_se"] = \
@@ -167,7 +167,7 @@ class ProbeSuite:
                     record[f"{kind}/trace_by_layer_se"] = dict(
                         zip(paths, (se for _, se in by_leaf)))
                 if s.alignment:
-                    record[f"{kind}/alignment"] = float(tree_dot(grad, apply(linear, grad))) \
+                    record[f"{kind}/alignment"] = float(otu.tree_vdot(grad, apply(linear, grad))) \
                         / max(grad_sq, 1e-300)
                     matvecs += 1
                 if s.density_runs > 0:
@@ -201,43 +201,3 @@ def scalars(record: dict) -> dict[str, float]:
         elif isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
             out.update({f"probes/{key}/{k}": float(v) for k, v in value.items()})
     return out
-
-
-def sparsity_probe(model: Any, activation: Any, threshold: float,
-                   train: bool) -> Any:
-    """A function (variables, batches) -> {site: fraction of |sigma''(x)| > threshold} (E9).
-
-    `model` is a flax module whose activations go through
-    `nme_train.models.layers.activate`; `batches` hold normalised "inputs".
-    Sites are named by module path and call index; the fractions are over
-    all probe examples. The per-batch program is compiled once.
-    """
-    from flax import traverse_util
-
-    from nme_train.models.layers import PREACTIVATIONS
-
-    second = jax.vmap(jax.grad(jax.grad(lambda x: activation(x))))
-    mutable = [PREACTIVATIONS, "batch_stats"] if train else [PREACTIVATIONS]
-
-    @jax.jit
-    def counts(variables, inputs):
-        _, state = model.apply(variables, inputs, train=train, mutable=mutable)
-        flat = traverse_util.flatten_dict(state[PREACTIVATIONS], sep="/")
-        out = {}
-        for path, values in flat.items():
-            for i, x in enumerate(values):
-                d2 = second(x.reshape(-1).astype(jnp.float32))
-                out[f"{path}/{i}"] = (jnp.sum(jnp.abs(d2) > threshold), x.size)
-        return out
-
-    def probe(variables: dict, batches: Sequence[dict]) -> dict[str, float]:
-        totals: dict[str, list[float]] = {}
-        for batch in batches:
-            for site, (above, size) in jax.device_get(counts(variables,
-                                                             batch["inputs"])).items():
-                acc = totals.setdefault(site, [0.0, 0.0])
-                acc[0] += float(above)
-                acc[1] += float(size)
-        return {site: above / size for site, (above, size) in sorted(totals.items())}
-
-    return probe

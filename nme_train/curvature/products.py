@@ -23,35 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 Params = Any
-
-
-# -- pytree vector algebra -------------------------------------------------
-def tree_dot(a: Any, b: Any) -> jax.Array:
-    """Sum over leaves of <a_leaf, b_leaf>, accumulated in float32 or wider."""
-    leaves = [jnp.vdot(x, y).real for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
-    return sum(leaves[1:], leaves[0]) if leaves else jnp.zeros(())
-
-
-def tree_norm(a: Any) -> jax.Array:
-    """Euclidean norm of a pytree seen as one vector."""
-    return jnp.sqrt(tree_dot(a, a))
-
-
-def tree_axpy(alpha: jax.Array | float, x: Any, y: Any) -> Any:
-    """alpha * x + y, leaf by leaf (alpha cast to each leaf's dtype)."""
-    return jax.tree.map(lambda a, b: (jnp.asarray(alpha).astype(a.dtype) * a + b), x, y)
-
-
-def tree_scale(alpha: jax.Array | float, x: Any) -> Any:
-    return jax.tree.map(lambda a: jnp.asarray(alpha).astype(a.dtype) * a, x)
-
-
-def tree_sum(trees: list) -> Any:
-    """Leafwise sum of a non-empty list of pytrees."""
-    return jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *trees)
 
 
 # -- products ----------------------------------------------------------------

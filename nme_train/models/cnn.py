@@ -11,6 +11,8 @@ import jax.numpy as jnp
 from nme_train.models.activations import Activation
 from nme_train.models.layers import activate, make_norm
 
+POOLS = ("avg", "max")  # the pooling after each convolution block
+
 
 class CNN(nn.Module):
     """Stages of conv3x3 -> norm -> activation -> 2x2 pool, then dense layers.
@@ -24,7 +26,7 @@ class CNN(nn.Module):
     activation: Activation
     features: Sequence[int] = (32, 64)
     hidden: Sequence[int] = (128,)
-    pool: str = "avg"
+    pool: str = "avg"  # one of POOLS
     batch_norm: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32

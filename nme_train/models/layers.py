@@ -37,6 +37,11 @@ def global_avg_pool(x: jnp.ndarray) -> jnp.ndarray:
     return jnp.mean(x, axis=(1, 2))
 
 
+# How a BatchNorm network is applied outside the training step (the probes' choice):
+# with the statistics of the batch at hand, as the training step differentiates it, or
+# with the running averages, as it is evaluated.
+BATCH_NORM_MODES = ("batch_stats", "running_average")
+
 PREACTIVATIONS = "preactivations"
 
 

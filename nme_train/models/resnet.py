@@ -26,6 +26,8 @@ STAGE_SIZES = {
     152: (3, 8, 36, 3),
 }
 
+STEMS = ("imagenet", "cifar")  # 7x7/2 conv + max pool, or one 3x3/1 conv
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions (ResNet-18/34)."""
@@ -77,7 +79,7 @@ class ResNet(nn.Module):
     activation: Activation
     depth: int = 18
     width: int = 64
-    stem: str = "imagenet"
+    stem: str = "imagenet"  # one of STEMS
     batch_norm: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32

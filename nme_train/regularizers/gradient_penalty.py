@@ -26,8 +26,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 
-from nme_train.curvature.products import gvp, tree_norm
+from nme_train.curvature.products import gvp
 from nme_train.regularizers.objective import Objective, Transform, add_metrics
 
 MODES = ("hvp", "double_backprop")
@@ -59,7 +60,7 @@ def loss_and_gradient_norm(
     @jax.custom_vjp
     def fn(p):
         g, (loss, aux) = gradient(p)
-        norm = tree_norm(g)
+        norm = otu.tree_norm(g)
         return loss, _scaled_norm(norm, power), aux, norm
 
     def fwd(p):
@@ -67,7 +68,7 @@ def loss_and_gradient_norm(
             g, linear, (loss, aux) = jax.linearize(gradient, p, has_aux=True)
         else:
             (g, (loss, aux)), linear = gradient(p), None
-        norm = tree_norm(g)
+        norm = otu.tree_norm(g)
         return (loss, _scaled_norm(norm, power), aux, norm), (p, g, norm, linear)
 
     def bwd(residuals, cotangents):
@@ -99,7 +100,7 @@ def gradient_penalty(rho: float, power: int = 1, nme: bool = True,
         def value(params, batch, rng):
             if mode == "double_backprop":
                 (loss, aux), g = jax.value_and_grad(obj.value, has_aux=True)(params, batch, rng)
-                norm = tree_norm(g)
+                norm = otu.tree_norm(g)
                 penalty = _scaled_norm(norm, power)
             else:
                 matvec = None  # the Hessian, from the linearised gradient

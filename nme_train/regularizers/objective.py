@@ -100,7 +100,3 @@ def loss_at(obj: Objective, batch: Batch, rng: jax.Array) -> Callable[[Params], 
 def add_metrics(aux: Aux, **metrics: jax.Array) -> Aux:
     """`aux` with more diagnostics (names are prefixed by the caller)."""
     return {**aux, "metrics": {**aux["metrics"], **metrics}}
-
-
-def tree_add(a: Params, b: Params, scale: float | jax.Array = 1.0) -> Params:
-    return jax.tree.map(lambda x, y: x + scale * y, a, b)

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 
-from nme_train.curvature.products import tree_norm
-from nme_train.regularizers.objective import Objective, Transform, add_metrics, tree_add
+from nme_train.regularizers.objective import Objective, Transform, add_metrics
 
 
 def _ascent(grads, params, rho: float, adaptive: bool, eta: float):
@@ -32,10 +32,10 @@ def _ascent(grads, params, rho: float, adaptive: bool, eta: float):
     if adaptive:
         scale = jax.tree.map(lambda p: jnp.abs(p) + eta, params)
         tg = jax.tree.map(lambda s, g: s * g, scale, grads)
-        norm = tree_norm(tg)
+        norm = otu.tree_norm(tg)
         eps = jax.tree.map(lambda s, x: rho * s * x / (norm + 1e-12), scale, tg)
     else:
-        norm = tree_norm(grads)
+        norm = otu.tree_norm(grads)
         eps = jax.tree.map(lambda g: rho * g / (norm + 1e-12), grads)
     return jax.lax.stop_gradient(eps), norm
 
@@ -63,7 +63,7 @@ def sam(rho: float, adaptive: bool = False, m: int | None = None, eta: float = 0
         def one_group(params, batch, rng):
             (loss, aux), grads = clean(params, batch, rng)
             eps, norm = _ascent(grads, params, rho, adaptive, eta)
-            adv_loss, adv_aux = obj(tree_add(params, eps), batch, rng)
+            adv_loss, adv_aux = obj(otu.tree_add(params, eps), batch, rng)
             return adv_loss, aux, loss, norm, adv_aux
 
         def value(params, batch, rng):

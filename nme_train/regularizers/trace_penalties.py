@@ -47,10 +47,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
+import optax.tree_utils as otu
 
 from nme_train.curvature.estimators import rademacher_like
-from nme_train.curvature.products import output_hvp, tree_dot
+from nme_train.curvature.losses import cross_entropy
+from nme_train.curvature.products import output_hvp
 from nme_train.regularizers.objective import Objective, Transform, add_metrics, loss_at
 
 GN_ESTIMATORS = ("hutchinson", "sampled_labels", "sampled_labels_score")
@@ -120,7 +121,7 @@ def gauss_newton_trace_penalty(coef: float, num_samples: int = 1,
                 def jv_quadratic(p, v):
                     z, jv = jax.jvp(lambda q: obj.outputs(q, inputs), (p,), (v,))
                     hz = output_hvp(lambda y: obj.loss_fn(y, batch["targets"]), z, jv)
-                    return tree_dot(jv, hz)
+                    return otu.tree_vdot(jv, hz)
 
                 estimates = [jv_quadratic(params, rademacher_like(k, params))
                              for k in jax.random.split(sample_rng, num_samples)]
@@ -191,7 +192,7 @@ def _loss_and_sampled_gradient_norms(obj: Objective, params, batch, rng, keys):
         def losses(q):
             loss, aux = obj.value(q, batch, rng)
             logits = aux["outputs"]
-            sampled = [_cross_entropy(logits, sample_labels(k, logits)) for k in keys]
+            sampled = [jnp.mean(cross_entropy(logits, sample_labels(k, logits))) for k in keys]
             return (sampled, loss), aux
 
         (sampled, loss), pullback, aux = jax.vjp(losses, p, has_aux=True)
@@ -206,12 +207,12 @@ def _loss_and_sampled_gradient_norms(obj: Objective, params, batch, rng, keys):
     @jax.custom_vjp
     def fn(p):
         sampled, (loss, aux) = gradients(p, jnp.zeros((), jnp.float32))
-        return loss, [tree_dot(gs, gs) for gs in sampled], aux
+        return loss, [otu.tree_vdot(gs, gs) for gs in sampled], aux
 
     def fwd(p):
         sampled, linear, (loss, aux) = jax.linearize(
             gradients, p, jnp.zeros((), jnp.float32), has_aux=True)
-        return (loss, [tree_dot(gs, gs) for gs in sampled], aux), (sampled, linear)
+        return (loss, [otu.tree_vdot(gs, gs) for gs in sampled], aux), (sampled, linear)
 
     def bwd(residuals, cotangents):
         sampled, linear = residuals
@@ -237,10 +238,6 @@ def sample_labels(key: jax.Array, logits: jax.Array) -> jax.Array:
     return jax.random.categorical(key, jax.lax.stop_gradient(logits).astype(jnp.float32))
 
 
-def _cross_entropy(logits, labels) -> jax.Array:
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-
-
 def _wrapped_objective_sampled_norms(obj: Objective, params, batch, rng, keys):
     """As above for an objective another transform has wrapped: grad L separately."""
     value_and_grad = jax.value_and_grad(obj.value, has_aux=True)
@@ -252,12 +249,12 @@ def _wrapped_objective_sampled_norms(obj: Objective, params, batch, rng, keys):
         for k in keys:
             labels = sample_labels(k, logits)
             sampled.append(jax.grad(
-                lambda q, labels=labels: _cross_entropy(obj.outputs(q, batch["inputs"]),
-                                                        labels))(p))
+                lambda q, labels=labels: jnp.mean(cross_entropy(
+                    obj.outputs(q, batch["inputs"]), labels)))(p))
         return (g, sampled), (loss, aux)
 
     def outputs(sampled, loss, aux):
-        return loss, [tree_dot(gs, gs) for gs in sampled], aux
+        return loss, [otu.tree_vdot(gs, gs) for gs in sampled], aux
 
     @jax.custom_vjp
     def fn(p):

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 
-from nme_train.regularizers.objective import Objective, Transform, add_metrics, tree_add
+from nme_train.regularizers.objective import Objective, Transform, add_metrics
 
 
 def random_like(sampler, rng: jax.Array, tree):
@@ -37,7 +38,7 @@ def weight_noise(sigma: float) -> Transform:
         def value(params, batch, rng):
             noise_rng, rng = jax.random.split(rng)
             noise = jax.lax.stop_gradient(gaussian_like(noise_rng, params))
-            loss, aux = obj(tree_add(params, noise, sigma), batch, rng)
+            loss, aux = obj(otu.tree_add_scale(params, sigma, noise), batch, rng)
             return loss, add_metrics(aux, **{"weight_noise/loss": loss})
 
         return obj.with_value(value)

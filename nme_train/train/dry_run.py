@@ -27,12 +27,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from nme_train.curvature import Curvature, softmax_cross_entropy
 from nme_train.curvature.probes import basis_bytes
 from nme_train.data import DATASETS
 from nme_train.train.checkpoint import abstract_with_shardings
-from nme_train.train.loop import build_experiment
-from nme_train.train.step import make_normalize
+from nme_train.train.experiment import build_experiment
+from nme_train.train.probing import probe_curvature
 from nme_train.validation import validate
 
 
@@ -88,17 +87,7 @@ def dry_run(config: Any, devices: list | None = None) -> dict[str, Any]:
                             "flops": program_flops(lowered, compiled),
                             "memory_mib_per_device": memory_mib(compiled)}
 
-    normalize = make_normalize(spec.mean, spec.std)
-    model, train = exp.model, config.probes.batch_norm == "batch_stats"
-
-    def apply_fn(params, inputs):
-        variables = {"params": params, **inputs["model_state"]}
-        if train and inputs["model_state"]:
-            return model.apply(variables, normalize(inputs["images"]), train=True,
-                               mutable=["batch_stats"])[0]
-        return model.apply(variables, normalize(inputs["images"]), train=train)
-
-    curv = Curvature(apply_fn, softmax_cross_entropy(config.label_smoothing))
+    curv = probe_curvature(config, spec, exp.model)
     probe_batch = config.probes.batch_size or config.batch_size
     probe_batches = [{"inputs": {"images": jax.ShapeDtypeStruct(
         (probe_batch, size, size, spec.channels), np.uint8, sharding=exp.batch_sharding),

@@ -1,39 +1,37 @@
-"""train_and_evaluate: the training loop, top to bottom in named sections.
+"""The trainer: one run of a config in a workdir, as small named steps.
 
-config -> mesh -> data -> model + optimizer -> sharded state -> compiled
-steps -> loop (metrics of step N are read after step N+1 is dispatched, so
-the host never stalls the device) -> final evaluation.
+    Trainer(config, workdir).run()
+      plan     validate the config, size the run, apply the workdir policy
+               (nme_train.train.rundir) before anything is built
+      build    data, mesh, model, optimizer, sharded state, compiled steps
+               (nme_train.train.experiment)
+      restore  resume, warm-start or initialise, checking before writing
+      open     the workdir's files, the console header, metrics, probes
+      loop     the steps; after each, the periodic actions: read the
+               previous step's metrics (one step late, so the host never
+               stalls the device), checkpoint, evaluate, probe
+      finish   the last save, probe and evaluation; final.json
+Whatever `open` started (TensorBoard writer, checkpoint executor, step
+watchdog) is closed in `finally`, on success, preemption or error.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
-import functools
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
-import numpy as np
 
-from nme_train import regularizers
-from nme_train import sharding as shd
-from nme_train.data import (
-    DATASETS,
-    DatasetSpec,
-    default_data_dir,
-    eval_batches,
-    split_size,
-    train_batches,
-)
-from nme_train.models import build_model
-from nme_train.train.checkpoint import (
-    CheckpointError,
-    abstract_with_shardings,
-    open_checkpointer,
+from nme_train.data import DATASETS, default_data_dir, eval_batches, split_size, train_batches
+from nme_train.train.checkpoint import CheckpointError, abstract_with_shardings, open_checkpointer
+from nme_train.train.experiment import (
+    build_experiment,
+    device_batches,
+    evaluate,
+    setting_warnings,
+    training_length,
 )
 from nme_train.train.metrics import (
     Diverged,
@@ -43,7 +41,6 @@ from nme_train.train.metrics import (
     read_metrics,
     truncate_metrics,
 )
-from nme_train.train.optim import learning_rate_schedule, make_optimizer
 from nme_train.train.preemption import PreemptionGuard
 from nme_train.train.probing import RunProbes, write_record
 from nme_train.train.probing import summary as probe_summary
@@ -59,170 +56,8 @@ from nme_train.train.rundir import (
     read_final,
     write_json_atomic,
 )
-from nme_train.train.step import (
-    global_norm,
-    init_state,
-    make_eval_step,
-    make_loss_fn,
-    make_normalize,
-    make_train_step,
-)
 from nme_train.train.watchdog import StepWatchdog, watchdog_timeout
 from nme_train.validation import validate
-
-
-def _device_batches(host_batches: Iterator[dict], sharding, depth: int = 2) -> Iterator[dict]:
-    """Global device arrays, `depth` batches ahead of the consumer (overlaps the copies)."""
-    queue: collections.deque = collections.deque()
-    for batch in host_batches:
-        queue.append(shd.global_batch(batch, sharding))
-        if len(queue) > depth:
-            yield queue.popleft()
-    yield from queue
-
-
-def _durations(config: Any, num_train: int) -> tuple[int, int]:
-    steps_per_epoch = max(num_train // config.batch_size, 1)
-    if config.num_train_steps > 0:
-        return config.num_train_steps, steps_per_epoch
-    return int(round(config.num_epochs * steps_per_epoch)), steps_per_epoch
-
-
-def evaluate(eval_step, state, batches, sharding) -> dict[str, float]:
-    """Mean loss and accuracy over the whole evaluation split (sums on device, one fetch)."""
-    totals = None
-    for batch in _device_batches(iter(batches), sharding):
-        sums = eval_step(state, batch)
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    totals = jax.device_get(totals)
-    count = max(float(totals["count"]), 1.0)
-    return {"eval/loss": float(totals["loss"]) / count,
-            "eval/accuracy": float(totals["correct"]) / count}
-
-
-@dataclasses.dataclass
-class Experiment:
-    """Everything compiled for one config: the mesh, the sharded state factory, the steps."""
-
-    model: Any
-    mesh: Any
-    batch_sharding: Any
-    state_sharding: Any
-    abstract_state: Any  # the TrainState as ShapeDtypeStructs (no memory)
-    init: Callable[[], Any]  # () -> TrainState, created directly with its shardings
-    train_step: Callable  # (state, batch) -> (state, metrics); jitted, state donated
-    eval_step: Callable  # (state, batch) -> masked sums; jitted
-    num_params: int
-
-
-def build_experiment(
-    config: Any, spec: DatasetSpec, devices: list, total_steps: int, steps_per_epoch: int
-) -> Experiment:
-    """Builds model, optimizer, objective, state shardings and the jitted steps."""
-    mesh = shd.make_mesh(config.mesh, devices)
-    batch_sharding = shd.batch_sharding(mesh)
-    image_size = config.data.image_size or spec.image_size
-    image_shape = (image_size, image_size, spec.channels)
-
-    model = build_model(config.model, spec.num_classes)
-    schedule = learning_rate_schedule(config.optimizer, total_steps, steps_per_epoch)
-    tx = make_optimizer(config.optimizer, schedule)
-    normalize = make_normalize(spec.mean, spec.std)
-    transform = regularizers.from_config(config.regularizers)
-    loss_fn = make_loss_fn(config.label_smoothing)
-
-    init_fn = functools.partial(init_state, model, tx, config.seed, image_shape)
-    abstract_state = jax.eval_shape(init_fn)
-    state_sharding = shd.tree_shardings(abstract_state, mesh, config.sharding.fsdp_min_size)
-    train_step = jax.jit(
-        make_train_step(model, loss_fn, transform, tx, schedule, normalize),
-        in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, shd.replicated(mesh)),
-        donate_argnums=0,
-    )
-    eval_step = jax.jit(make_eval_step(model, normalize),
-                        in_shardings=(state_sharding, batch_sharding),
-                        out_shardings=shd.replicated(mesh))
-    return Experiment(
-        model=model,
-        mesh=mesh,
-        batch_sharding=batch_sharding,
-        state_sharding=state_sharding,
-        abstract_state=abstract_state,
-        init=jax.jit(init_fn, out_shardings=state_sharding),
-        train_step=train_step,
-        eval_step=eval_step,
-        num_params=sum(int(np.prod(p.shape)) for p in jax.tree.leaves(abstract_state.params)),
-    )
-
-
-def _param_health(params: Any) -> dict[str, jax.Array]:
-    """Global norm and finiteness of the parameters (recorded with each checkpoint)."""
-    finite = [jax.numpy.all(jax.numpy.isfinite(x)) for x in jax.tree.leaves(params)]
-    return {"param_norm": global_norm(params), "finite": jax.numpy.all(jax.numpy.stack(finite))}
-
-
-def setting_warnings(config: Any, exp: Experiment) -> list[str]:
-    """Settings that are accepted but do not do what they say on this model and mesh."""
-    warnings = []
-    fsdp = exp.mesh.shape["fsdp"]
-    if fsdp > 1 and not any("fsdp" in tuple(s.spec) for s in
-                            jax.tree.leaves(exp.state_sharding.params)):
-        warnings.append(
-            f"config.mesh.fsdp={fsdp}: no parameter has a dimension divisible by {fsdp} with "
-            f"at least config.sharding.fsdp_min_size={config.sharding.fsdp_min_size} "
-            "elements, so every parameter is replicated; use a divisor of the layer widths "
-            "(e.g. a power of 2) or lower sharding.fsdp_min_size")
-    steps = config.probes.lanczos_steps if config.probes.every_steps else 0
-    if steps > exp.num_params:
-        warnings.append(
-            f"config.probes.lanczos_steps={steps} exceeds the model's {exp.num_params} "
-            f"parameters; the probes use {exp.num_params} (Lanczos is exact at that size)")
-    return warnings
-
-
-def _remove_if_empty(paths: list[str]) -> None:
-    """Removes directories this start created and left empty (innermost first)."""
-    for path in paths:
-        try:
-            os.rmdir(path)
-        except OSError:
-            pass
-
-
-def _stop_diverged(e: Diverged, workdir: str, ckpt, health: CheckpointHealth,
-                   metrics: TrainMetrics, is_main: bool) -> Diverged:
-    """Records a divergence: metrics on disk, later checkpoints set aside, diverged.json."""
-    metrics.flush(e.step - 1)
-    try:
-        ckpt.wait()  # finish the save in flight: it is judged with the others
-    except CheckpointError:  # a failed save of a diverging run changes nothing here
-        pass
-    steps = ckpt.steps()
-    anchor = health.last_sane(s for s in steps if s < e.step)
-    moved = []
-    if is_main:
-        for step in steps:
-            if anchor is None or step > anchor:
-                moved.append(keep_aside(os.path.join(ckpt.directory, str(step)), "diverged"))
-    logged = read_metrics(workdir) if is_main else []
-    where = (f"the metrics up to step {logged[-1]['step']} are in {workdir}/metrics.jsonl"
-             if logged else "no metrics had been logged")
-    if anchor is not None:
-        resume = f"the last sane checkpoint is step {anchor}; a rerun resumes there"
-    else:
-        resume = "no checkpoint is sane; a rerun starts from step 0"
-    aside = (f" ({len(moved)} later checkpoint(s) moved aside as checkpoints/<step>.diverged)"
-             if moved else "")
-    message = (f"training diverged at step {e.step} (training loss {e.loss}); {where}; "
-               f"{resume}{aside}. Change the config before rerunning: lower "
-               "config.optimizer.learning_rate, add warmup (config.optimizer.warmup_epochs) or "
-               "gradient clipping (config.optimizer.grad_clip_norm)")
-    if is_main:
-        write_json_atomic(os.path.join(workdir, DIVERGED_FILE), {
-            "step": e.step, "loss": str(e.loss), "message": message,
-            "last_sane_checkpoint": anchor, "set_aside": [os.path.basename(m) for m in moved]})
-    return Diverged(e.step, e.loss, message)
 
 
 def train_and_evaluate(config: Any, workdir: str, devices: list | None = None,
@@ -239,183 +74,284 @@ def train_and_evaluate(config: Any, workdir: str, devices: list | None = None,
     Diverged (after writing diverged.json) when the training loss becomes
     NaN or infinite.
     """
-    # -- config and the workdir policy (before anything is built) ----------
-    devices = jax.devices() if devices is None else list(devices)
-    validate(config, len(devices), jax.process_count())
-    is_main = jax.process_index() == 0
-    data_config = config.data.copy_and_resolve_references()
-    with data_config.unlocked():
-        data_config.data_dir = config.data.data_dir or default_data_dir()
-    spec = DATASETS[config.data.name]
-    train_split = data_config.train_split or spec.train_split
-    num_train = split_size(spec, train_split, data_config.data_dir)
-    total_steps, steps_per_epoch = _durations(config, num_train)
-    config_json = json.loads(config.to_json_best_effort())
-    nothing_to_do = check_rerun(workdir, config_json, total_steps, extend)
-    if nothing_to_do:
-        if is_main:
-            print(nothing_to_do, flush=True)
-        return {**read_final(workdir), "nothing_to_do": True}
+    return Trainer(config, workdir, devices, extend).run()
 
-    # -- data, mesh, model, optimizer, sharded state, compiled steps -------
-    eval_data = eval_batches(spec, data_config, config.eval_batch_size,
-                             jax.process_index(), jax.process_count())
-    exp = build_experiment(config, spec, devices, total_steps, steps_per_epoch)
 
-    # -- resume, warm-start or initialise (checks before writing anything) --
-    created = [d for d in (os.path.join(workdir, "checkpoints"), workdir)
-               if not os.path.exists(d)]
-    ckpt = open_checkpointer(workdir, config.checkpoint)
-    try:
-        restored = restore_latest(workdir, config, ckpt, abstract_with_shardings(
-            exp.abstract_state, exp.state_sharding))
-        meta: dict = {}
-        changes: dict = {}
-        if restored is not None:
-            state, meta, changes = restored
-            start_step = int(meta["step"])
-            how = f"resumed from the checkpoint at step {start_step}"
+class Trainer:
+    """One training run of `config` in `workdir` (see the module docstring)."""
+
+    def __init__(self, config: Any, workdir: str, devices: list | None = None,
+                 extend: bool = False):
+        self.config, self.workdir, self.extend = config, workdir, extend
+        self.devices = jax.devices() if devices is None else list(devices)
+        self.is_main = jax.process_index() == 0
+        self.ckpt = self.writer = self.watchdog = self.probes = None
+        self.pending = None  # (step, device metrics) of the step in flight
+
+    def log(self, message: str) -> None:
+        if self.is_main:
+            print(message, flush=True)
+
+    # -- the run, top to bottom --------------------------------------------
+    def run(self) -> dict[str, Any]:
+        nothing_to_do = self.plan()
+        if nothing_to_do:
+            self.log(nothing_to_do)
+            return {**read_final(self.workdir), "nothing_to_do": True}
+        self.build()
+        how = self.restore()
+        try:
+            self.open(how)
+            preempted = self.loop()
+            if preempted:
+                return preempted
+            return self.finish()
+        except Diverged as e:  # mark the run (tools/sweep.py counts it) and stop cleanly
+            raise self.stop_diverged(e) from None
+        finally:
+            self.close()
+
+    def plan(self) -> str | None:
+        """Validates and sizes the run; the message when there is nothing to do."""
+        config = self.config
+        validate(config, len(self.devices), jax.process_count())
+        self.data_config = config.data.copy_and_resolve_references()
+        with self.data_config.unlocked():
+            self.data_config.data_dir = config.data.data_dir or default_data_dir()
+        self.spec = DATASETS[config.data.name]
+        train_split = self.data_config.train_split or self.spec.train_split
+        num_train = split_size(self.spec, train_split, self.data_config.data_dir)
+        self.total_steps, self.steps_per_epoch = training_length(config, num_train)
+        self.config_json = json.loads(config.to_json_best_effort())
+        return check_rerun(self.workdir, self.config_json, self.total_steps, self.extend)
+
+    def build(self) -> None:
+        self.eval_data = eval_batches(self.spec, self.data_config, self.config.eval_batch_size,
+                                      jax.process_index(), jax.process_count())
+        self.exp = build_experiment(self.config, self.spec, self.devices, self.total_steps,
+                                    self.steps_per_epoch)
+
+    def restore(self) -> str:
+        """Resumes, warm-starts or initialises the state; says which. Writes nothing."""
+        config, exp = self.config, self.exp
+        created = [d for d in (os.path.join(self.workdir, "checkpoints"), self.workdir)
+                   if not os.path.exists(d)]
+        self.ckpt = open_checkpointer(self.workdir, config.checkpoint)
+        self.meta, self.changes = {}, {}
+        try:
+            restored = restore_latest(self.workdir, config, self.ckpt, abstract_with_shardings(
+                exp.abstract_state, exp.state_sharding))
+            if restored is not None:
+                self.state, self.meta, self.changes = restored
+                self.start_step = int(self.meta["step"])
+                how = f"resumed from the checkpoint at step {self.start_step}"
+                if config.init_from:
+                    how += f" (config.init_from={config.init_from!r} is ignored on a resume)"
+                return how
+            self.start_step = 0
             if config.init_from:
-                how += f" (config.init_from={config.init_from!r} is ignored on a resume)"
-        elif config.init_from:
-            state, source = warm_start(config.init_from, exp.init(), exp.state_sharding)
-            start_step, how = 0, f"warm-started from {source}"
-        else:
-            state, start_step, how = exp.init(), 0, "initialised"
-    except BaseException:
-        ckpt.close()
-        if is_main:
-            _remove_if_empty(created)
-        raise
+                self.state, source = warm_start(config.init_from, exp.init(),
+                                                exp.state_sharding)
+                return f"warm-started from {source}"
+            self.state = exp.init()
+            return "initialised"
+        except BaseException:
+            self.ckpt.close()
+            if self.is_main:  # the directories this start created, innermost first
+                for path in created:
+                    if os.path.isdir(path) and not os.listdir(path):
+                        os.rmdir(path)
+            raise
 
-    # -- outputs -----------------------------------------------------------
-    if is_main:
+    def open(self, how: str) -> None:
+        """The workdir's files and the console header; metrics, probes and the watchdog."""
+        if self.is_main:
+            self._prepare_workdir()
+            self._announce(how)
+        config, meta = self.config, self.meta
+        self.writer = MetricWriter(self.workdir, enabled=self.is_main)
+        self.writer.write_config(self.config_json, self.start_step)
+        self.metrics = TrainMetrics(
+            self.writer, Progress(self.total_steps, config.batch_size, enabled=self.is_main),
+            config.log_every_steps, self.total_steps, self.workdir)
+        self.metrics.window = {k: list(v) for k, v in meta.get("metric_window", {}).items()}
+        self.metrics.last = dict(meta.get("metrics", {}))
+        self.health = CheckpointHealth(self.start_step, meta.get("first_loss"))
+        if config.probes.every_steps:
+            self.probes = RunProbes(config, self.spec, self.exp, self.data_config)
+        self.watchdog = StepWatchdog(watchdog_timeout(config.get("watchdog_seconds", -1.0)),
+                                     jax.process_index())
+
+    def _prepare_workdir(self) -> None:
+        """Metrics past the restored step set aside; earlier results kept beside; config."""
+        workdir, start = self.workdir, self.start_step
         os.makedirs(workdir, exist_ok=True)
-        discarded = truncate_metrics(workdir, start_step)
-        truncate_metrics(workdir, start_step, "probes")
+        discarded = truncate_metrics(workdir, start)
+        truncate_metrics(workdir, start, "probes")
+        if discarded:
+            self.log(f"moved {discarded} metrics lines written after step {start} to "
+                     "metrics.discarded.jsonl")
         final, diverged = read_final(workdir), read_diverged(workdir)
         if final is not None:  # --extend: the finished run's results are kept beside
             moved = keep_aside(os.path.join(workdir, FINAL_FILE), f"step{final.get('step')}")
-            print(f"extending the finished run to step {total_steps}; its results are kept "
-                  f"in {moved}", flush=True)
+            self.log(f"extending the finished run to step {self.total_steps}; its results "
+                     f"are kept in {moved}")
         if diverged is not None:  # a changed config resumes a diverged run
             keep_aside(os.path.join(workdir, DIVERGED_FILE), f"step{diverged.get('step')}")
         with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2))
+            f.write(self.config.to_json_best_effort(indent=2))
+
+    def _announce(self, how: str) -> None:
+        config, exp, devices = self.config, self.exp, self.devices
         for warning in setting_warnings(config, exp):
-            print(f"warning: {warning}", flush=True)
-        print(f"nme_train: {config.model.name} ({exp.num_params:,} parameters) on "
-              f"{config.data.name}; {total_steps} steps of batch {config.batch_size} "
-              f"({steps_per_epoch} steps/epoch); mesh {dict(exp.mesh.shape)} over "
-              f"{len(devices)} {devices[0].platform} device(s); workdir {workdir}; {how}",
-              flush=True)
-        if changes and restored is not None:
-            print("config changes since the checkpoint: " + "; ".join(
-                f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()), flush=True)
-        if discarded:
-            print(f"moved {discarded} metrics lines written after step {start_step} to "
-                  "metrics.discarded.jsonl", flush=True)
-    writer = MetricWriter(workdir, enabled=is_main)
-    metrics = TrainMetrics(writer, Progress(total_steps, config.batch_size, enabled=is_main),
-                           config.log_every_steps, total_steps, workdir)
-    metrics.window = {k: list(v) for k, v in meta.get("metric_window", {}).items()}
-    metrics.last = dict(meta.get("metrics", {}))
-    health = CheckpointHealth(start_step, meta.get("first_loss"))
-    probes = RunProbes(config, spec, exp, data_config) if config.probes.every_steps else None
-    param_health = jax.jit(_param_health, out_shardings=shd.replicated(exp.mesh))
+            self.log(f"warning: {warning}")
+        self.log(f"nme_train: {config.model.name} ({exp.num_params:,} parameters) on "
+                 f"{config.data.name}; {self.total_steps} steps of batch {config.batch_size} "
+                 f"({self.steps_per_epoch} steps/epoch); mesh {dict(exp.mesh.shape)} over "
+                 f"{len(devices)} {devices[0].platform} device(s); workdir {self.workdir}; "
+                 f"{how}")
+        if self.changes:
+            self.log("config changes since the checkpoint: " + "; ".join(
+                f"{k}: {a!r} -> {b!r}" for k, (a, b) in self.changes.items()))
 
-    def probe(step: int) -> None:
-        record = probes.probe(state, step)
-        write_record(workdir, record, writer=writer)
-        if is_main:
-            print(probe_summary(record), flush=True)
-        metrics.restart_timing(step)
+    # -- the step loop and its periodic actions ------------------------------
+    def loop(self) -> dict[str, Any] | None:
+        """Runs the steps; the early result when preempted, else None."""
+        config, start = self.config, self.start_step
+        host_batches = train_batches(self.spec, self.data_config, config.batch_size,
+                                     config.seed, start, jax.process_index(),
+                                     jax.process_count())
+        batches = device_batches(host_batches, self.exp.batch_sharding)
+        self.started = time.perf_counter()
+        if self.probes and start == 0:
+            self.probe(0)
+        with PreemptionGuard() as guard:
+            for step in range(start, self.total_steps):
+                self.state, step_metrics = self.exp.train_step(self.state, next(batches))
+                self.fetch()
+                self.ckpt.poll()  # a failed save stops the run now, not at the next save
+                self.pending = (step + 1, step_metrics)
+                if self.after_step(step + 1, guard):
+                    return {**self.metrics.last, "preempted": True, "step": step + 1}
+            self.fetch()
+            self.watchdog.close()
+            if start < self.total_steps:  # the last save, still under the guard
+                self.save(self.total_steps)
+                if self.probes:
+                    self.probe(self.total_steps)
+        return None
 
-    def save(step: int) -> None:
-        checked = jax.device_get(param_health(state.params))
+    def after_step(self, done: int, guard: PreemptionGuard) -> bool:
+        """The periodic actions after step `done`; True when preempted (saved, stop)."""
+        config, last = self.config, done >= self.total_steps
+        every, stop = config.checkpoint.every_steps, guard.should_stop(done)
+        if (every and done % every == 0 and not last) or stop:
+            self.save(done)  # watched: a multi-process save waits on every process
+        if stop:
+            self.log(f"preempted by {guard.signal_name or 'the scheduler'} at step {done}; "
+                     f"checkpoint saved in {self.ckpt.directory}; run the same command to "
+                     "resume")
+            return True
+        if config.eval_every_steps and done % config.eval_every_steps == 0 and not last:
+            self.fetch()
+            with self.watchdog.paused():
+                results = evaluate(self.exp, self.state, self.eval_data)
+            self.writer.write(done, results)
+            self.metrics.progress.line(done, results)
+            self.metrics.restart_timing(done)
+        if self.probes and done % config.probes.every_steps == 0 and not last:
+            with self.watchdog.paused():
+                self.probe(done)
+        return False
+
+    def fetch(self) -> None:
+        """Reads the pending step's metrics: the host waits for that step here."""
+        if self.pending is not None:
+            step, values = self.pending
+            self.metrics.record(step, jax.device_get(values))
+            self.health.observe(step, self.metrics.last_loss)
+            self.watchdog.beat(step)
+            self.pending = None
+
+    def save(self, step: int) -> None:
+        """Checkpoints the state after `step`, refusing non-finite parameters."""
+        self.fetch()
+        checked = jax.device_get(self.exp.param_health(self.state.params))
         if not bool(checked["finite"]):
             raise Diverged(step, float("nan"), f"the parameters after step {step} are not finite")
-        ckpt.save(step, state, {
-            "step": step, "data_step": step, "seed": config.seed, "total_steps": total_steps,
-            "metrics": metrics.last, "metric_window": metrics.window,
-            "loss": metrics.last_loss, "first_loss": health.first_loss,
-            "param_norm": float(checked["param_norm"]), "config": config_json,
+        metrics = self.metrics
+        self.ckpt.save(step, self.state, {
+            "step": step, "data_step": step, "seed": self.config.seed,
+            "total_steps": self.total_steps, "metrics": metrics.last,
+            "metric_window": metrics.window, "loss": metrics.last_loss,
+            "first_loss": self.health.first_loss, "param_norm": float(checked["param_norm"]),
+            "config": self.config_json,
         })
-        health.saved(step)
+        self.health.saved(step)
 
-    # -- loop --------------------------------------------------------------
-    host_batches = train_batches(spec, data_config, config.batch_size, config.seed, start_step,
-                                 jax.process_index(), jax.process_count())
-    batches = _device_batches(host_batches, exp.batch_sharding)
-    every = config.checkpoint.every_steps
-    started = time.perf_counter()
-    pending = None  # (step, device metrics): read after the next step is dispatched
-    watchdog = StepWatchdog(watchdog_timeout(config.get("watchdog_seconds", -1.0)),
-                            jax.process_index())
+    def probe(self, step: int) -> None:
+        self.fetch()
+        record = self.probes.probe(self.state, step)
+        write_record(self.workdir, record, writer=self.writer)
+        self.log(probe_summary(record))
+        self.metrics.restart_timing(step)
 
-    def fetch() -> None:  # the previous step's metrics: the host waits for that step here
-        nonlocal pending
-        if pending is not None:
-            metrics.record(pending[0], jax.device_get(pending[1]))
-            health.observe(pending[0], metrics.last_loss)
-            watchdog.beat(pending[0])
-            pending = None
+    # -- the end -------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """The final evaluation and final.json; the results."""
+        total, trained = self.total_steps, self.start_step < self.total_steps
+        results = evaluate(self.exp, self.state, self.eval_data)
+        results["train/wall_time_sec"] = time.perf_counter() - self.started
+        if trained:
+            self.writer.write(total, results)
+        self.ckpt.close()  # every checkpoint is on disk before the run is marked finished
+        if self.is_main:  # the marker of a finished run (tools/sweep.py skips it)
+            write_json_atomic(os.path.join(self.workdir, FINAL_FILE), {
+                "step": total, "epochs": total / self.steps_per_epoch,
+                "num_params": self.exp.num_params, **self.metrics.last, **results})
+        self.log(f"final: step {total} | eval loss {results['eval/loss']:.4f} | eval accuracy "
+                 f"{results['eval/accuracy']:.4f} | {results['train/wall_time_sec']:.1f} s")
+        return {**self.metrics.last, **results}
 
-    try:
-        if probes and start_step == 0:
-            probe(0)
-        with PreemptionGuard() as guard:
-            for step in range(start_step, total_steps):
-                state, step_metrics = exp.train_step(state, next(batches))
-                fetch()
-                ckpt.poll()  # a failed save stops the run now, not at the next save
-                pending, done = (step + 1, step_metrics), step + 1
-                stop = guard.should_stop(done)
-                if (every and done % every == 0 and done < total_steps) or stop:
-                    fetch()
-                    save(done)  # watched: a multi-process save waits on every process
-                if stop:
-                    if is_main:
-                        print(f"preempted by {guard.signal_name or 'the scheduler'} at step "
-                              f"{done}; checkpoint saved in {ckpt.directory}; run the same "
-                              "command to resume", flush=True)
-                    return {**metrics.last, "preempted": True, "step": done}
-                if config.eval_every_steps and done % config.eval_every_steps == 0 \
-                        and done < total_steps:
-                    fetch()
-                    with watchdog.paused():
-                        results = evaluate(exp.eval_step, state, eval_data, exp.batch_sharding)
-                    writer.write(done, results)
-                    metrics.progress.line(done, results)
-                    metrics.restart_timing(done)
-                if probes and done % config.probes.every_steps == 0 and done < total_steps:
-                    fetch()
-                    with watchdog.paused():
-                        probe(done)
-            fetch()
-            watchdog.close()
-            if start_step < total_steps:
-                save(total_steps)
-                if probes:
-                    probe(total_steps)
+    def close(self) -> None:
+        for resource in (self.watchdog, self.ckpt, self.writer):
+            if resource is not None:
+                resource.close()
 
-        # -- final evaluation ----------------------------------------------
-        results = evaluate(exp.eval_step, state, eval_data, exp.batch_sharding)
-        results["train/wall_time_sec"] = time.perf_counter() - started
-        if start_step < total_steps:
-            writer.write(total_steps, results)
-        ckpt.close()
-    except Diverged as e:  # mark the run (tools/sweep.py counts it) and stop cleanly
-        raise _stop_diverged(e, workdir, ckpt, health, metrics, is_main) from None
-    finally:
-        watchdog.close()
-        ckpt.close()
-        writer.close()
-    if is_main:  # the marker of a finished run (tools/sweep.py skips it, summarize reads it)
-        write_json_atomic(os.path.join(workdir, FINAL_FILE), {
-            "step": total_steps, "epochs": total_steps / steps_per_epoch,
-            "num_params": exp.num_params, **metrics.last, **results})
-        print(f"final: step {total_steps} | eval loss {results['eval/loss']:.4f} | eval accuracy "
-              f"{results['eval/accuracy']:.4f} | {results['train/wall_time_sec']:.1f} s",
-              flush=True)
-    return {**metrics.last, **results}
+    def stop_diverged(self, e: Diverged) -> Diverged:
+        """Records a divergence: metrics on disk, later checkpoints set aside, diverged.json."""
+        self.metrics.flush(e.step - 1)
+        try:
+            self.ckpt.wait()  # finish the save in flight: it is judged with the others
+        except CheckpointError:  # a failed save of a diverging run changes nothing here
+            pass
+        steps = self.ckpt.steps()
+        anchor = self.health.last_sane(s for s in steps if s < e.step)
+        moved = []
+        if self.is_main:
+            moved = [keep_aside(os.path.join(self.ckpt.directory, str(step)), "diverged")
+                     for step in steps if anchor is None or step > anchor]
+        message = diverged_message(e, self.workdir, anchor, len(moved),
+                                   read_metrics(self.workdir) if self.is_main else [])
+        if self.is_main:
+            write_json_atomic(os.path.join(self.workdir, DIVERGED_FILE), {
+                "step": e.step, "loss": str(e.loss), "message": message,
+                "last_sane_checkpoint": anchor, "set_aside": [os.path.basename(m) for m in moved]})
+        return Diverged(e.step, e.loss, message)
+
+
+def diverged_message(e: Diverged, workdir: str, anchor: int | None, moved: int,
+                     logged: list[dict]) -> str:
+    """The one line a diverged run ends with: what is kept, where a rerun starts, the fix."""
+    where = (f"the metrics up to step {logged[-1]['step']} are in {workdir}/metrics.jsonl"
+             if logged else "no metrics had been logged")
+    if anchor is not None:
+        resume = f"the last sane checkpoint is step {anchor}; a rerun resumes there"
+    else:
+        resume = "no checkpoint is sane; a rerun starts from step 0"
+    aside = (f" ({moved} later checkpoint(s) moved aside as checkpoints/<step>.diverged)"
+             if moved else "")
+    return (f"training diverged at step {e.step} (training loss {e.loss}); {where}; "
+            f"{resume}{aside}. Change the config before rerunning: lower "
+            "config.optimizer.learning_rate, add warmup (config.optimizer.warmup_epochs) or "
+            "gradient clipping (config.optimizer.grad_clip_norm)")

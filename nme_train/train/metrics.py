@@ -29,6 +29,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
+HPARAM_METRICS = ("eval/accuracy", "eval/loss", "train/loss")  # the scalars hparams compare
+
+
 class MetricWriter:
     """Appends metrics to DIR/metrics.jsonl and DIR/tensorboard/ (main process only)."""
 
@@ -58,6 +61,21 @@ class MetricWriter:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, int(step))
+
+    def write_config(self, config: Mapping[str, Any], step: int = 0) -> None:
+        """The run's config to TensorBoard: as text (the JSON), and as hparams (every leaf
+        field, tuples as text) with eval/accuracy, eval/loss and train/loss as metrics."""
+        if not self.enabled or self._tb is None:
+            return
+        from flax.traverse_util import flatten_dict
+        from tensorboardX.summary import hparams
+
+        text = json.dumps(config, indent=2)
+        self._tb.add_text("config", "    " + text.replace("\n", "\n    "), int(step))
+        flat = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+                for k, v in flatten_dict(dict(config), sep=".").items()}
+        for summary in hparams(flat, {k: 0.0 for k in HPARAM_METRICS}):
+            self._tb.file_writer.add_summary(summary, int(step))
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         """TensorBoard only (e.g. probe figures, which have their own JSON file)."""

@@ -25,14 +25,31 @@ from typing import Any
 import jax
 
 from nme_train.curvature import Curvature, softmax_cross_entropy
-from nme_train.curvature.probes import ProbeSettings, ProbeSuite, scalars, sparsity_probe
+from nme_train.curvature.probes import ProbeSettings, ProbeSuite, scalars
 from nme_train.data import train_batches
 from nme_train.models import get_activation
+from nme_train.models.sparsity import sparsity_probe
 from nme_train.sharding import global_batch
 from nme_train.train.metrics import read_jsonl
 from nme_train.train.step import make_normalize
 
 PROBES_FILE = "probes.jsonl"
+
+
+def probe_curvature(config: Any, spec: Any, model: Any) -> Curvature:
+    """The training loss as the probes see it: uint8 images in, BatchNorm per
+    `config.probes.batch_norm`, the configured label smoothing."""
+    normalize = make_normalize(spec.mean, spec.std)
+    train = config.probes.batch_norm == "batch_stats"
+
+    def apply_fn(params, inputs):
+        variables = {"params": params, **inputs["model_state"]}
+        x = normalize(inputs["images"])
+        if train and inputs["model_state"]:
+            return model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+        return model.apply(variables, x, train=train)
+
+    return Curvature(apply_fn, softmax_cross_entropy(config.label_smoothing))
 
 
 class RunProbes:
@@ -42,24 +59,14 @@ class RunProbes:
         p = config.probes
         self.config = config
         self.train_mode = p.batch_norm == "batch_stats"
-        normalize = make_normalize(spec.mean, spec.std)
-        model, train = exp.model, self.train_mode
-
-        def apply_fn(params, inputs):
-            variables = {"params": params, **inputs["model_state"]}
-            x = normalize(inputs["images"])
-            if train and inputs["model_state"]:
-                return model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
-            return model.apply(variables, x, train=train)
-
-        self.curvature = Curvature(apply_fn, softmax_cross_entropy(config.label_smoothing))
+        self.curvature = probe_curvature(config, spec, exp.model)
         settings = ProbeSettings.from_config(p)
         if settings.lanczos_steps > exp.num_params:  # a Krylov space cannot exceed the dimension
             settings = dataclasses.replace(settings, lanczos_steps=exp.num_params)
         self.suite = ProbeSuite(self.curvature, settings, exp.state_sharding.params)
-        self.normalize = normalize
+        self.normalize = make_normalize(spec.mean, spec.std)
         self.sparsity = sparsity_probe(
-            model, get_activation(config.model.activation, beta=config.model.beta),
+            exp.model, get_activation(config.model.activation, beta=config.model.beta),
             p.sparsity_threshold, self.train_mode)
         self.host_batches = _probe_batches(config, spec, data_config)
         self.batch_sharding = exp.batch_sharding

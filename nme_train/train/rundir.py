@@ -97,18 +97,17 @@ def keep_aside(path: str, suffix: str) -> str:
     return target
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tuple(tree) if isinstance(tree, list) else tree}
+def _fields(config_json: dict) -> dict[str, Any]:
+    """Dotted field -> value (lists as tuples, as the config holds them)."""
+    from flax.traverse_util import flatten_dict  # here: tools/sweep.py reads this module without jax
+
+    return {k: tuple(v) if isinstance(v, list) else v
+            for k, v in flatten_dict(config_json, sep=".").items()}
 
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """field -> (old value, new value) for every field that differs."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = _fields(old), _fields(new)
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 

@@ -15,15 +15,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+import optax.tree_utils as otu
 
 from nme_train import regularizers as reg
-from nme_train.train.losses import accuracy, cross_entropy
+from nme_train.curvature.losses import cross_entropy
 from nme_train.train.state import TrainState
 
 
-def global_norm(tree: Any) -> jax.Array:
-    """Euclidean norm of a pytree, as one vector."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example 0/1 correctness of the arg-max prediction."""
+    return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
 
 
 def make_normalize(mean: Sequence[float], std: Sequence[float]) -> Callable[[jax.Array], jax.Array]:
@@ -109,8 +110,8 @@ def make_train_step(
         metrics = {
             **aux["metrics"],
             "objective": value,
-            "accuracy": jnp.mean(accuracy(aux["outputs"], batch["label"])),
-            "grad_norm": global_norm(grads),
+            "accuracy": jnp.mean(correct(aux["outputs"], batch["label"])),
+            "grad_norm": otu.tree_norm(grads),
             "learning_rate": schedule(state.step),
         }
         model_state = aux["state"] if state.model_state else state.model_state
@@ -132,7 +133,7 @@ def make_eval_step(
         mask = batch["mask"]
         return {
             "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-            "correct": jnp.sum(accuracy(logits, batch["label"]) * mask),
+            "correct": jnp.sum(correct(logits, batch["label"]) * mask),
             "count": jnp.sum(mask),
         }
 
