@@ -86,7 +86,7 @@ def draw(name: str, rng: np.random.Generator, batch: int) -> dict[str, np.ndarra
     return params
 
 
-def apply(name: str, image: np.ndarray, params: dict[str, np.ndarray], i: int,
+def augment_image(name: str, image: np.ndarray, params: dict[str, np.ndarray], i: int,
           size: int) -> np.ndarray:
     """Applies augmentation `name` to one image with row `i` of `params`."""
     if "offset" in params:

@@ -212,7 +212,7 @@ def _transform(spec: DatasetSpec, name: str, image_size: int):
     def apply(image: np.ndarray, params: dict, row: int) -> np.ndarray:
         if fit is not None:
             image = fit(image)
-        return augment.apply(name, image, params, row, image_size) if params else image
+        return augment.augment_image(name, image, params, row, image_size) if params else image
 
     return apply
 

@@ -99,7 +99,8 @@ def keep_aside(path: str, suffix: str) -> str:
 
 def _fields(config_json: dict) -> dict[str, Any]:
     """Dotted field -> value (lists as tuples, as the config holds them)."""
-    from flax.traverse_util import flatten_dict  # here: tools/sweep.py reads this module without jax
+    # imported here: tools/sweep.py reads this module without importing jax
+    from flax.traverse_util import flatten_dict
 
     return {k: tuple(v) if isinstance(v, list) else v
             for k, v in flatten_dict(config_json, sep=".").items()}
