@@ -30,7 +30,8 @@ import dataclasses
 import os
 import re
 import subprocess
-import sys
+
+from absl import logging
 
 DEFAULT_PORT = 29500
 
@@ -154,9 +155,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     _INITIALIZED = layout
     if jax.process_index() == 0:
         devices = jax.devices()
-        print(f"nme_train.distributed: {layout.source}; process {jax.process_index()} of "
-              f"{jax.process_count()}; {jax.local_device_count()} local and {len(devices)} "
-              f"global {devices[0].platform} device(s)"
-              + (f"; coordinator {layout.coordinator}" if layout.coordinator else ""),
-              file=sys.stdout, flush=True)
+        logging.info("%s", f"nme_train.distributed: {layout.source}; process "
+                     f"{jax.process_index()} of {jax.process_count()}; "
+                     f"{jax.local_device_count()} local and {len(devices)} global "
+                     f"{devices[0].platform} device(s)"
+                     + (f"; coordinator {layout.coordinator}" if layout.coordinator else ""))
     return layout

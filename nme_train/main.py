@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from nme_train import cli, distributed
+from nme_train import cli, distributed, logs
 from nme_train.train.checkpoint import CheckpointError
 from nme_train.train.loop import train_and_evaluate
 from nme_train.train.metrics import Diverged
@@ -66,10 +66,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _exit_error(f"unexpected arguments: {argv[1:]}; flags take the form --name=value")
-    logging.set_verbosity(logging.ERROR)  # library chatter (TFDS, XLA) hides the progress lines
-    if not flags.FLAGS.debug:  # a failed save is reported once, as an error: line
-        logging.get_absl_handler().addFilter(
-            lambda record: "/orbax/" not in record.pathname.replace("\\", "/"))
+    logs.setup(debug=flags.FLAGS.debug)  # plain lines; library chatter hidden unless --debug
 
     def run() -> None:
         try:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
+from absl import logging
 from tensorflow_datasets.core import registered
 
 Example = Mapping[str, Any]
@@ -79,7 +80,7 @@ def write_dataset(
 
         _Builder.name = name
     builder = _Builder(data_dir=data_dir, file_format="array_record")
-    print(f"preparing {name} {version} in {data_dir} (once)", flush=True)
+    logging.info("preparing %s %s in %s (once)", name, version, data_dir)
     tfds.disable_progress_bar()
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(verify_ssl=False)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import logging
 import os
 import shutil
 import threading
@@ -34,8 +33,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
-
-log = logging.getLogger(__name__)
 
 
 def _lower_thread_priority() -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 from nme_train.curvature.probes import basis_bytes
 from nme_train.data import DATASETS
@@ -107,20 +108,22 @@ def dry_run(config: Any, devices: list | None = None) -> dict[str, Any]:
 
 
 def print_report(report: dict[str, Any]) -> None:
+    """The report as log lines (main process)."""
     if jax.process_index() != 0:
         return
-    print(f"dry run: {report['parameters']:,} parameters; mesh {report['mesh']} over "
-          f"{report['devices']} device(s); batch {report['batch_size']} at "
-          f"{report['image_size']}x{report['image_size']}; regularizers "
-          f"{report['regularizers'] or 'none'}")
+    lines = [f"dry run: {report['parameters']:,} parameters; mesh {report['mesh']} over "
+             f"{report['devices']} device(s); batch {report['batch_size']} at "
+             f"{report['image_size']}x{report['image_size']}; regularizers "
+             f"{report['regularizers'] or 'none'}"]
     for name in ("train_step", "probe_step"):
         r = report[name]
         m = r["memory_mib_per_device"]
-        print(f"  {name}: compiled in {r['compile_s']:.1f} s; {r['flops'] / 1e12:.3f} TFLOP "
-              f"per step; per device: arguments {m.get('argument', 0):.0f} MiB, outputs "
-              f"{m.get('output', 0):.0f} MiB, temporaries {m.get('temp', 0):.0f} MiB, peak "
-              f"{m.get('peak', 0):.0f} MiB")
+        lines.append(f"  {name}: compiled in {r['compile_s']:.1f} s; "
+                     f"{r['flops'] / 1e12:.3f} TFLOP per step; per device: arguments "
+                     f"{m.get('argument', 0):.0f} MiB, outputs {m.get('output', 0):.0f} MiB, "
+                     f"temporaries {m.get('temp', 0):.0f} MiB, peak {m.get('peak', 0):.0f} MiB")
     p = report["probe_step"]
-    print(f"  Lanczos basis: {p['lanczos_basis_mib_total']:.0f} MiB "
-          f"({p['lanczos_basis_mib_per_device']:.0f} MiB per device with fsdp sharding)",
-          flush=True)
+    lines.append(f"  Lanczos basis: {p['lanczos_basis_mib_total']:.0f} MiB "
+                 f"({p['lanczos_basis_mib_per_device']:.0f} MiB per device with fsdp sharding)")
+    for line in lines:
+        logging.info("%s", line)

@@ -23,7 +23,9 @@ import time
 from typing import Any
 
 import jax
+from absl import logging
 
+from nme_train import logs
 from nme_train.data import DATASETS, default_data_dir, eval_batches, split_size, train_batches
 from nme_train.train.checkpoint import CheckpointError, abstract_with_shardings, open_checkpointer
 from nme_train.train.experiment import (
@@ -90,10 +92,11 @@ class Trainer:
 
     def log(self, message: str) -> None:
         if self.is_main:
-            print(message, flush=True)
+            logging.info("%s", message)
 
     # -- the run, top to bottom --------------------------------------------
     def run(self) -> dict[str, Any]:
+        logs.setup()
         nothing_to_do = self.plan()
         if nothing_to_do:
             self.log(nothing_to_do)
@@ -204,7 +207,7 @@ class Trainer:
     def _announce(self, how: str) -> None:
         config, exp, devices = self.config, self.exp, self.devices
         for warning in setting_warnings(config, exp):
-            self.log(f"warning: {warning}")
+            logging.warning("warning: %s", warning)
         self.log(f"nme_train: {config.model.name} ({exp.num_params:,} parameters) on "
                  f"{config.data.name}; {self.total_steps} steps of batch {config.batch_size} "
                  f"({self.steps_per_epoch} steps/epoch); mesh {dict(exp.mesh.shape)} over "

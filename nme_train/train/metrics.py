@@ -12,12 +12,12 @@ import datetime
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 
 def _plain(value: Any) -> Any:
@@ -106,12 +106,10 @@ def read_metrics(workdir: str, name: str = "metrics") -> list[dict]:
 class Progress:
     """One console line per log interval: step, loss, throughput and ETA."""
 
-    def __init__(self, total_steps: int, batch_size: int, enabled: bool = True,
-                 stream=sys.stdout):
+    def __init__(self, total_steps: int, batch_size: int, enabled: bool = True):
         self.total = total_steps
         self.batch_size = batch_size
         self.enabled = enabled
-        self.stream = stream
         self._last_time: float | None = None
         self._last_step = 0
 
@@ -128,19 +126,19 @@ class Progress:
                 "train/examples_per_sec": steps_per_sec * self.batch_size}
 
     def line(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Prints a training line (with throughput and ETA) or an evaluation line."""
+        """Logs a training line (with throughput and ETA) or an evaluation line."""
         if not self.enabled:
             return
         if "eval/accuracy" in metrics:
-            print(f"eval at step {step} | loss {float(metrics['eval/loss']):.4f} | accuracy "
-                  f"{float(metrics['eval/accuracy']):.4f}", file=self.stream, flush=True)
+            logging.info("eval at step %d | loss %.4f | accuracy %.4f", step,
+                         float(metrics["eval/loss"]), float(metrics["eval/accuracy"]))
             return
         sps = metrics.get("train/steps_per_sec", 0.0)
         eta = datetime.timedelta(seconds=round((self.total - step) / sps)) if sps else "?"
-        print(f"step {step}/{self.total} | loss {float(metrics['train/loss']):.4f} | acc "
-              f"{float(metrics['train/accuracy']):.3f} | {sps:.1f} steps/s | "
-              f"{metrics.get('train/examples_per_sec', 0.0):.0f} ex/s | ETA {eta}",
-              file=self.stream, flush=True)
+        logging.info("step %d/%d | loss %.4f | acc %.3f | %.1f steps/s | %.0f ex/s | ETA %s",
+                     step, self.total, float(metrics["train/loss"]),
+                     float(metrics["train/accuracy"]), sps,
+                     metrics.get("train/examples_per_sec", 0.0), eta)
 
 
 def truncate_metrics(workdir: str, step: int, name: str = "metrics") -> int:

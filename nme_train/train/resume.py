@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import os
 import re
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.experimental import multihost_utils
 
 from nme_train.train.checkpoint import (
@@ -43,8 +43,6 @@ from nme_train.train.rundir import (
     keep_aside,
     read_json,
 )
-
-log = logging.getLogger(__name__)
 
 
 def _check_shapes(workdir: str, step: int, saved: dict, new: dict,
@@ -136,17 +134,16 @@ def restore_latest(workdir: str, config: Any, ckpt: Checkpointer, abstract_state
         path = os.path.join(ckpt.directory, str(step))
         if jax.process_index() == 0:
             moved = keep_aside(path, "unreadable")
-            log.warning("unreadable checkpoint %s: %s", path, cause)
-            print(f"warning: checkpoint at step {step} is unreadable ({cause}); moved to "
-                  f"{moved}", flush=True)
+            logging.warning("warning: checkpoint at step %d is unreadable (%s); moved to %s",
+                            step, cause, moved)
     if skipped:
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("nme_train: unreadable checkpoints set aside")
         ckpt.steps()  # let the manager forget the renamed steps
         if result is None:
-            print(f"warning: no readable checkpoint in {ckpt.directory}; starting from step 0 "
-                  "(the unreadable ones are kept; delete them when you no longer need them)",
-                  flush=True)
+            logging.warning("warning: no readable checkpoint in %s; starting from step 0 (the "
+                            "unreadable ones are kept; delete them when you no longer need "
+                            "them)", ckpt.directory)
     return result
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 import time
+
+from absl import logging
 
 EXIT_CODE = 3
 MULTI_PROCESS_DEFAULT = 1800.0
@@ -72,8 +73,10 @@ class StepWatchdog:
         while not self._stop.wait(interval):
             last = self._last
             if last is not None and time.monotonic() - last > self.timeout:
-                print(f"nme_train: process {self.process_index}: no training step finished for "
-                      f"{self.timeout:.0f} s after step {self._step} (a process hung or died, or "
-                      "a collective is stuck); exiting so the job fails instead of hanging. "
-                      "Restarting resumes from the last checkpoint.", file=sys.stderr, flush=True)
+                logging.error(
+                    "nme_train: process %d: no training step finished for %.0f s after step %s "
+                    "(a process hung or died, or a collective is stuck); exiting so the job "
+                    "fails instead of hanging. Restarting resumes from the last checkpoint.",
+                    self.process_index, self.timeout, self._step)
+                logging.flush()
                 os._exit(EXIT_CODE)
