@@ -94,5 +94,10 @@ def run_with_errors(main: Callable[[], Any], user_errors: tuple[type[BaseExcepti
             raise
         message = str(e).strip() or type(e).__name__
         sys.stderr.write(f"{prefix}error: {message}\n")
+        sys.stdout.flush()
         sys.stderr.flush()
-        sys.exit(1)
+        # Everything the command opened was closed where the error was raised (the trainer's
+        # `finally`, the probe tool's snapshot cleanup); skipping the interpreter's teardown
+        # keeps tensorstore's threads from printing "Event loop is closed" tracebacks after
+        # this line, or changing the exit status when they race it on a loaded machine.
+        os._exit(1)

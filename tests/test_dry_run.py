@@ -10,7 +10,6 @@ from nme_train.train.dry_run import dry_run
 pytestmark = pytest.mark.slow
 
 
-
 def test_dry_run_reports_flops_and_memory_per_device():
     overrides = {"mesh.data": 4, "mesh.fsdp": 2, "sharding.fsdp_min_size": 256,
                  "data.data_dir": "/nonexistent/never-read"}

@@ -10,7 +10,6 @@ from nme_train.train.metrics import read_metrics
 pytestmark = pytest.mark.slow
 
 
-
 def run_main(*args):
     return run_command("-m", "nme_train.main", *args, devices=2)
 

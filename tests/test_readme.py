@@ -11,7 +11,6 @@ from conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-
 def python_blocks():
     """The ```python blocks of the README and of docs/*.md."""
     paths = [os.path.join(ROOT, "README.md")] + sorted(

@@ -10,7 +10,6 @@ from conftest import ROOT, run_command
 pytestmark = pytest.mark.slow
 
 
-
 def run_tool(*args):
     result = run_command(*args)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -38,7 +37,6 @@ def test_bench_regularizers_reports_each_method():
         assert out[name]["ratio"] == pytest.approx(out[name]["median_s"]
                                                    / out["plain"]["median_s"])
         assert out[name]["temp_mib"] > out["plain"]["temp_mib"], (name, out)
-
 
 
 def test_pack_runs_keeps_finished_runs_small_files_only(tmp_path):

@@ -1,18 +1,19 @@
 """The trainer: one run of a config in a workdir, as small named steps.
 
     Trainer(config, workdir).run()
-      plan     validate the config, size the run, apply the workdir policy
-               (nme_train.train.rundir) before anything is built
-      build    data, mesh, model, optimizer, sharded state, compiled steps
-               (nme_train.train.experiment)
-      restore  resume, warm-start or initialise, checking before writing
-      open     the workdir's files, the console header, metrics, probes
-      loop     the steps; after each, the periodic actions: read the
-               previous step's metrics (one step late, so the host never
-               stalls the device), checkpoint, evaluate, probe
-      finish   the last save, probe and evaluation; final.json
-Whatever `open` started (TensorBoard writer, checkpoint executor, step
-watchdog) is closed in `finally`, on success, preemption or error.
+      plan          validate the config, size the run, apply the workdir
+                    policy (nme_train.train.rundir) before anything is built
+      build         data, mesh, model, optimizer, sharded state, compiled
+                    steps (nme_train.train.experiment)
+      restore       resume, warm-start or initialise, checking before writing
+      open_outputs  the workdir's files, the console header, metrics, probes
+      loop          the steps; after each, the periodic actions: read the
+                    previous step's metrics (one step late, so the host never
+                    stalls the device), checkpoint, evaluate, probe; at the
+                    end the last save and probe
+      finish        the final evaluation; final.json
+Whatever `open_outputs` started (TensorBoard writer, checkpoint executor,
+step watchdog) is closed in `finally`, on success, preemption or error.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class Trainer:
         self.build()
         how = self.restore()
         try:
-            self.open(how)
+            self.open_outputs(how)
             preempted = self.loop()
             if preempted:
                 return preempted
@@ -166,7 +167,7 @@ class Trainer:
                         os.rmdir(path)
             raise
 
-    def open(self, how: str) -> None:
+    def open_outputs(self, how: str) -> None:
         """The workdir's files and the console header; metrics, probes and the watchdog."""
         if self.is_main:
             self._prepare_workdir()
