@@ -102,7 +102,7 @@ DRY_RUNS = [
     ("e4", "fashion_mnist", "activation=gelu,method=hessian_trace,sigma2=0.01,seed=0"),
     ("e5", "fashion_mnist", "activation=gelu,method=gn_trace_sampled,sigma2=0.001,probes=5,seed=1"),
     ("e6", "study", "bn=false,activation=gelu,method=weight_noise,sigma2=0.001,seed=0"),
-    ("e8", "cifar10", "beta=64,method=gn_trace,sigma2=0.001,seed=0"),
+    ("e8", "study", "bn=false,beta=64,method=gn_trace,sigma2=0.01,seed=0"),
     ("e9", "study", "bn=true,beta=8,method=none,rho=0,seed=1"),
     ("e10", "fashion_mnist", "activation=gelu,method=gp_no_nme,rho=0.5,seed=0"),
 ]

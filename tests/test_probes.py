@@ -134,7 +134,7 @@ def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     tool = subprocess.Popen(
         [sys.executable, "tools/probe.py", f"--workdir={workdir}", "--watch",
-         "--poll_seconds=0.5", "--idle_timeout=20", "--set", "probes.lanczos_steps=4",
+         "--poll_seconds=0.5", "--idle_timeout=8", "--set", "probes.lanczos_steps=4",
          "--set", "probes.trace_probes=2", "--set", "probes.batch_size=32",
          "--set", "probes.top_k=1", "--set", "probes.bottom_k=1"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -161,7 +161,7 @@ def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
     assert steps[-1] == last  # the checkpoint written at the preemption
     assert all(r["source"] == "offline" and np.isfinite(r["hessian/top_eigenvalues"][0])
                for r in records)
-    assert "no new checkpoint for 20 s; stopping" in tool_out
+    assert "no new checkpoint for 8 s; stopping" in tool_out
     assert not os.path.exists(os.path.join(workdir, "probes.jsonl"))  # the job had none
 
     # a one-shot probe of a given step, then the plots

@@ -168,7 +168,8 @@ class OfflineProber:
         source = os.path.join(checkpoint_dir(self.workdir), str(step))
         target = abstract_with_shardings(self.exp.abstract_state, self.exp.state_sharding)
         with snapshot(source, os.path.join(self.workdir, SNAPSHOTS, str(step))) as path:
-            state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"), target)
+            with ocp.StandardCheckpointer() as checkpointer:  # closed: no threads left behind
+                state = checkpointer.restore(os.path.join(path, "state"), target)
             with open(os.path.join(path, "meta", "metadata"), encoding="utf-8") as f:
                 meta = json.load(f)
         return state, meta
