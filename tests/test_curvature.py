@@ -192,6 +192,30 @@ def test_host_basis_lanczos_equals_the_jitted_one():
     np.testing.assert_allclose(host.betas, device.betas, rtol=1e-9, atol=1e-12)
 
 
+def test_density_runs_follow_basis_memory(monkeypatch):
+    """SLQ densities with the basis in host memory equal the on-device ones (same starts),
+    and the host setting never calls the on-device driver (which would hold the basis)."""
+    from nme_train.curvature import probes
+    from nme_train.curvature.probes import ProbeSettings, ProbeSuite
+
+    curv, params, batches = make_case("mlp_tanh_ce")
+    records = {}
+    for where in ("device", "host"):
+        if where == "host":
+            def refuse(*args, **kwargs):
+                raise AssertionError("basis_memory='host' ran the on-device Lanczos driver")
+
+            monkeypatch.setattr(probes, "lanczos_iterate", refuse)
+        settings = ProbeSettings(kinds=("nme",), lanczos_steps=4, top_k=1, bottom_k=1,
+                                 trace_probes=0, density_runs=2, density_steps=6,
+                                 alignment=False, basis_memory=where)
+        records[where] = ProbeSuite(curv, settings).run(params, batches, step=0)
+        assert records[where]["density_basis_memory"] == where
+    device, host = (records[w]["nme/density"] for w in ("device", "host"))
+    np.testing.assert_allclose(host["grid"], device["grid"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(host["density"], device["density"], rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.slow
 def test_hutchinson_traces_share_probes_and_are_unbiased():
     curv, params, batches = make_case("mlp_gelu_ce")

@@ -106,8 +106,9 @@ class ProbeSuite:
         self._gradient = jax.jit(jax.value_and_grad(curv.loss_value))
         self._start = jax.jit(rademacher_like)
 
-    def basis_memory(self, params: Any) -> tuple[str, float]:
-        mib = basis_bytes(params, self.s.lanczos_steps) / 2**20
+    def basis_memory(self, params: Any, steps: int | None = None) -> tuple[str, float]:
+        """Where a basis of `steps` (default: lanczos_steps) Lanczos vectors lives, and MiB."""
+        mib = basis_bytes(params, self.s.lanczos_steps if steps is None else steps) / 2**20
         where = self.s.basis_memory
         if where == "auto":
             where = "device" if mib <= self.s.max_basis_mib else "host"
@@ -125,6 +126,9 @@ class ProbeSuite:
         started = time.perf_counter()
         where, mib = self.basis_memory(params)
         record: dict[str, Any] = {"step": int(step), "basis_mib": mib, "basis_memory": where}
+        if s.density_runs > 0:
+            density_where, _ = self.basis_memory(params, s.density_steps)
+            record["density_basis_memory"] = density_where
         matvecs = 0
         key = jax.random.PRNGKey(s.seed)
         paths = leaf_paths(params)
@@ -170,10 +174,10 @@ class ProbeSuite:
                     record[f"{kind}/alignment"] = float(otu.tree_vdot(grad, apply(linear, grad))) \
                         / max(grad_sq, 1e-300)
                     matvecs += 1
-                if s.density_runs > 0:
-                    runs = [lanczos_iterate(linear, self._start(
+                if s.density_runs > 0:  # each run's basis where basis_memory puts it
+                    runs = [self._lanczos(linear, self._start(
                         jax.random.fold_in(key, 2000 + 100 * i + r), params), s.density_steps,
-                        self.shardings) for r in range(s.density_runs)]
+                        density_where) for r in range(s.density_runs)]
                     matvecs += s.density_runs * s.density_steps
                     grid, density = spectral_density(*slq_nodes_and_weights(runs))
                     record[f"{kind}/density"] = {"grid": grid.tolist(),
