@@ -6,6 +6,7 @@ the sweep grids (nme_train.experiments) and tools/probe.py's `--set`.
 
 from __future__ import annotations
 
+import ast
 import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -55,3 +56,17 @@ def set_fields(config: Any, overrides: Iterable[tuple[str, Any]], what: str = "c
             raise KeyError(unknown_field(path, leaf_fields(config), what))
         node[leaf] = value
     return config
+
+
+def parse_assignments(items: Iterable[str]) -> list[tuple[str, Any]]:
+    """`FIELD=VALUE` strings (as given to --set) -> (field, value); values are Python
+    literals where they parse as one ("40", "(8, 16)", "True"), else the text."""
+    pairs = []
+    for item in items:
+        key, _, text = item.partition("=")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        pairs.append((key, value))
+    return pairs

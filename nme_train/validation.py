@@ -14,6 +14,7 @@ from nme_train.curvature.operators import KINDS
 from nme_train.curvature.probes import BASIS_MEMORY, PRECISIONS
 from nme_train.data.augment import AUGMENTATIONS
 from nme_train.data.datasets import DATASETS
+from nme_train.data.decode import DECODERS, have_simplejpeg
 from nme_train.models import DTYPES, MODEL_NAMES, STAGE_SIZES, activation_names
 from nme_train.models.activations import activation_params
 from nme_train.models.cnn import POOLS
@@ -193,6 +194,10 @@ def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
     problems: list[str] = []
     _choice(problems, "config.data.name", config.data.name, DATASETS)
     _choice(problems, "config.data.augment", config.data.augment, AUGMENTATIONS)
+    _choice(problems, "config.data.decoder", config.data.decoder, DECODERS)
+    if config.data.decoder == "simplejpeg" and not have_simplejpeg():
+        problems.append("config.data.decoder='simplejpeg' but simplejpeg is not installed: "
+                        "`pip install simplejpeg`, or use 'auto' or 'pil' (same pixels)")
     _check_model(problems, config.model)
     _check_optimizer(problems, config.optimizer)
 

@@ -8,7 +8,6 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import io
 import subprocess
 import sys
 import time
@@ -46,6 +45,66 @@ def run_command(*args, devices: int | None = 1, timeout: float = 300, env=None):
     flags = f"--xla_force_host_platform_device_count={devices}" if devices else ""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "XLA_FLAGS": flags, **(env or {})})
+
+
+def read_tensorboard(directory: str) -> dict[str, dict]:
+    """Every run under `directory`, read by TensorBoard's own loader (EventMultiplexer).
+
+    run name ("." for events directly in `directory`) -> {"scalars": {tag: [(step, value)]},
+    "histograms": {tag: [(step, HistogramValue)]}, "tensors": {tag: [(step, TensorProto)]},
+    "plugins": {plugin: {tag: content}}} (plugins: custom_scalars, hparams, text).
+    """
+    from tensorboard.backend.event_processing import event_accumulator, event_multiplexer
+
+    guidance = {event_accumulator.SCALARS: 0, event_accumulator.HISTOGRAMS: 0,
+                event_accumulator.TENSORS: 0}
+    mux = event_multiplexer.EventMultiplexer(size_guidance=guidance)
+    mux.AddRunsFromDirectory(directory)
+    mux.Reload()
+    runs = {}
+    for run in mux.Runs():
+        acc = mux.GetAccumulator(run)
+        tags = acc.Tags()
+        runs[run] = {
+            "scalars": {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags["scalars"]},
+            "histograms": {t: [(e.step, e.histogram_value) for e in acc.Histograms(t)]
+                           for t in tags["histograms"]},
+            "tensors": {t: [(e.step, e.tensor_proto) for e in acc.Tensors(t)]
+                        for t in tags["tensors"]},
+            "plugins": {name: dict(_plugin_tags(acc, name))
+                        for name in ("custom_scalars", "hparams", "text")},
+        }
+    return runs
+
+
+def _plugin_tags(accumulator, plugin: str) -> dict:
+    try:
+        return accumulator.PluginTagToContent(plugin)
+    except KeyError:  # the run has no summary of that plugin
+        return {}
+
+
+def assert_probe_records_in_tensorboard(run: dict, records: list[dict]) -> None:
+    """Each probe record's figures are in the TensorBoard `run` (read_tensorboard), at its step."""
+    steps = [r["step"] for r in records]
+    for kind in ("hessian", "gauss_newton", "nme"):
+        for key in ("top_eigenvalues", "bottom_eigenvalues", "top_error_bounds"):
+            for i in range(len(records[0][f"{kind}/{key}"])):  # every k, not only the first
+                tag = f"probes/{kind}/{key}/{i}"
+                assert [s for s, _ in run["scalars"][tag]] == steps, tag
+                np.testing.assert_allclose([v for _, v in run["scalars"][tag]],
+                                           [r[f"{kind}/{key}"][i] for r in records], rtol=1e-6)
+        for key, sign in (("trace_lo", -1), ("trace_hi", 1)):
+            np.testing.assert_allclose(
+                [v for _, v in run["scalars"][f"probes/{kind}/{key}"]],
+                [r[f"{kind}/trace"] + sign * r[f"{kind}/trace_se"] for r in records], rtol=1e-5)
+        if f"{kind}/density" in records[0]:
+            histograms = run["histograms"][f"probes/{kind}/density"]
+            assert [s for s, _ in histograms] == steps
+            for (_, h), r in zip(histograms, records):
+                assert len(h.bucket) == len(r[f"{kind}/density"]["grid"])
+                assert abs(sum(h.bucket) - 1.0) < 0.05  # a probability density over the grid
+    assert run["plugins"]["custom_scalars"]  # the layout drawing each trace's mean +- SE
 
 
 def tiny_config(data_dir, **overrides):
@@ -154,24 +213,12 @@ def cifar_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def imagenet_dir(tmp_path_factory) -> str:
-    """A local TFDS `imagenet2012` of variable-size JPEGs (24 train, 10 validation)."""
-    from nme_train.data.tfds_writer import registered_features, write_dataset
+    """The synthetic TFDS `imagenet2012`, small: 24 train, 10 validation JPEGs of 40-90 px.
+
+    Labels are the example indices (1,000 classes), so a batch's labels name its examples.
+    """
+    from nme_train.data.prepare import prepare_synthetic_imagenet
 
     root = str(tmp_path_factory.mktemp("imagenet"))
-    features, version = registered_features("imagenet2012")
-    rng = np.random.default_rng(0)
-
-    def jpeg(h, w):
-        buffer = io.BytesIO()
-        PIL.Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
-            buffer, format="JPEG")
-        return buffer.getvalue()
-
-    def examples(n):
-        return lambda: ({"file_name": f"n{i:08d}.JPEG",
-                         "image": jpeg(int(rng.integers(40, 90)), int(rng.integers(40, 90))),
-                         "label": i % 1000} for i in range(n))
-
-    write_dataset("imagenet2012", root, {"train": examples(24), "validation": examples(10)},
-                  features, version)
+    prepare_synthetic_imagenet(root, num_train=24, num_validation=10, short_side=(40, 90))
     return root

@@ -1,21 +1,31 @@
 """Data: embedded digits, IDX preparation, determinism, per-process shards, augmentation."""
 
 import gzip
+import io
+import os
 import struct
 
 import ml_collections
 import numpy as np
+import PIL.Image
 import pytest
-from conftest import decode_index
+from conftest import decode_index, run_command
 
 from nme_train.data import DATASETS, eval_batches, split_size, train_batches
-from nme_train.data.prepare import prepare_fashion_mnist, read_idx
+from nme_train.data.decode import DECODERS, jpeg_decoder
+from nme_train.data.prepare import (
+    prepare_fashion_mnist,
+    prepare_synthetic_imagenet,
+    read_idx,
+    synthetic_jpeg,
+)
+from nme_train.data.tfds_writer import registered_features
 
 
 def data_config(data_dir, **overrides):
     c = ml_collections.ConfigDict(dict(
         name="cifar10", data_dir=data_dir, train_split="", eval_split="", augment="none",
-        image_size=0, cache=True, num_threads=2, prefetch=2, num_workers=0))
+        image_size=0, cache=True, num_threads=2, prefetch=2, num_workers=0, decoder="auto"))
     c.update(overrides)
     return c
 
@@ -141,6 +151,90 @@ def test_imagenet_inception_crop_and_eval_resize(imagenet_dir):
     assert sum(b["mask"].sum() for b in evals) == 10
     plain = next(train_batches(spec, data_config(imagenet_dir, image_size=32), 8, 0, 0, 0, 1))
     assert plain["image"].shape == (8, 32, 32, 3)  # resize + centre crop without augmentation
+
+
+def test_synthetic_imagenet_has_imagenet_files_and_sizes(imagenet_dir, tmp_path):
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder_from_directory(f"{imagenet_dir}/imagenet2012/5.1.0")
+    features, version = registered_features("imagenet2012")
+    assert builder.info.features.to_json() == features.to_json() and version == "5.1.0"
+    assert {s: builder.info.splits[s].num_examples for s in builder.info.splits} == {
+        "train": 24, "validation": 10}
+    source = builder.as_data_source("train", decoders={"image": tfds.decode.SkipDecoding()})
+    ratios = set()
+    for i in range(24):
+        record = source[i]
+        assert record["image"][:2] == b"\xff\xd8" and record["label"] == i  # JPEG, own label
+        assert record["file_name"] == f"synthetic_train_{i:08d}.JPEG".encode()
+        with PIL.Image.open(io.BytesIO(record["image"])) as image:
+            w, h = image.size
+        assert 40 <= min(h, w) <= 90
+        ratios.add(round(max(h, w) / min(h, w), 1))
+    assert ratios <= {1.0, 1.3, 1.4, 1.5, 1.6} and len(ratios) > 1
+    # a pure function of (seed, split, index, label); the default size is ImageNet's
+    assert synthetic_jpeg(0, 0, 3, 3, (40, 90)) == source[3]["image"]
+    assert synthetic_jpeg(1, 0, 3, 3, (40, 90)) != source[3]["image"]
+    full = [synthetic_jpeg(0, 0, i, i) for i in range(6)]
+    assert 80e3 < np.mean([len(b) for b in full]) < 140e3  # ImageNet's mean is ~110 KB
+    for blob in full:
+        with PIL.Image.open(io.BytesIO(blob)) as image:
+            assert 400 <= min(image.size) <= 500
+    with PIL.Image.open(io.BytesIO(synthetic_jpeg(0, 0, 0, 0, store_short_side=160))) as image:
+        assert min(image.size) == 160
+    # worker processes write the same dataset
+    prepare_synthetic_imagenet(str(tmp_path), 24, 2, short_side=(40, 90), processes=2)
+    again = tfds.builder_from_directory(f"{tmp_path}/imagenet2012/5.1.0").as_data_source(
+        "train", decoders={"image": tfds.decode.SkipDecoding()})
+    assert [again[i]["image"] for i in range(24)] == [source[i]["image"] for i in range(24)]
+
+
+def test_synthetic_imagenet_tool_refuses_bad_input(tmp_path):
+    out = run_command("tools/prepare_data.py", "synthetic_imagenet", "--train", "4")
+    assert out.returncode == 1 and "needs --data_dir" in out.stderr
+    out = run_command("tools/prepare_data.py", "synthetic_imagenet", "--data_dir",
+                      str(tmp_path), "--short_side", "400")
+    assert out.returncode == 1 and "--short_side '400'" in out.stderr
+    assert "Traceback" not in out.stderr and not os.listdir(tmp_path)
+
+
+def test_decoders_give_the_same_pixels(imagenet_dir):
+    import tensorflow_datasets as tfds
+
+    source = tfds.builder_from_directory(f"{imagenet_dir}/imagenet2012/5.1.0").as_data_source(
+        "validation", decoders={"image": tfds.decode.SkipDecoding()})
+    decoded = tfds.builder_from_directory(f"{imagenet_dir}/imagenet2012/5.1.0").as_data_source(
+        "validation")
+    for i in range(10):
+        reference = decoded[i]["image"]  # TFDS's own decoding
+        for name in DECODERS:
+            np.testing.assert_array_equal(jpeg_decoder(name)(source[i]["image"]), reference)
+    with pytest.raises(ValueError, match="choose one of"):
+        jpeg_decoder("turbo")
+
+
+@pytest.mark.parametrize("process_count", [2, 3])
+def test_imagenet_pipeline_shards_are_disjoint_and_deterministic(imagenet_dir, process_count):
+    spec = DATASETS["imagenet2012"]
+    c = data_config(imagenet_dir, name="imagenet2012", augment="inception_crop_flip",
+                    image_size=32)
+    steps = 6  # three epochs of 24 examples at global batch 12
+    single = take(train_batches(spec, c, 12, 5, 0, 0, 1), steps)
+    again = take(train_batches(spec, c, 12, 5, 0, 0, 1), steps)
+    shards = [take(train_batches(spec, c, 12, 5, 0, p, process_count), steps)
+              for p in range(process_count)]
+    for step in range(steps):
+        assert single[step]["image"].shape == (12, 32, 32, 3)
+        np.testing.assert_array_equal(single[step]["image"], again[step]["image"])
+        labels = [shards[p][step]["label"] for p in range(process_count)]  # label = example
+        assert all(len(part) == 12 // process_count for part in labels)
+        assert len(set(np.concatenate(labels))) == 12  # disjoint
+        np.testing.assert_array_equal(np.concatenate(labels), single[step]["label"])
+        np.testing.assert_array_equal(
+            np.concatenate([shards[p][step]["image"] for p in range(process_count)]),
+            single[step]["image"])  # the same crops and flips, whoever reads the example
+    epoch = np.concatenate([b["label"] for b in single[:2]])
+    assert sorted(epoch) == list(range(24))
 
 
 def _write_idx(path, array):

@@ -26,3 +26,27 @@ def test_dry_run_reports_flops_and_memory_per_device():
     assert 2.5 < gp["train_step"]["flops"] / plain["train_step"]["flops"] < 3.5
     basis = plain["probe_step"]
     assert basis["lanczos_basis_mib_per_device"] == basis["lanczos_basis_mib_total"] / 2
+    assert basis["basis_memory"] == "device"  # auto: small enough
+    probe, step = plain["probe_step"], plain["train_step"]["flops"]
+    assert probe["matvecs_per_kind"] == 2 + 20 + 10 + 1  # determinism, Lanczos, traces, alignment
+    for kind in ("hessian", "gauss_newton", "nme"):
+        # a curvature-vector product costs more than a forward pass and less than ~4 gradients
+        assert 0.3 * step < probe["kinds"][kind]["matvec_flops"] < 4 * step
+    every = plain["probe_share"]["every_steps_for_5_percent"]
+    for k, within in ((every, True), (every - 1, False)):
+        assert (probe["flops"] / (k * step + probe["flops"]) <= 0.05) == within
+
+
+def test_dry_run_says_where_the_basis_goes():
+    config = with_overrides(default.get_config(), **{
+        "data.data_dir": "/nonexistent/never-read", "probes.max_basis_mib": 1.0,
+        "probes.every_steps": 50})
+    report = dry_run(config)
+    probe = report["probe_step"]
+    assert probe["lanczos_basis_mib_total"] > 1.0 and probe["basis_memory"] == "host"
+    assert probe["peak_mib_per_device"] == max(  # the basis is not on the device
+        probe["memory_mib_per_device"]["peak"], probe["matvec_memory_mib_per_device"]["peak"])
+    share = report["probe_share"]
+    assert share["every_steps"] == 50
+    assert share["share"] == probe["flops"] / (50 * report["train_step"]["flops"]
+                                               + probe["flops"])

@@ -13,13 +13,16 @@ import pytest
 from conftest import (
     ROOT,
     assert_plot,
+    assert_probe_records_in_tensorboard,
     cli_args,
+    read_tensorboard,
     start,
     tiny_config,
     wait_for_checkpoint,
     with_overrides,
 )
 
+from nme_train.curvature.probes import ProbeSettings
 from nme_train.train.loop import train_and_evaluate
 from nme_train.train.probing import read_probes
 from nme_train.validation import ConfigError, validate
@@ -61,8 +64,10 @@ def test_training_writes_probes_on_8_devices(data_dir, tmp_path):
                 <= 1e-5 * max(1.0, abs(r[f"{kind}/trace"]))
         assert r["basis_memory"] == "device" and r["basis_mib"] > 0
         assert set(r["sparsity/layers"]) and r["sparsity/threshold"] == 1e-3
+        assert r["matvecs"] == 3 * ProbeSettings.from_config(config.probes).matvecs_per_kind()
     assert all(0.0 < r["sparsity/mean"] <= 1.0 for r in records)
-    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    runs = read_tensorboard(os.path.join(workdir, "tensorboard"))
+    assert_probe_records_in_tensorboard(runs["."], records)
 
 
 @pytest.mark.parametrize("activation,expected", [
@@ -136,7 +141,8 @@ def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
         [sys.executable, "tools/probe.py", f"--workdir={workdir}", "--watch",
          "--poll_seconds=0.5", "--idle_timeout=8", "--set", "probes.lanczos_steps=4",
          "--set", "probes.trace_probes=2", "--set", "probes.batch_size=32",
-         "--set", "probes.top_k=1", "--set", "probes.bottom_k=1"],
+         "--set", "probes.top_k=2", "--set", "probes.bottom_k=2",
+         "--set", "probes.density_runs=1", "--set", "probes.density_steps=4"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while len(read_probes(workdir, "probes_offline.jsonl")) < 2:
@@ -163,15 +169,19 @@ def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
                for r in records)
     assert "no new checkpoint for 8 s; stopping" in tool_out
     assert not os.path.exists(os.path.join(workdir, "probes.jsonl"))  # the job had none
+    # the same records in TensorBoard, as a run of their own beside the training curves
+    runs = read_tensorboard(os.path.join(workdir, "tensorboard"))
+    assert set(runs) == {".", "probes_offline"} and "train/loss" in runs["."]["scalars"]
+    assert_probe_records_in_tensorboard(runs["probes_offline"], records)
 
     # a one-shot probe of a given step, then the plots
     out = subprocess.run([sys.executable, "tools/plot_curvature.py", workdir], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for name in ("curvature_spectra.png", "curvature_traces.png", "curvature_layers.png"):
+    for name in ("curvature_spectra.png", "curvature_traces.png", "curvature_layers.png",
+                 "curvature_density.png"):
         path = os.path.join(workdir, name)
         assert_plot(path)
-    assert "skipped curvature_density.png" in out.stdout  # no density in these probes
 
 
 def test_offline_probe_reports_missing_step(data_dir, tmp_path):
@@ -210,4 +220,5 @@ def test_per_layer_traces_reach_tensorboard_scalars():
         "Conv_0/kernel": -2.0, "BatchNorm_0/scale": 0.5}, "hessian/top_eigenvalues": [4.0, 3.0]})
     assert out == {"probes/nme/trace": -1.5, "probes/nme/trace_by_layer/Conv_0/kernel": -2.0,
                    "probes/nme/trace_by_layer/BatchNorm_0/scale": 0.5,
-                   "probes/hessian/top_eigenvalues[0]": 4.0}
+                   "probes/hessian/top_eigenvalues/0": 4.0,
+                   "probes/hessian/top_eigenvalues/1": 3.0}

@@ -39,6 +39,53 @@ def test_bench_regularizers_reports_each_method():
         assert out[name]["temp_mib"] > out["plain"]["temp_mib"], (name, out)
 
 
+def test_bench_pipeline_measures_each_setting(imagenet_dir, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    result = run_command("tools/bench_pipeline.py", "--data_dir", imagenet_dir, "--workers",
+                         "0", "--decoders", "pil,simplejpeg", "--batch", "4", "--steps", "4",
+                         "--warmup", "2", "--rounds", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["decoder"], r["workers"], r["rounds"]) for r in rows] == [
+        ("pil", 0, 2), ("simplejpeg", 0, 2)]
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["busy_cores"] > 0
+        assert r["images_per_core_s_min"] <= r["images_per_core_s"] <= r["images_per_core_s_max"]
+        assert r["cores_per_accelerator"] == pytest.approx(6703 / r["images_per_core_s"])
+    assert "best:" in result.stdout
+
+
+def test_bench_probes_costs_the_e6_probe(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    result = run_command("tools/bench_probes.py", "--config", "configs/default.py",
+                         "--set", "model.features=(4, 8)", "--lanczos", "6", "--top_k", "2",
+                         "--rounds", "1", "--steps", "1", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["lanczos_steps"] for r in rows] == [6]
+    for r in rows:  # E6: H, G, NME; 2 determinism checks, 10 traces, 1 alignment per kind
+        assert r["matvecs"] == 3 * (2 + r["lanczos_steps"] + 10 + 1)
+        assert r["every_for_5_percent_flops"] >= 19 * r["probe_cost_steps_flops"]
+        assert r["hessian/relative_bound"] >= 0 and len(r["hessian/top"]) == 2
+    assert "top-2 relative bound < 1e-2 from" in result.stdout
+    bad = run_command("tools/bench_probes.py", "--config", "configs/default.py", "--set",
+                      "model.nope=1")
+    assert bad.returncode == 1 and bad.stderr.startswith("bench_probes: error:")
+
+
+def test_bench_curvature_reports_each_ratio_over_rounds():
+    out = run_tool("tools/bench_curvature.py", "--config", "configs/default.py",
+                   "--batch_size", "32", "--rounds", "3", "--m1", "2", "--m2", "3",
+                   "--steps", "6", "--kinds", "hessian")
+    assert len(out["gradient_rounds_s"]) == 3
+    for kind in ("hessian",):
+        for name, r in out[kind]["ratios"].items():  # (amortised: a difference of two runs,
+            assert r["min"] <= r["median"] <= r["max"], (kind, name)  # noisy on a tiny model)
+        assert out[kind]["ratios"]["single"]["min"] > 0
+        assert out[kind]["amortised_ratio"] == out[kind]["ratios"]["amortised"]["median"]
+    assert out["convergence"]["steps"] == 6
+
+
 def test_pack_runs_keeps_finished_runs_small_files_only(tmp_path):
     import tarfile
 

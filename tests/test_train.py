@@ -2,12 +2,11 @@
 
 import json
 import os
-import struct
 
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import read_tensorboard, tiny_config
 
 from nme_train.train.loop import train_and_evaluate
 from nme_train.train.metrics import read_metrics
@@ -27,38 +26,23 @@ def test_end_to_end_writes_metrics_and_learns(data_dir, tmp_path):
     for key in ("train/loss", "train/accuracy", "train/steps_per_sec", "train/examples_per_sec",
                 "train/learning_rate", "train/grad_norm"):
         assert all(np.isfinite(r[key]) for r in train), key
+    assert all(r["train/tflops_per_sec_per_device"] > 0 for r in train)  # XLA's step FLOPs
     assert train[-1]["train/loss"] < train[0]["train/loss"]
     assert final["eval/accuracy"] == evals[-1]["eval/accuracy"] > 0.5  # chance is 0.1
     saved = json.load(open(os.path.join(workdir, "config.json")))
     assert saved["num_train_steps"] == 24
-    # TensorBoard: the scalars, the config as text and as hparams
-    summaries = tensorboard_summaries(os.path.join(workdir, "tensorboard"))
-    scalars = {(v.tag, step) for step, v in summaries if v.HasField("simple_value")}
-    assert {("train/loss", 8), ("train/loss", 24), ("eval/accuracy", 24)} <= scalars
-    text = [v for _, v in summaries if v.tag.startswith("config")]
-    assert text and '"num_train_steps": 24' in text[0].tensor.string_val[0].decode()
-    plugins = {v.metadata.plugin_data.plugin_name for _, v in summaries}
-    assert "hparams" in plugins
-    hparams = b"".join(v.metadata.plugin_data.content for _, v in summaries
-                       if v.metadata.plugin_data.plugin_name == "hparams")
+    # TensorBoard: the scalars (throughput too), the config as text and as hparams
+    run = read_tensorboard(os.path.join(workdir, "tensorboard"))["."]
+    assert [step for step, _ in run["scalars"]["train/loss"]] == [8, 16, 24]
+    assert [step for step, _ in run["scalars"]["eval/accuracy"]] == [16, 24]
+    for key in ("train/examples_per_sec", "train/tflops_per_sec_per_device"):
+        assert [step for step, _ in run["scalars"][key]] == [8, 16, 24]
+        assert all(v > 0 for _, v in run["scalars"][key])
+    assert "train/mfu" not in run["scalars"]  # no known peak for a CPU
+    (text_tag,) = run["plugins"]["text"]
+    assert '"num_train_steps": 24' in run["tensors"][text_tag][0][1].string_val[0].decode()
+    hparams = b"".join(run["plugins"]["hparams"].values())
     assert b"optimizer.learning_rate" in hparams and b"eval/accuracy" in hparams
-
-
-def tensorboard_summaries(directory):
-    """(step, Summary.Value) of every event file in `directory` (TFRecord framing)."""
-    from tensorboardX.proto import event_pb2
-
-    values = []
-    for name in sorted(os.listdir(directory)):
-        with open(os.path.join(directory, name), "rb") as f:
-            data = f.read()
-        offset = 0
-        while offset < len(data):
-            (length,) = struct.unpack("<Q", data[offset:offset + 8])
-            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-            offset += 12 + length + 4  # length, its CRC, the record, its CRC
-            values += [(event.step, v) for v in event.summary.value]
-    return values
 
 
 def test_one_device_equals_eight_devices_with_fsdp(data_dir, tmp_path):
@@ -123,3 +107,27 @@ def test_m_sharpness_with_one_group_per_device_on_8_devices(data_dir, tmp_path):
     assert [r["step"] for r in lines] == [3, 6]
     assert all(np.isfinite(r["train/sam/grad_norm"]) for r in lines)
     assert np.isfinite(result["eval/loss"])
+
+
+def test_throughput_and_mfu_from_the_step_flops(monkeypatch):
+    """10 steps of 2 TFLOP (all devices; 1.2 TFLOP of model FLOPs) in 2 s on 2 H200s:
+    5 TFLOP/s per device, HFU 5e12 / 989e12, MFU 3e12 / 989e12; no MFU on a CPU."""
+    from types import SimpleNamespace
+
+    from nme_train.train import metrics
+
+    clock = [0.0, 2.0]
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: clock.pop(0) if clock else 2.0)
+    progress = metrics.Progress(total_steps=100, batch_size=64, enabled=False)
+    progress.set_flops(2e12, [SimpleNamespace(device_kind="NVIDIA H200")] * 2, lambda: 1.2e12)
+    progress.start(0)
+    rates = progress.rates(10)
+    assert rates["train/steps_per_sec"] == 5.0 and rates["train/examples_per_sec"] == 320.0
+    assert rates["train/tflops_per_sec_per_device"] == 5.0
+    assert abs(rates["train/hfu"] - 5e12 / 989e12) < 1e-12
+    assert abs(rates["train/mfu"] - 3e12 / 989e12) < 1e-12
+    asked = []
+    cpu = metrics.Progress(total_steps=100, batch_size=64, enabled=False)
+    cpu.set_flops(2e12, [SimpleNamespace(device_kind="cpu")], lambda: asked.append(1) or 1.0)
+    assert not asked  # the forward pass is not traced where no MFU is reported
+    assert metrics.peak_flops("TPU v5 lite") == 197e12 and metrics.peak_flops("cpu") is None

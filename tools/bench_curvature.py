@@ -5,7 +5,10 @@
 
 On one device, synthetic data of the dataset's shape, BatchNorm in the
 mode of --batch_norm (running_average = evaluation mode, as the peers in
-PERFORMANCE.md were measured). Prints, in one process:
+PERFORMANCE.md were measured). Every figure is measured --rounds times in
+one process, the rounds interleaving all measurements; each ratio divides
+a measurement by the gradient of its own round, and is reported as median
+[min, max] over the rounds. Prints:
 
   gradient                  jit(grad L), the unit of every ratio;
   single  H v, G v, NME v   one product from scratch (its forward and backward
@@ -38,15 +41,11 @@ from nme_train.train.dry_run import memory_mib
 from tools.bench_step import load_config, one_device_experiment
 
 
-def timed(fn, *args, rounds: int):
-    out = fn(*args)  # compile and warm up
-    jax.block_until_ready(out)
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+def seconds(fn) -> float:
+    """Wall seconds of one call of `fn` (compiled beforehand), its outputs ready."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -89,39 +88,66 @@ def main() -> None:
                      "parameters": exp.num_params}
 
     grad = jax.jit(curv.gradient)
-    base, base_times = timed(grad, params, batches, rounds=args.rounds)
-    results["gradient_s"] = base
-    print(f"gradient: {base:.3f} s (rounds {', '.join(f'{t:.3f}' for t in base_times)})",
-          flush=True)
-
     build = jax.jit(curv.linear_operator, static_argnums=0)
+    singles = {kind: jax.jit(lambda p, bs, u, kind=kind: curv.operator(
+        kind, p, bs, linearize=False)(u)) for kind in kinds}
+    once = {"gradient": lambda: grad(params, batches)}  # each timed program, warmed up
     for kind in kinds:
-        single = jax.jit(lambda p, bs, u, kind=kind: curv.operator(kind, p, bs,
-                                                                   linearize=False)(u))
-        t, _ = timed(single, params, batches, v, rounds=args.rounds)
-        t_build, _ = timed(build, kind, params, batches, rounds=args.rounds)
+        once[f"{kind}/single"] = lambda k=kind: singles[k](params, batches, v)
+        once[f"{kind}/build"] = lambda k=kind: build(k, params, batches)
+    for fn in once.values():
+        jax.block_until_ready(fn())
+    # Rounds interleave every measurement, and each ratio divides by the gradient of its
+    # own round: a change of machine load between measurements cannot bias a ratio.
+    samples: dict[str, list[float]] = {"gradient": []}
+    for _ in range(args.rounds):
+        samples["gradient"].append(seconds(once["gradient"]))
+        for kind in kinds:
+            linear = build(kind, params, batches)
+            runs = {m: seconds(lambda m=m, lin=linear: cv.lanczos_iterate(lin, v, m).alphas)
+                    for m in (args.m1, args.m2)}
+            for name, value in (
+                    ("single", seconds(once[f"{kind}/single"])),
+                    ("linearise", seconds(once[f"{kind}/build"])),
+                    ("apply", seconds(lambda lin=linear: cv.apply(lin, v))),
+                    ("amortised", (runs[args.m2] - runs[args.m1]) / (args.m2 - args.m1))):
+                samples.setdefault(f"{kind}/{name}", []).append(value)
+            del linear
+    base = statistics.median(samples["gradient"])
+    results["gradient_s"] = base
+    results["gradient_rounds_s"] = samples["gradient"]
+    rounds = ", ".join(f"{t:.3f}" for t in samples["gradient"])
+    print(f"gradient: median {base:.3f} s (rounds {rounds})", flush=True)
+    for kind in kinds:
+        ratios = {name: sorted(t / g for t, g in zip(samples[f"{kind}/{name}"],
+                                                     samples["gradient"]))
+                  for name in ("single", "amortised", "apply")}
+        spread = {name: {"min": r[0], "median": statistics.median(r), "max": r[-1]}
+                  for name, r in ratios.items()}
         linear = build(kind, params, batches)
-        t_apply, _ = timed(cv.apply, linear, v, rounds=args.rounds)
-        t1, _ = timed(lambda m=args.m1, lin=linear: cv.lanczos_iterate(lin, v, m).alphas,
-                      rounds=1)
-        t2, _ = timed(lambda m=args.m2, lin=linear: cv.lanczos_iterate(lin, v, m).alphas,
-                      rounds=1)
-        amortised = (t2 - t1) / (args.m2 - args.m1)
         residual_mib = sum(x.nbytes for x in jax.tree.leaves(linear)) / 2**20
         basis_mib = basis_bytes(params, args.steps or args.m2) / 2**20
         temp = memory_mib(lanczos_step_jit().lower(linear, 0, *lanczos_start_jit()(
             v, args.m2, None)).compile()).get("temp", float("nan"))
-        results[kind] = {"single_s": t, "single_ratio": t / base, "amortised_s": amortised,
-                         "amortised_ratio": amortised / base, "apply_s": t_apply,
-                         "apply_ratio": t_apply / base, "linearise_s": t_build,
-                         "lanczos_m1_s": t1, "lanczos_m2_s": t2, "residual_mib": residual_mib,
-                         "basis_mib": basis_mib, "step_temp_mib": temp,
-                         "probe_peak_mib": residual_mib + basis_mib + temp}
-        print(f"{kind:13s} single {t:7.3f} s = {t / base:5.2f}x | in Lanczos {amortised:7.3f} s "
-              f"= {amortised / base:5.2f}x per matvec (linear map alone {t_apply / base:5.2f}x; "
-              f"linearisation {t_build:.2f} s once) | residuals {residual_mib:.0f} MiB, basis "
-              f"{basis_mib:.0f} MiB, step temporaries {temp:.0f} MiB", flush=True)
         del linear
+        amortised = statistics.median(samples[f"{kind}/amortised"])
+        results[kind] = {
+            "single_s": statistics.median(samples[f"{kind}/single"]),
+            "single_ratio": spread["single"]["median"], "amortised_s": amortised,
+            "amortised_ratio": spread["amortised"]["median"],
+            "apply_ratio": spread["apply"]["median"], "ratios": spread,
+            "linearise_s": statistics.median(samples[f"{kind}/linearise"]),
+            "residual_mib": residual_mib, "basis_mib": basis_mib, "step_temp_mib": temp,
+            "probe_peak_mib": residual_mib + basis_mib + temp}
+
+        def span(name, spread=spread):
+            r = spread[name]
+            return f"{r['median']:.2f}x [{r['min']:.2f}, {r['max']:.2f}]"
+
+        print(f"{kind:13s} single {span('single')} | in Lanczos {span('amortised')} per "
+              f"matvec (linear map alone {span('apply')}; linearisation "
+              f"{results[kind]['linearise_s']:.2f} s once) | residuals {residual_mib:.0f} MiB, "
+              f"basis {basis_mib:.0f} MiB, step temporaries {temp:.0f} MiB", flush=True)
 
     if args.steps:
         start = time.perf_counter()

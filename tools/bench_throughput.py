@@ -31,22 +31,11 @@ import time
 
 import jax
 
+from nme_train.train.dry_run import model_flops as step_model_flops
 from nme_train.train.dry_run import program_flops
+from nme_train.train.metrics import peak_flops
 from tools.bench_regularizers import METHODS
 from tools.bench_step import load_config, one_device_experiment, time_alternating
-
-# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets (SXM parts).
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0,
-               "TPU v5 lite": 197.0, "TPU v5p": 459.0}
-
-
-def peak_flops(device_kind: str, override: float) -> float | None:
-    if override:
-        return override * 1e12
-    for name, tflops in PEAK_TFLOPS.items():
-        if name.lower() in device_kind.lower():
-            return tflops * 1e12
-    return None
 
 
 def main() -> None:
@@ -66,7 +55,7 @@ def main() -> None:
         parser.error(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
 
     device = jax.devices()[0]
-    peak = peak_flops(device.device_kind, args.peak_tflops)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device.device_kind)
     runs, model_flops = {}, None
     for name in names:
         config = load_config(args.config)
@@ -74,9 +63,7 @@ def main() -> None:
         config.regularizers = METHODS[name]
         exp, _, batch, state = one_device_experiment(config)
         if model_flops is None:  # 3 x forward FLOPs of the eval-mode forward pass
-            mask = jax.numpy.ones(batch["label"].shape, jax.numpy.float32)
-            lowered = exp.eval_step.lower(state, {**batch, "mask": mask})
-            model_flops = 3.0 * program_flops(lowered, lowered.compile())
+            model_flops = step_model_flops(exp, state, batch)
         start = time.perf_counter()
         lowered = exp.train_step.lower(state, batch)
         compiled = lowered.compile()

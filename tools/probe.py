@@ -15,16 +15,19 @@ a hard-linked snapshot in DIR/probe_snapshots (removed after each probe),
 so that the run's retention can delete a checkpoint while it is read; one
 deleted before the snapshot is skipped with a warning.
 Each probe appends one JSON line (the probe suite's record, with
-"source": "offline") to DIR/probes_offline.jsonl; steps already in that
-file are not probed again. `--watch` polls for new checkpoints and stops
-after probing the run's final step, or after `--idle_timeout` seconds
-without a new checkpoint.
+"source": "offline") to DIR/probes_offline.jsonl, and writes the same
+figures to TensorBoard under DIR/tensorboard/probes_offline/ (a run of its
+own beside the training curves: every top-k and bottom-k eigenvalue with
+its error bound, the traces with a one-SE margin, per-layer traces, SLQ
+densities as histograms); steps already in that file are not probed
+again. `--watch` polls for new checkpoints and stops after probing the
+run's final step, or after `--idle_timeout` seconds without a new
+checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import json
 import os
@@ -33,9 +36,11 @@ import time
 
 import jax
 
-from nme_train.config_fields import set_fields
+from nme_train.config_fields import parse_assignments, set_fields
+from nme_train.train.metrics import MetricWriter
 
 OFFLINE_FILE = "probes_offline.jsonl"
+TENSORBOARD_RUN = "probes_offline"  # DIR/tensorboard/<this>/
 
 
 class ProbeError(Exception):
@@ -95,12 +100,7 @@ def load_run_config(workdir: str, overrides: list[str]):
                     target[key] = tuple(map(_tuple, value)) if isinstance(value, list) else value
 
     merge(config, saved, "")
-    for item in overrides:
-        key, _, text = item.partition("=")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
+    for key, value in parse_assignments(overrides):
         try:
             set_fields(config, [(key, value)], "the run's config")
         except KeyError as e:
@@ -159,6 +159,8 @@ class OfflineProber:
                                          steps_per_epoch=1)
             config = config64
         self.probes = RunProbes(config, spec, probe_exp, data_config)
+        self.writer = MetricWriter(workdir, enabled=jax.process_index() == 0, jsonl=False,
+                                   tensorboard_subdir=TENSORBOARD_RUN, flush_secs=5)
 
     def restore(self, step: int):
         import orbax.checkpoint as ocp
@@ -193,7 +195,7 @@ class OfflineProber:
         record["source"] = "offline"
         record["dtype"] = "float64" if self.float64 else "float32"
         record["total_steps"] = meta.get("total_steps")
-        write_record(self.workdir, record, OFFLINE_FILE)
+        write_record(self.workdir, record, OFFLINE_FILE, self.writer)
         print(summary(record), flush=True)
         return record
 
@@ -227,18 +229,25 @@ def _main() -> None:
         jax.config.update("jax_enable_x64", True)
     config = load_run_config(args.workdir, args.set)
     prober = OfflineProber(args.workdir, config, args.float64)
-    if not args.watch:
-        steps = finalized_steps(args.workdir)
-        if not steps:
-            raise ProbeError(f"no finished checkpoint in {args.workdir}")
-        step = steps[-1] if args.step is None else args.step
-        if step not in steps:
-            raise ProbeError(f"--step {step}: no finished checkpoint at that step; the run "
-                             f"has {steps}")
-        if prober.probe(step) is None:
-            raise ProbeError(f"the checkpoint at step {step} could not be read (above)")
-        return
+    try:
+        (_watch if args.watch else _probe_once)(prober, args)
+    finally:
+        prober.writer.close()
 
+
+def _probe_once(prober: OfflineProber, args: argparse.Namespace) -> None:
+    steps = finalized_steps(args.workdir)
+    if not steps:
+        raise ProbeError(f"no finished checkpoint in {args.workdir}")
+    step = steps[-1] if args.step is None else args.step
+    if step not in steps:
+        raise ProbeError(f"--step {step}: no finished checkpoint at that step; the run "
+                         f"has {steps}")
+    if prober.probe(step) is None:
+        raise ProbeError(f"the checkpoint at step {step} could not be read (above)")
+
+
+def _watch(prober: OfflineProber, args: argparse.Namespace) -> None:
     done = probed_steps(args.workdir)
     last_new = time.monotonic()
     while True:
@@ -254,7 +263,6 @@ def _main() -> None:
             print(f"probe: no new checkpoint for {args.idle_timeout:.0f} s; stopping", flush=True)
             return
         time.sleep(args.poll_seconds)
-
 
 if __name__ == "__main__":
     main()

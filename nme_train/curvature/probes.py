@@ -8,6 +8,10 @@ one JSON-able record:
   step, loss, grad_norm, seconds, matvecs,
   <kind>/top_eigenvalues, <kind>/top_error_bounds,
   <kind>/bottom_eigenvalues, <kind>/bottom_error_bounds, <kind>/lanczos_steps,
+  <kind>/lanczos = {"alphas": [...], "betas": [...]}
+                                         (the tridiagonal T; its first m rows
+                                          are an m-step run's, so convergence
+                                          against m reads off one record),
   <kind>/trace, <kind>/trace_se, trace/identity_residual,
   <kind>/trace_by_layer, <kind>/trace_by_layer_se
                                          ({parameter path: tr(M_ll)}, the traces
@@ -82,6 +86,20 @@ class ProbeSettings:
             values["kinds"] = tuple(values["kinds"])
         return cls(**values)
 
+    def basis_placement(self, params: Any, steps: int | None = None) -> tuple[str, float]:
+        """Where a basis of `steps` (default: lanczos_steps) Lanczos vectors shaped like
+        `params` lives ('device' or 'host', as basis_memory decides), and its MiB."""
+        mib = basis_bytes(params, self.lanczos_steps if steps is None else steps) / 2**20
+        where = self.basis_memory
+        if where == "auto":
+            where = "device" if mib <= self.max_basis_mib else "host"
+        return where, mib
+
+    def matvecs_per_kind(self) -> int:
+        """Operator-vector products one probe makes for each kind of operator."""
+        return (2 * self.check_determinism + self.lanczos_steps + self.trace_probes
+                + self.alignment + self.density_runs * self.density_steps)
+
 
 def basis_bytes(params: Any, steps: int) -> int:
     """Bytes of a Lanczos basis of `steps` + 1 vectors shaped like `params`."""
@@ -106,14 +124,6 @@ class ProbeSuite:
         self._gradient = jax.jit(jax.value_and_grad(curv.loss_value))
         self._start = jax.jit(rademacher_like)
 
-    def basis_memory(self, params: Any, steps: int | None = None) -> tuple[str, float]:
-        """Where a basis of `steps` (default: lanczos_steps) Lanczos vectors lives, and MiB."""
-        mib = basis_bytes(params, self.s.lanczos_steps if steps is None else steps) / 2**20
-        where = self.s.basis_memory
-        if where == "auto":
-            where = "device" if mib <= self.s.max_basis_mib else "host"
-        return where, mib
-
     def _lanczos(self, linear: Any, v0: Any, steps: int, where: str) -> LanczosResult:
         if where == "device":
             return lanczos_iterate(linear, v0, steps, self.shardings)
@@ -124,10 +134,10 @@ class ProbeSuite:
         """All configured probes at `params` over `batches`; a JSON-able record."""
         s = self.s
         started = time.perf_counter()
-        where, mib = self.basis_memory(params)
+        where, mib = s.basis_placement(params)
         record: dict[str, Any] = {"step": int(step), "basis_mib": mib, "basis_memory": where}
         if s.density_runs > 0:
-            density_where, _ = self.basis_memory(params, s.density_steps)
+            density_where, _ = s.basis_placement(params, s.density_steps)
             record["density_basis_memory"] = density_where
         matvecs = 0
         key = jax.random.PRNGKey(s.seed)
@@ -156,7 +166,10 @@ class ProbeSuite:
                                    f"{kind}/top_error_bounds": top_err.tolist(),
                                    f"{kind}/bottom_eigenvalues": bottom.tolist(),
                                    f"{kind}/bottom_error_bounds": bottom_err.tolist(),
-                                   f"{kind}/lanczos_steps": result.steps})
+                                   f"{kind}/lanczos_steps": result.steps,
+                                   f"{kind}/lanczos": {  # T's coefficients: any prefix
+                                       "alphas": result.alphas[:result.steps].tolist(),
+                                       "betas": result.betas[:result.steps].tolist()}})
                 # one key for every kind: the same probe vectors for H, G and the NME
                 forms[:, i] = hutchinson_quadratic_forms(linear, params,
                                                          jax.random.fold_in(key, 1000),
@@ -193,15 +206,40 @@ class ProbeSuite:
 
 
 def scalars(record: dict) -> dict[str, float]:
-    """The record's scalar figures, flattened for TensorBoard (lists: first entry)."""
+    """The record's scalar figures, flattened for TensorBoard.
+
+    Numbers as `probes/<key>`; every entry of a list (`probes/hessian/
+    top_eigenvalues/0`, `/1`, ...); every entry of a dict of numbers (the
+    per-layer traces); and each trace's one-standard-error band
+    (`probes/<kind>/trace_lo`, `_hi`), which TensorBoard's custom-scalars
+    layout draws as a margin around the trace.
+    """
     out = {}
     for key, value in record.items():
         if key == "step":
             continue
-        if isinstance(value, (int, float)) and math.isfinite(float(value)):
-            out[f"probes/{key}"] = float(value)
-        elif isinstance(value, list) and value and isinstance(value[0], (int, float)):
-            out[f"probes/{key}[0]"] = float(value[0])
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(float(value)):
+                out[f"probes/{key}"] = float(value)
+        elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+            out.update({f"probes/{key}/{i}": float(v) for i, v in enumerate(value)})
         elif isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
             out.update({f"probes/{key}/{k}": float(v) for k, v in value.items()})
+    for kind in KINDS:
+        if f"{kind}/trace" in record and f"{kind}/trace_se" in record:
+            trace, se = record[f"{kind}/trace"], record[f"{kind}/trace_se"]
+            out[f"probes/{kind}/trace_lo"], out[f"probes/{kind}/trace_hi"] = trace - se, trace + se
+    return out
+
+
+def densities(record: dict) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`probes/<kind>/density` -> (grid, probability mass of each grid cell, the cells' right
+    edges) of the record's SLQ densities."""
+    out = {}
+    for kind in KINDS:
+        if f"{kind}/density" in record:
+            grid = np.asarray(record[f"{kind}/density"]["grid"], np.float64)
+            density = np.asarray(record[f"{kind}/density"]["density"], np.float64)
+            width = np.gradient(grid) if len(grid) > 1 else np.ones_like(grid)
+            out[f"probes/{kind}/density"] = (grid, density * width, grid + width / 2)
     return out

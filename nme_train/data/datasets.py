@@ -25,6 +25,7 @@ class DatasetSpec:
     std: tuple[float, ...]
     variable_size: bool = False  # images of varying size (ImageNet): resized by the pipeline
     cacheable: bool = True  # small enough to decode once into memory
+    jpeg: bool = False  # JPEG images, decoded by the pipeline with config.data.decoder
     prepare: Callable[[str], str] | None = None  # offline preparation, if any
     how_to_get: str = ""
 
@@ -53,6 +54,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "imagenet2012": DatasetSpec(
         "imagenet2012", "train", "validation", 1000, 224, 3,
         (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), variable_size=True, cacheable=False,
+        jpeg=True,
         how_to_get="place ILSVRC2012_img_{train,val}.tar in DATA_DIR/downloads/manual and run "
         "`tfds build imagenet2012 --file_format=array_record --data_dir DATA_DIR`",
     ),

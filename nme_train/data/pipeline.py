@@ -35,6 +35,7 @@ from absl import flags
 
 from nme_train.data import augment
 from nme_train.data.datasets import DatasetSpec, find_dataset_dir
+from nme_train.data.decode import jpeg_decoder
 
 Batch = dict[str, np.ndarray]
 
@@ -61,24 +62,37 @@ class _InMemory:
 
 
 class _OnDisk:
-    """A TFDS array_record data source, read (and decoded) record by record."""
+    """A TFDS array_record data source, read and decoded record by record.
 
-    def __init__(self, source: Any):
+    With `decode` (JPEG datasets) images are read as bytes and decoded by it;
+    otherwise TFDS decodes them.
+    """
+
+    def __init__(self, source: Any, decode: Callable[[bytes], np.ndarray] | None = None):
         self._source = source
+        self._decode = decode
 
     def __len__(self) -> int:
         return len(self._source)
 
     def take(self, keys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         records = self._source.__getitems__([int(k) for k in keys])
-        return [r["image"] for r in records], np.asarray([r["label"] for r in records], np.int32)
+        images = [r["image"] for r in records]
+        if self._decode is not None:
+            images = [self._decode(image) for image in images]
+        return images, np.asarray([r["label"] for r in records], np.int32)
 
 
-def _open_split(spec: DatasetSpec, split: str, data_dir: str, cache: bool):
-    builder = tfds.builder_from_directory(find_dataset_dir(spec, data_dir))
+def _open_split(spec: DatasetSpec, split: str, data_config: Any):
+    builder = tfds.builder_from_directory(find_dataset_dir(spec, data_config.data_dir))
     _check_split(builder, spec, split)
-    source = builder.as_data_source(split=split)
-    return _InMemory(source) if cache and spec.cacheable else _OnDisk(source)
+    if data_config.cache and spec.cacheable:
+        return _InMemory(builder.as_data_source(split=split))
+    if spec.jpeg:
+        source = builder.as_data_source(split=split,
+                                        decoders={"image": tfds.decode.SkipDecoding()})
+        return _OnDisk(source, jpeg_decoder(data_config.decoder))
+    return _OnDisk(builder.as_data_source(split=split))
 
 
 def _check_split(builder, spec: DatasetSpec, split: str) -> None:
@@ -230,7 +244,7 @@ def train_batches(
     c = data_config
     image_size = c.image_size or spec.image_size
     augment.draw(c.augment, np.random.default_rng(0), 1)  # validates the name early
-    records = _open_split(spec, c.train_split or spec.train_split, c.data_dir, c.cache)
+    records = _open_split(spec, c.train_split or spec.train_split, c)
     ds = ProcessBatches(records, global_batch, process_index, process_count, shuffle_seed=seed,
                         transform=_transform(spec, c.augment, image_size),
                         augmentation=c.augment)
@@ -254,6 +268,6 @@ def eval_batches(
     """This process's padded evaluation batches (each with a `mask`), in a fixed order."""
     c = data_config
     image_size = c.image_size or spec.image_size
-    records = _open_split(spec, c.eval_split or spec.eval_split, c.data_dir, c.cache)
+    records = _open_split(spec, c.eval_split or spec.eval_split, c)
     return ProcessBatches(records, global_batch, process_index, process_count,
                           transform=_transform(spec, "none", image_size))

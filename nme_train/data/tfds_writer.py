@@ -13,6 +13,7 @@ by the tests to build small datasets with the structure of CIFAR or ImageNet.
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 from absl import logging
-from tensorflow_datasets.core import registered
+from tensorflow_datasets.core import registered, shuffle
 
 Example = Mapping[str, Any]
 
@@ -82,7 +83,20 @@ def write_dataset(
     builder = _Builder(data_dir=data_dir, file_format="array_record")
     logging.info("preparing %s %s in %s (once)", name, version, data_dir)
     tfds.disable_progress_bar()
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(verify_ssl=False)
-    )
+    # TFDS buffers a split in memory up to 1 GB and spills to disk through
+    # TensorFlow beyond it; this project does not install TensorFlow, so the
+    # buffer may grow to half of the machine's memory instead.
+    limit = shuffle.MAX_MEM_BUFFER_SIZE
+    shuffle.MAX_MEM_BUFFER_SIZE = max(limit, writable_in_memory())
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(verify_ssl=False)
+        )
+    finally:
+        shuffle.MAX_MEM_BUFFER_SIZE = limit
     return str(builder.data_dir)
+
+
+def writable_in_memory() -> int:
+    """Bytes of one split `write_dataset` can hold: half of the machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2

@@ -8,12 +8,15 @@ Builds the model, the mesh and the sharded state as the trainer would (on
 the devices present: fake CPU devices stand in for a pod), then lowers and
 compiles ahead of time, from shapes only:
   - the training step with the configured regularizers;
-  - the probe step: the linearisation of the Hessian over one probe batch
-    (the largest of the curvature programs), plus the size of the Lanczos
-    basis the probes would hold.
+  - the probe: the linearisation of the Hessian over one probe batch (the
+    largest of the curvature programs) and one Hessian-vector product on its
+    residuals, plus the Lanczos basis and where `probes.basis_memory` puts it.
 It prints the parameter count, the FLOPs of one step (XLA's count of the
-lowered program) and the per-device memory of each compiled program
-(arguments, outputs, temporaries; peak = their sum less donated buffers).
+lowered program), the per-device memory of each compiled program
+(arguments, outputs, temporaries; peak = their sum less donated buffers),
+the FLOPs of a whole probe (each operator's linearisation and matvec, times
+the matvecs the probe settings make) and so the probe's share of training
+FLOPs at `probes.every_steps`, and the interval that keeps it under 5%.
 Memory figures come from the backend that compiled: on fake CPU devices
 they describe the CPU program, a close but not exact stand-in for a TPU or
 GPU one.
@@ -21,6 +24,7 @@ GPU one.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -28,7 +32,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from nme_train.curvature.probes import basis_bytes
+from nme_train.curvature.operators import apply
+from nme_train.curvature.probes import ProbeSettings
 from nme_train.data import DATASETS
 from nme_train.train.checkpoint import abstract_with_shardings
 from nme_train.train.experiment import build_experiment
@@ -48,6 +53,20 @@ def program_flops(lowered: Any, compiled: Any = None) -> float:
         if analysis and analysis.get("flops", 0) > 0:
             return float(analysis["flops"])
     return float("nan")
+
+
+def model_flops(exp: Any, state: Any, batch: dict) -> float:
+    """Model FLOPs of one training step on `batch`: 3x the forward pass's (forward and
+    backward, the usual convention), whatever the regularizers add. XLA's count of the
+    evaluation step lowered for the batch's shape (a trace; compiled only on a backend
+    that counts FLOPs in compiled programs alone)."""
+    mask = jax.ShapeDtypeStruct(batch["label"].shape, np.float32,
+                                sharding=getattr(batch["label"], "sharding", None))
+    lowered = exp.eval_step.lower(state, {**batch, "mask": mask})
+    flops = program_flops(lowered)
+    if not math.isfinite(flops):  # a backend that analyses only compiled programs
+        flops = program_flops(lowered, lowered.compile())
+    return 3.0 * flops
 
 
 def memory_mib(compiled: Any) -> dict[str, float]:
@@ -88,23 +107,83 @@ def dry_run(config: Any, devices: list | None = None) -> dict[str, Any]:
                             "flops": program_flops(lowered, compiled),
                             "memory_mib_per_device": memory_mib(compiled)}
 
+    report["probe_step"] = _probe_programs(config, spec, exp, state, size)
+    report["probe_settings_basis_memory"] = config.probes.basis_memory
+    probe, step_flops = report["probe_step"], report["train_step"]["flops"]
+    if np.isfinite(step_flops) and step_flops > 0:
+        every = config.probes.every_steps
+        report["probe_share"] = {
+            "train_steps_per_probe": probe["flops"] / step_flops,
+            "every_steps": every,
+            "share": probe["flops"] / (every * step_flops + probe["flops"]) if every else 0.0,
+            "every_steps_for_5_percent": math.ceil(19 * probe["flops"] / step_flops),
+        }
+    return report
+
+
+def _probe_programs(config: Any, spec: Any, exp: Any, state: Any, size: int) -> dict[str, Any]:
+    """The probe's programs from shapes: for each kind, the linearisation over one probe
+    batch and one operator-vector product (FLOPs; the Hessian's compiled for memory), the
+    gradient (alignment), the Lanczos basis and where `basis_memory` puts it."""
     curv = probe_curvature(config, spec, exp.model)
+    settings = ProbeSettings.from_config(config.probes)
     probe_batch = config.probes.batch_size or config.batch_size
     probe_batches = [{"inputs": {"images": jax.ShapeDtypeStruct(
         (probe_batch, size, size, spec.channels), np.uint8, sharding=exp.batch_sharding),
         "model_state": state.model_state},
         "targets": jax.ShapeDtypeStruct((probe_batch,), np.int32, sharding=exp.batch_sharding)}]
+    build = jax.jit(curv.linear_operator, static_argnums=0)
     start = time.perf_counter()
-    lowered = jax.jit(curv.linear_operator, static_argnums=0).lower(
-        "hessian", state.params, probe_batches)
+    lowered = build.lower("hessian", state.params, probe_batches)
     compiled = lowered.compile()
-    basis = basis_bytes(exp.abstract_state.params, config.probes.lanczos_steps) / 2**20
-    report["probe_step"] = {"compile_s": time.perf_counter() - start,
-                            "flops": program_flops(lowered, compiled),
-                            "memory_mib_per_device": memory_mib(compiled),
-                            "lanczos_basis_mib_total": basis,
-                            "lanczos_basis_mib_per_device": basis / exp.mesh.shape["fsdp"]}
-    return report
+    out: dict[str, Any] = {"memory_mib_per_device": memory_mib(compiled)}
+    # one Hessian-vector product on the linearisation's residuals, as the probe makes it
+    linear = jax.eval_shape(lambda p, b: curv.linear_operator("hessian", p, b),
+                            state.params, probe_batches)
+    linear = jax.tree.unflatten(jax.tree.structure(linear), [
+        jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh) for x, sh in
+        zip(jax.tree.leaves(linear), jax.tree.leaves(compiled.output_shardings))])
+    matvec = jax.jit(apply).lower(linear, state.params).compile()
+    out["compile_s"] = time.perf_counter() - start
+    out["matvec_memory_mib_per_device"] = memory_mib(matvec)
+    kinds = {}
+    for kind in settings.kinds:  # FLOPs from the lowered programs (no compile needed)
+        linear = jax.eval_shape(lambda p, b, k=kind: curv.linear_operator(k, p, b),
+                                state.params, probe_batches)
+        kinds[kind] = {"linearise_flops": program_flops(
+            build.lower(kind, state.params, probe_batches)),
+            "matvec_flops": program_flops(jax.jit(apply).lower(linear, state.params))}
+    gradient_flops = program_flops(jax.jit(jax.value_and_grad(curv.loss_value)).lower(
+        state.params, probe_batches)) if settings.alignment else 0.0
+    matvecs = settings.matvecs_per_kind()
+    out.update({
+        "batch_size": probe_batch, "kinds": kinds, "matvecs_per_kind": matvecs,
+        "gradient_flops": gradient_flops,
+        "flops": gradient_flops + sum(k["linearise_flops"] + matvecs * k["matvec_flops"]
+                                      for k in kinds.values()),
+    })
+    where, basis = settings.basis_placement(exp.abstract_state.params)
+    per_device = basis / exp.mesh.shape["fsdp"]
+    residuals = out["memory_mib_per_device"].get("output", 0.0)
+    out.update({
+        "lanczos_basis_mib_total": basis, "lanczos_basis_mib_per_device": per_device,
+        "basis_memory": where, "max_basis_mib": settings.max_basis_mib,
+        "residuals_mib_per_device": residuals,
+        # the linearisation's peak, or the products' (residuals among their arguments)
+        # with the basis beside them when it is kept on the device
+        "peak_mib_per_device": max(out["memory_mib_per_device"].get("peak", 0.0),
+                                   out["matvec_memory_mib_per_device"].get("peak", 0.0)
+                                   + (per_device if where == "device" else 0.0)),
+    })
+    return out
+
+
+def flop_text(flops: float) -> str:
+    """FLOPs with a readable prefix: '3.2 GFLOP'."""
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if abs(flops) >= scale:
+            return f"{flops / scale:.3g} {prefix}FLOP"
+    return f"{flops:.3g} FLOP"
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -115,15 +194,33 @@ def print_report(report: dict[str, Any]) -> None:
              f"{report['devices']} device(s); batch {report['batch_size']} at "
              f"{report['image_size']}x{report['image_size']}; regularizers "
              f"{report['regularizers'] or 'none'}"]
-    for name in ("train_step", "probe_step"):
+    for name, what in (("train_step", "{} per step"), ("probe_step", "{} per probe; the "
+                                                       "Hessian's linearisation")):
         r = report[name]
         m = r["memory_mib_per_device"]
         lines.append(f"  {name}: compiled in {r['compile_s']:.1f} s; "
-                     f"{r['flops'] / 1e12:.3f} TFLOP per step; per device: arguments "
+                     f"{what.format(flop_text(r['flops']))}, per device: arguments "
                      f"{m.get('argument', 0):.0f} MiB, outputs {m.get('output', 0):.0f} MiB, "
                      f"temporaries {m.get('temp', 0):.0f} MiB, peak {m.get('peak', 0):.0f} MiB")
     p = report["probe_step"]
-    lines.append(f"  Lanczos basis: {p['lanczos_basis_mib_total']:.0f} MiB "
-                 f"({p['lanczos_basis_mib_per_device']:.0f} MiB per device with fsdp sharding)")
+    short = {"hessian": "H", "gauss_newton": "G", "nme": "NME"}
+    lines.append("  probe of batch {}: {} matvecs per operator; {}; total {}".format(
+        p["batch_size"], p["matvecs_per_kind"], ", ".join(
+            f"{short[k]}: linearise {flop_text(v['linearise_flops'])} + matvec "
+            f"{flop_text(v['matvec_flops'])}" for k, v in p["kinds"].items()),
+        flop_text(p["flops"])))
+    m = p["matvec_memory_mib_per_device"]
+    lines.append(f"  probe memory per device: residuals {p['residuals_mib_per_device']:.0f} MiB, "
+                 f"matvec temporaries {m.get('temp', 0):.0f} MiB, Lanczos basis "
+                 f"{p['lanczos_basis_mib_per_device']:.0f} MiB ({p['lanczos_basis_mib_total']:.0f}"
+                 f" MiB in all, on the {p['basis_memory']}: basis_memory="
+                 f"{report['probe_settings_basis_memory']!r}, max_basis_mib "
+                 f"{p['max_basis_mib']:.0f}); peak {p['peak_mib_per_device']:.0f} MiB")
+    share = report.get("probe_share")
+    if share:
+        every = (f"every {share['every_steps']} steps: {100 * share['share']:.1f}% of training "
+                 "FLOPs; " if share["every_steps"] else "")
+        lines.append(f"  probe cost: {share['train_steps_per_probe']:.2f} training steps; {every}"
+                     f"at most 5% from every {share['every_steps_for_5_percent']} steps")
     for line in lines:
         logging.info("%s", line)

@@ -29,6 +29,7 @@ from absl import logging
 from nme_train import logs
 from nme_train.data import DATASETS, default_data_dir, eval_batches, split_size, train_batches
 from nme_train.train.checkpoint import CheckpointError, abstract_with_shardings, open_checkpointer
+from nme_train.train.dry_run import model_flops, program_flops
 from nme_train.train.experiment import (
     build_experiment,
     device_batches,
@@ -231,7 +232,13 @@ class Trainer:
             self.probe(0)
         with PreemptionGuard() as guard:
             for step in range(start, self.total_steps):
-                self.state, step_metrics = self.exp.train_step(self.state, next(batches))
+                batch = next(batches)
+                self.state, step_metrics = self.exp.train_step(self.state, batch)
+                if step == start:  # the step's FLOPs (lowering and compiling are cached now)
+                    lowered = self.exp.train_step.lower(self.state, batch)
+                    self.metrics.progress.set_flops(
+                        program_flops(lowered, lowered.compile()), self.devices,
+                        lambda b=batch: model_flops(self.exp, self.state, b))
                 self.fetch()
                 self.ckpt.poll()  # a failed save stops the run now, not at the next save
                 self.pending = (step + 1, step_metrics)

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,21 +33,30 @@ HPARAM_METRICS = ("eval/accuracy", "eval/loss", "train/loss")  # the scalars hpa
 
 
 class MetricWriter:
-    """Appends metrics to DIR/metrics.jsonl and DIR/tensorboard/ (main process only)."""
+    """Appends metrics to DIR/metrics.jsonl and DIR/tensorboard/ (main process only).
 
-    def __init__(self, workdir: str, enabled: bool = True):
+    `tensorboard_subdir` writes the events into DIR/tensorboard/<subdir>/, a
+    run of its own beside the training curves (the offline prober's);
+    `jsonl=False` writes no metrics.jsonl.
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, *, jsonl: bool = True,
+                 tensorboard_subdir: str = "", flush_secs: int = 30):
         self.enabled = enabled
         self._tb = None
         self._file = None
+        self._probe_layout = False
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self._file = open(self.path, "a", encoding="utf-8")
+        if jsonl:
+            self._file = open(self.path, "a", encoding="utf-8")
         try:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard", tensorboard_subdir),
+                                     flush_secs=flush_secs)
         except ImportError:  # TensorBoard output is optional
             self._tb = None
 
@@ -55,8 +64,9 @@ class MetricWriter:
         if not self.enabled:
             return
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -83,6 +93,33 @@ class MetricWriter:
             for key, value in values.items():
                 self._tb.add_scalar(key, value, int(step))
 
+    def probe_record(self, record: Mapping[str, Any]) -> None:
+        """A curvature probe record to TensorBoard: every eigenvalue and error bound, the
+        traces with a one-SE margin (custom scalars), per-layer traces, and the SLQ
+        densities as histograms (probability mass over the eigenvalue grid)."""
+        if not self.enabled or self._tb is None:
+            return
+        from nme_train.curvature.probes import densities, scalars
+
+        step = int(record["step"])
+        values = scalars(record)
+        self.scalars(step, values)
+        for tag, (grid, mass, edges) in densities(record).items():
+            self._tb.add_histogram_raw(
+                tag, min=float(grid[0]), max=float(grid[-1]), num=float(mass.sum()),
+                sum=float(mass @ grid), sum_squares=float(mass @ grid**2),
+                bucket_limits=edges.tolist(), bucket_counts=mass.tolist(), global_step=step)
+        if not self._probe_layout:
+            margins = {name: ["Margin", [f"probes/{kind}/trace", f"probes/{kind}/trace_lo",
+                                         f"probes/{kind}/trace_hi"]]
+                       for kind, name in (("hessian", "tr H"), ("gauss_newton", "tr G"),
+                                          ("nme", "tr NME"))
+                       if f"probes/{kind}/trace_lo" in values}
+            if margins:
+                self._tb.add_custom_scalars({"curvature traces (mean ± SE)": margins})
+                self._probe_layout = True
+        self._tb.flush()
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -103,8 +140,32 @@ def read_metrics(workdir: str, name: str = "metrics") -> list[dict]:
     return read_jsonl(os.path.join(workdir, f"{name}.jsonl"))
 
 
+# Dense bf16 peak FLOP/s per chip, from the vendors' specifications; matched against
+# jax's device_kind. MFU is reported only for these (and never on CPU).
+PEAK_BF16_FLOPS = (
+    ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
+    ("TPU v6", 918e12), ("TPU v5p", 459e12), ("TPU v5", 197e12), ("TPU v4", 275e12),
+)
+
+
+def peak_flops(device_kind: str) -> float | None:
+    """The bf16 peak FLOP/s of a device kind ('NVIDIA H200', 'TPU v5 lite'), if known."""
+    for name, flops in PEAK_BF16_FLOPS:
+        if name.lower() in device_kind.lower():
+            return flops
+    return None
+
+
 class Progress:
-    """One console line per log interval: step, loss, throughput and ETA."""
+    """One console line per log interval: step, loss, throughput, MFU and ETA.
+
+    With `set_flops` the rates include `train/tflops_per_sec_per_device`
+    (XLA's FLOP count of the compiled step, all of its work) and, on devices
+    of known peak, `train/mfu`: model FLOPs (3x the forward pass, as MaxText
+    and big_vision count them, so a regularizer's extra passes do not count)
+    per second and device over the dense bf16 peak, and `train/hfu`, the
+    same for the step's own FLOPs.
+    """
 
     def __init__(self, total_steps: int, batch_size: int, enabled: bool = True):
         self.total = total_steps
@@ -112,6 +173,20 @@ class Progress:
         self.enabled = enabled
         self._last_time: float | None = None
         self._last_step = 0
+        self._flops_per_device = 0.0
+        self._model_flops_per_device = 0.0
+        self._peak: float | None = None
+
+    def set_flops(self, step_flops: float, devices: list,
+                  model_flops: Callable[[], float] | None = None) -> None:
+        """The step's FLOPs (all devices); `model_flops` is asked only where MFU is reported
+        (devices of known peak), as it costs a trace of the forward pass."""
+        if not devices or not step_flops > 0:
+            return
+        self._flops_per_device = step_flops / len(devices)
+        self._peak = peak_flops(devices[0].device_kind)
+        if self._peak and model_flops is not None:
+            self._model_flops_per_device = model_flops() / len(devices)
 
     def start(self, step: int) -> None:
         self._last_time, self._last_step = time.perf_counter(), step
@@ -119,11 +194,19 @@ class Progress:
     def rates(self, step: int) -> dict[str, float]:
         """Steps/s and examples/s since the previous call (and resets the window)."""
         now = time.perf_counter()
-        elapsed = max(now - (self._last_time or now), 1e-9)
+        elapsed = max(now - (now if self._last_time is None else self._last_time), 1e-9)
         steps_per_sec = (step - self._last_step) / elapsed
         self._last_time, self._last_step = now, step
-        return {"train/steps_per_sec": steps_per_sec,
-                "train/examples_per_sec": steps_per_sec * self.batch_size}
+        rates = {"train/steps_per_sec": steps_per_sec,
+                 "train/examples_per_sec": steps_per_sec * self.batch_size}
+        if self._flops_per_device:
+            achieved = steps_per_sec * self._flops_per_device
+            rates["train/tflops_per_sec_per_device"] = achieved / 1e12
+            if self._peak:
+                rates["train/hfu"] = achieved / self._peak
+                if self._model_flops_per_device:
+                    rates["train/mfu"] = steps_per_sec * self._model_flops_per_device / self._peak
+        return rates
 
     def line(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Logs a training line (with throughput and ETA) or an evaluation line."""
@@ -135,10 +218,15 @@ class Progress:
             return
         sps = metrics.get("train/steps_per_sec", 0.0)
         eta = datetime.timedelta(seconds=round((self.total - step) / sps)) if sps else "?"
-        logging.info("step %d/%d | loss %.4f | acc %.3f | %.1f steps/s | %.0f ex/s | ETA %s",
+        compute = ""
+        if "train/mfu" in metrics:
+            compute = f" | MFU {100 * metrics['train/mfu']:.1f}%"
+        elif "train/tflops_per_sec_per_device" in metrics:
+            compute = f" | {metrics['train/tflops_per_sec_per_device']:.3g} TFLOP/s/device"
+        logging.info("step %d/%d | loss %.4f | acc %.3f | %.1f steps/s | %.0f ex/s%s | ETA %s",
                      step, self.total, float(metrics["train/loss"]),
                      float(metrics["train/accuracy"]), sps,
-                     metrics.get("train/examples_per_sec", 0.0), eta)
+                     metrics.get("train/examples_per_sec", 0.0), compute, eta)
 
 
 def truncate_metrics(workdir: str, step: int, name: str = "metrics") -> int:

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 
 from nme_train.curvature import Curvature, softmax_cross_entropy
-from nme_train.curvature.probes import ProbeSettings, ProbeSuite, scalars
+from nme_train.curvature.probes import ProbeSettings, ProbeSuite
 from nme_train.data import train_batches
 from nme_train.models import get_activation
 from nme_train.models.sparsity import sparsity_probe
@@ -55,7 +55,8 @@ def probe_curvature(config: Any, spec: Any, model: Any) -> Curvature:
 class RunProbes:
     """The probe suite of one experiment (model, loss, probe batches, shardings)."""
 
-    def __init__(self, config: Any, spec: Any, exp: Any, data_config: Any):
+    def __init__(self, config: Any, spec: Any, exp: Any, data_config: Any,
+                 host_batches: list[dict] | None = None):
         p = config.probes
         self.config = config
         self.train_mode = p.batch_norm == "batch_stats"
@@ -68,7 +69,8 @@ class RunProbes:
         self.sparsity = sparsity_probe(
             exp.model, get_activation(config.model.activation, beta=config.model.beta),
             p.sparsity_threshold, self.train_mode)
-        self.host_batches = _probe_batches(config, spec, data_config)
+        # the fixed probe batches (host numpy); given, e.g. synthetic ones, or read
+        self.host_batches = host_batches or _probe_batches(config, spec, data_config)
         self.batch_sharding = exp.batch_sharding
 
     def probe(self, state: Any, step: int) -> dict:
@@ -106,7 +108,7 @@ def write_record(workdir: str, record: dict, filename: str = PROBES_FILE,
     with open(os.path.join(workdir, filename), "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     if writer is not None:
-        writer.scalars(record["step"], scalars(record))
+        writer.probe_record(record)
 
 
 def summary(record: dict) -> str:
