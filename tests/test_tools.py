@@ -56,21 +56,32 @@ def test_bench_pipeline_measures_each_setting(imagenet_dir, tmp_path):
 
 
 def test_bench_probes_costs_the_e6_probe(tmp_path):
+    """From the dry run's FLOP counts (the measured path, RunProbes on a given batch, runs in
+    test_accelerator_check_runs_every_part_in_smoke_mode)."""
     out = tmp_path / "rows.jsonl"
     result = run_command("tools/bench_probes.py", "--config", "configs/default.py",
-                         "--set", "model.features=(4, 8)", "--lanczos", "6", "--top_k", "2",
-                         "--rounds", "1", "--steps", "1", "--out", str(out))
+                         "--flops_only", "--lanczos", "4,6", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["lanczos_steps"] for r in rows] == [6]
-    for r in rows:  # E6: H, G, NME; 2 determinism checks, 10 traces, 1 alignment per kind
-        assert r["matvecs"] == 3 * (2 + r["lanczos_steps"] + 10 + 1)
+    assert [r["lanczos_steps"] for r in rows] == [4, 6]
+    for r in rows:
         assert r["every_for_5_percent_flops"] >= 19 * r["probe_cost_steps_flops"]
-        assert r["hessian/relative_bound"] >= 0 and len(r["hessian/top"]) == 2
-    assert "top-2 relative bound < 1e-2 from" in result.stdout
+    # two more Lanczos steps: two more products of each of H, G and NME
+    assert rows[1]["probe_cost_steps_flops"] > rows[0]["probe_cost_steps_flops"]
     bad = run_command("tools/bench_probes.py", "--config", "configs/default.py", "--set",
                       "model.nope=1")
     assert bad.returncode == 1 and bad.stderr.startswith("bench_probes: error:")
+
+
+def test_relative_bounds_of_a_known_tridiagonal():
+    """T = [[3, b], [b, 1]]: eigenvalues 2 +- sqrt(1 + b^2); after one step the Ritz value
+    is 3 with bound |b|, after two the exact values with bound 0 (beta_2 = 0)."""
+    from tools.bench_probes import relative_bounds
+
+    b = 0.5
+    record = {"hessian/lanczos": {"alphas": [3.0, 1.0], "betas": [b, 0.0]}}
+    assert relative_bounds(record, "hessian", 1, 1) == pytest.approx(b / 3.0)
+    assert relative_bounds(record, "hessian", 2, 2) == pytest.approx(0.0, abs=1e-15)
 
 
 def test_bench_curvature_reports_each_ratio_over_rounds():
@@ -84,6 +95,25 @@ def test_bench_curvature_reports_each_ratio_over_rounds():
         assert out[kind]["ratios"]["single"]["min"] > 0
         assert out[kind]["amortised_ratio"] == out[kind]["ratios"]["amortised"]["median"]
     assert out["convergence"]["steps"] == 6
+
+
+def test_accelerator_check_runs_every_part_in_smoke_mode(tmp_path):
+    """The accelerator script, shrunk onto the CPU: a synthetic ImageNet feeding a
+    ResNet-50 step, a probe of it, the numerics check; one JSON line each."""
+    result = run_command("tools/accelerator_check.py", "--smoke", "--out", str(tmp_path),
+                         timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [json.loads(line) for line in
+            (tmp_path / "accelerator_check.jsonl").read_text().splitlines()]
+    assert [r["part"] for r in rows] == ["pipeline", "probe", "numerics"]
+    pipeline, probe, numerics = rows
+    assert pipeline["images_per_s_real_decoding"] > 0 and pipeline["images_per_s_synthetic"] > 0
+    assert os.path.isdir(tmp_path / "data" / "imagenet2012")
+    for kind in ("hessian", "gauss_newton"):
+        assert probe[kind]["error_bound"] >= 0 and probe[kind]["trace_se"] > 0
+        assert abs(probe[kind]["top"]) > 0
+    assert probe["matvecs"] == 2 * (2 + 6 + 10)  # determinism, Lanczos, traces
+    assert set(numerics["relative_errors"]) >= {"float32/default", "bfloat16/default"}
 
 
 def test_pack_runs_keeps_finished_runs_small_files_only(tmp_path):

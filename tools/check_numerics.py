@@ -107,7 +107,7 @@ def main() -> None:
     config.model.dtype = config.model.param_dtype = "float32"
     variables = build_model(config.model, spec.num_classes).init(
         jax.random.PRNGKey(0), jnp.zeros((1, size, size, spec.channels)), train=False)
-    params, stats = variables["params"], variables["batch_stats"]
+    params, stats = variables["params"], variables.get("batch_stats", {})
     v = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
     v = jax.tree.map(lambda a: a / otu.tree_norm(v), v)
 

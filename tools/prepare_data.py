@@ -13,7 +13,7 @@ e.g. from Debian's package dataset-fashion-mnist, and writes the TFDS
 $TFDS_DATA_DIR or ~/tensorflow_datasets.
 
 `synthetic_imagenet` writes a TFDS `imagenet2012` of procedural JPEGs with
-ImageNet's sizes (short side 400-500 px, ~110 KB each; docs/scale.md): the
+ImageNet's sizes (short side 400-500 px, ~110 KB each; docs/imagenet.md): the
 real ImageNet pipeline and configs run on it offline. It needs an explicit
 --data_dir, so that it never sits where a real ImageNet is looked for.
 """
