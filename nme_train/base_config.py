@@ -24,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_threads = 2  # host threads reading and augmenting batches
     c.data.prefetch = 4  # batches read ahead by those threads
     c.data.num_workers = 0  # worker processes for decoding (use > 0 for ImageNet)
-    c.data.decoder = "auto"  # JPEG datasets: auto | pil | simplejpeg (same pixels; docs/imagenet.md)
+    c.data.decoder = "auto"  # JPEGs: auto | pil | simplejpeg (same pixels; docs/imagenet.md)
 
     # -- model -----------------------------------------------------------
     c.model = ml_collections.ConfigDict()
