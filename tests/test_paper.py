@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, assert_plot, run_command
 
+from configs.paper import common
 from nme_train.experiments import apply_overrides, product, seeds
 from nme_train.train.dry_run import dry_run
 from nme_train.train.rundir import DIVERGED_FILE, FINAL_FILE
@@ -80,6 +81,27 @@ def test_grid_sizes_and_the_hyperparameter_conventions():
             assert ma.get_config(f"study/{name}") == mb.get_config(f"study/{name}")
     e9 = module("e9").get_config("cifar10/beta=64,method=none,rho=0,seed=1")
     assert (e9.model.activation, e9.model.beta, e9.regularizers) == ("beta_gelu", 64.0, ())
+
+
+def test_pilot_regimes_validate_and_pair_their_seeds():
+    m = module("regime")
+    points = sweep.expand(m, "pilot")
+    # 2 regimes x (none + 5 SAM radii) x 5 seeds
+    assert len(points) == 2 * 6 * 5 and len({p.name for p in points}) == len(points)
+    steps = {}
+    for point in points:
+        config = m.get_config(f"pilot/{point.name}")
+        validate(config, 8)
+        assert config.model.batch_norm and config.data.augment == "pad_crop_flip"
+        assert config.optimizer.warmup_epochs >= 2
+        tags = point.tag_dict
+        steps[tags["regime"]] = common.epoch_steps(config) * config.num_epochs
+        # a seed's runs differ only in the regularizer: same init, data order, augmentation
+        plain = m.get_config(f"pilot/regime={tags['regime']},method=none,rho=0,"
+                             f"seed={tags['seed']}")
+        config.regularizers = ()
+        assert config == plain
+    assert steps == {"a4k": 930, "a12k": 930}
 
 
 def test_bad_config_strings_name_the_fix():
