@@ -86,14 +86,14 @@ def test_grid_sizes_and_the_hyperparameter_conventions():
 def test_pilot_regimes_validate_and_pair_their_seeds():
     m = module("regime")
     points = sweep.expand(m, "pilot")
-    # 2 regimes x (none + 5 SAM radii) x 5 seeds
-    assert len(points) == 2 * 6 * 5 and len({p.name for p in points}) == len(points)
+    # (none + 5 SAM radii) x (2 seeds of the rejected a4k + 5 of n4k and f4k)
+    assert len(points) == 6 * (2 + 5 + 5) and len({p.name for p in points}) == len(points)
     steps = {}
     for point in points:
         config = m.get_config(f"pilot/{point.name}")
         validate(config, 8)
-        assert config.model.batch_norm and config.data.augment == "pad_crop_flip"
-        assert config.optimizer.warmup_epochs >= 2
+        assert config.model.batch_norm and config.data.train_split == "train[:4000]"
+        assert config.optimizer.warmup_epochs == 5
         tags = point.tag_dict
         steps[tags["regime"]] = common.epoch_steps(config) * config.num_epochs
         # a seed's runs differ only in the regularizer: same init, data order, augmentation
@@ -101,7 +101,7 @@ def test_pilot_regimes_validate_and_pair_their_seeds():
                              f"seed={tags['seed']}")
         config.regularizers = ()
         assert config == plain
-    assert steps == {"a4k": 930, "a12k": 930}
+    assert steps == {"a4k": 930, "n4k": 930, "f4k": 930}
 
 
 def test_bad_config_strings_name_the_fix():
