@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import optax
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -39,6 +39,23 @@ def _decay_mask(which: str):
     return lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+# The optimizers by name: (config.optimizer, schedule, decay mask) -> the transformation
+# after weight decay and clipping. A new optimizer is one entry here.
+OPTIMIZERS: dict[str, Callable[[Any, optax.Schedule], optax.GradientTransformation]] = {
+    "sgd": lambda o, lr: optax.sgd(lr),
+    "momentum": lambda o, lr: optax.sgd(lr, momentum=o.momentum),
+    "nesterov": lambda o, lr: optax.sgd(lr, momentum=o.momentum, nesterov=True),
+    "adam": lambda o, lr: optax.adam(lr),
+}
+DECOUPLED_DECAY = {  # optimizers that take the weight decay themselves (decoupled)
+    "adamw": lambda o, lr, mask: optax.adamw(lr, weight_decay=o.weight_decay, mask=mask),
+}
+
+
+def optimizer_names() -> list[str]:
+    return sorted(OPTIMIZERS) + sorted(DECOUPLED_DECAY)
+
+
 def make_optimizer(o: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
     """The optax transformation of `config.optimizer`.
 
@@ -51,15 +68,12 @@ def make_optimizer(o: Any, schedule: optax.Schedule) -> optax.GradientTransforma
     parts = []
     if o.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
-    if o.name == "adamw":
-        parts.append(optax.adamw(schedule, weight_decay=o.weight_decay, mask=mask))
+    if o.name in DECOUPLED_DECAY:
+        parts.append(DECOUPLED_DECAY[o.name](o, schedule, mask))
         return optax.chain(*parts)
+    if o.name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {o.name!r}; choose one of {optimizer_names()}")
     if o.weight_decay > 0:
         parts.append(optax.add_decayed_weights(o.weight_decay, mask=mask))
-    if o.name == "adam":
-        parts.append(optax.adam(schedule))
-    elif o.name == "sgd":
-        parts.append(optax.sgd(schedule))
-    else:
-        parts.append(optax.sgd(schedule, momentum=o.momentum, nesterov=o.name == "nesterov"))
+    parts.append(OPTIMIZERS[o.name](o, schedule))
     return optax.chain(*parts)

@@ -10,17 +10,15 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from nme_train.curvature.operators import KINDS
+from nme_train.curvature.operators import OPERATORS
 from nme_train.curvature.probes import BASIS_MEMORY, PRECISIONS
 from nme_train.data.augment import AUGMENTATIONS
 from nme_train.data.datasets import DATASETS
 from nme_train.data.decode import DECODERS, have_simplejpeg
-from nme_train.models import DTYPES, MODEL_NAMES, STAGE_SIZES, activation_names
+from nme_train.models import DTYPES, MODELS, activation_names
 from nme_train.models.activations import activation_params
-from nme_train.models.cnn import POOLS
 from nme_train.models.layers import BATCH_NORM_MODES
-from nme_train.models.resnet import STEMS
-from nme_train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_ON
+from nme_train.optim import SCHEDULES, WEIGHT_DECAY_ON, optimizer_names
 from nme_train.regularizers import REGISTRY as REGULARIZERS
 from nme_train.sharding import AXES, mesh_shape
 
@@ -48,29 +46,14 @@ def _positive(problems: list[str], field: str, value: Any, allow_zero: bool = Fa
 
 
 def _check_model(problems: list[str], m: Any) -> None:
-    _choice(problems, "config.model.name", m.name, MODEL_NAMES)
+    _choice(problems, "config.model.name", m.name, MODELS)
     _choice(problems, "config.model.activation", m.activation, activation_names())
     _choice(problems, "config.model.dtype", m.dtype, DTYPES)
     _choice(problems, "config.model.param_dtype", m.param_dtype, DTYPES)
     if m.activation in activation_names() and "beta" in activation_params(m.activation):
         _positive(problems, "config.model.beta", m.get("beta"))
-    if m.name == "resnet":
-        if m.depth not in STAGE_SIZES:
-            problems.append(f"config.model.depth={m.depth!r} is not a ResNet depth; "
-                            f"use one of {sorted(STAGE_SIZES)}")
-        _choice(problems, "config.model.stem", m.stem, STEMS)
-        _positive(problems, "config.model.width", m.width)
-    if m.name == "wide_resnet":
-        if not isinstance(m.depth, int) or m.depth < 10 or (m.depth - 4) % 6:
-            problems.append(f"config.model.depth={m.depth!r}: a WideResNet needs depth = 6n+4 "
-                            "(e.g. 16, 22, 28, 40)")
-        _positive(problems, "config.model.width", m.width)
-    if m.name == "cnn":
-        _choice(problems, "config.model.pool", m.pool, POOLS)
-        if not m.features:
-            problems.append("config.model.features is empty; give the conv widths, e.g. (32, 64)")
-    if m.name == "mlp" and not m.hidden:
-        problems.append("config.model.hidden is empty; give the layer widths, e.g. (512, 512)")
+    if m.name in MODELS:
+        problems.extend(MODELS[m.name].check(m))
 
 
 def _check_length(problems: list[str], config: Any) -> None:
@@ -92,7 +75,7 @@ def _check_length(problems: list[str], config: Any) -> None:
 
 
 def _check_optimizer(problems: list[str], o: Any) -> None:
-    _choice(problems, "config.optimizer.name", o.name, OPTIMIZERS)
+    _choice(problems, "config.optimizer.name", o.name, optimizer_names())
     _choice(problems, "config.optimizer.schedule", o.schedule, SCHEDULES)
     _choice(problems, "config.optimizer.weight_decay_on", o.weight_decay_on, WEIGHT_DECAY_ON)
     _positive(problems, "config.optimizer.learning_rate", o.learning_rate)
@@ -160,10 +143,10 @@ def _check_regularizers(problems: list[str], config: Any, num_devices: int) -> N
 def _check_probes(problems: list[str], config: Any, num_devices: int,
                   process_count: int) -> None:
     p = config.probes
-    unknown = [k for k in p.kinds if k not in KINDS]
+    unknown = [k for k in p.kinds if k not in OPERATORS]
     if unknown or len(set(p.kinds)) != len(p.kinds):
         problems.append(f"config.probes.kinds={tuple(p.kinds)!r}: give distinct names from "
-                        f"{KINDS}, or () for the gradient and sparsity probes only")
+                        f"{tuple(OPERATORS)}, or () for the gradient and sparsity probes only")
     for field in ("every_steps", "lanczos_steps", "top_k", "bottom_k", "trace_probes",
                   "density_runs", "batch_size"):
         value = p[field]

@@ -341,3 +341,62 @@ def test_stepwise_lanczos_equals_the_jitted_loop():
     np.testing.assert_allclose(ravel_pytree(cv.apply(linear, v))[0],
                                ravel_pytree(curv.operator("nme", params, batches)(v))[0],
                                rtol=1e-12)
+
+
+def dense_empirical_fisher(curv, params, batches):
+    """(1/n) sum_i g_i g_i^T per batch, weighted n_b / N, with g_i the gradient of example
+    i's own loss (a batch of one), from jax.jacrev of the per-example losses."""
+    flat, unravel = ravel_pytree(params)
+    total = sum(b["targets"].shape[0] for b in batches)
+    F = 0.0
+    for b in batches:
+        n = b["targets"].shape[0]
+
+        def losses(f, b=b, n=n):
+            z = curv.apply_fn(unravel(f), b["inputs"])
+            return jnp.stack([curv.loss(z[i:i + 1], b["targets"][i:i + 1]) for i in range(n)])
+
+        g = jax.jacrev(losses)(flat)  # [n, P]
+        F = F + (n / total) * g.T @ g / n
+    return np.asarray(F)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cnn_gelu_ce", "mlp_gelu_mse", "mlp_relu_ce"])
+def test_empirical_fisher_and_every_figure_on_it_match_the_dense_matrix(name):
+    """The fourth operator kind against a dense float64 reference: its products, and each
+    figure of the probe (Lanczos ends, Hutchinson forms, alignment, density) on it."""
+    from nme_train.curvature.probes import ProbeSettings, ProbeSuite
+
+    curv, params, batches = make_case(name)
+    F = dense_empirical_fisher(curv, params, batches)
+    flat, unravel = ravel_pytree(params)
+    v = jnp.asarray(np.random.default_rng(1).normal(size=flat.shape))
+    for linearize in (True, False):
+        mv = jax.jit(lambda p, vv, lin=linearize: curv.operator(
+            "fisher", p, batches, linearize=lin)(vv))(params, unravel(v))
+        np.testing.assert_allclose(ravel_pytree(mv)[0], F @ v, rtol=1e-10, atol=1e-12)
+    settings = ProbeSettings(kinds=("fisher",), lanczos_steps=flat.size, top_k=3, bottom_k=1,
+                             trace_probes=4, density_runs=2, density_steps=12)
+    record = ProbeSuite(curv, settings).run(params, batches, step=0)
+    eigenvalues = np.linalg.eigvalsh(F)
+    np.testing.assert_allclose(record["fisher/top_eigenvalues"], eigenvalues[::-1][:3],
+                               rtol=1e-8)
+    assert abs(record["fisher/bottom_eigenvalues"][0]) < 1e-8 * eigenvalues[-1]  # rank <= n
+    key = jax.random.PRNGKey(settings.seed)
+    probes = [ravel_pytree(cv.rademacher_like(jax.random.fold_in(jax.random.fold_in(key, 1000),
+                                                                  j), params))[0]
+              for j in range(4)]
+    dense_trace = np.mean([p @ F @ p for p in probes])
+    np.testing.assert_allclose(record["fisher/trace"], dense_trace, rtol=1e-9)
+    grad = ravel_pytree(curv.gradient(params, batches))[0]
+    np.testing.assert_allclose(record["fisher/alignment"], grad @ F @ grad / (grad @ grad),
+                               rtol=1e-9)
+    grid, density = (np.asarray(record["fisher/density"][k]) for k in ("grid", "density"))
+    np.testing.assert_allclose(np.trapezoid(density, grid), 1.0, atol=1e-2)
+    # SLQ's first moment is each start vector's Rayleigh quotient, averaged
+    starts = [ravel_pytree(cv.rademacher_like(jax.random.fold_in(key, 2000 + r), params))[0]
+              for r in range(2)]
+    rayleigh = np.mean([s @ F @ s / (s @ s) for s in starts])
+    np.testing.assert_allclose(np.trapezoid(grid * density, grid), rayleigh, rtol=2e-2)
+    assert record["matvecs"] == settings.matvecs_per_kind()

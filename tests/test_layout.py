@@ -57,3 +57,35 @@ def test_no_helper_is_defined_twice():
                     twice.append(f"{node.name}: {seen[node.name]} and {where}")
                 seen.setdefault(node.name, where)
     assert not twice, "\n".join(twice)
+
+
+def string_literals(path: pathlib.Path) -> set[str]:
+    return {node.value for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
+def test_components_are_found_through_their_registries():
+    """The validator asks the model registry, not the architecture modules; the trainer's
+    probe output, TensorBoard, the summaries and the plots name no operator kind by hand
+    (they iterate over OPERATORS and FIGURES), so a new kind or figure reaches them all."""
+    from nme_train.curvature.figures import FIGURES
+    from nme_train.curvature.operators import OPERATORS
+    from nme_train.models import MODELS
+
+    tree = ast.parse((PACKAGE / "validation.py").read_text())
+    modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    architectures = {f"nme_train.models.{name}" for name in MODELS}
+    assert not modules & architectures, sorted(modules & architectures)
+    assert {"hessian", "gauss_newton", "nme", "fisher"} <= set(OPERATORS)
+    assert [f.name for f in FIGURES][:5] == ["gradient", "lanczos", "trace", "alignment",
+                                             "density"]
+    readers = [PACKAGE / "train" / n for n in ("probing.py", "metrics.py", "loop.py")] + [
+        pathlib.Path(ROOT) / "tools" / n for n in ("plot_curvature.py", "summarize.py",
+                                                    "probe.py")]
+    named = {str(p.relative_to(ROOT)): sorted(string_literals(p) & set(OPERATORS))
+             for p in readers}
+    assert not any(named.values()), named
+    # each model module registers itself and its checks, and the package imports it
+    for name, entry in MODELS.items():
+        assert (PACKAGE / "models" / f"{name}.py").exists(), name
+        assert entry.check.__module__ == f"nme_train.models.{name}", name

@@ -4,10 +4,11 @@
     python tools/plot_curvature.py DIR --out figs
 
 Writes into DIR (or --out):
-  curvature_spectra.png   top eigenvalue of H, G and NME and the bottom one of
-                          the NME over training, with the Ritz error bounds
-  curvature_traces.png    tr H, tr G, tr NME over training (+- 2 standard errors)
-  curvature_layers.png    tr H, tr G, tr NME of each layer's diagonal block over
+  curvature_spectra.png   top eigenvalue of each probed operator (H, G, NME, F)
+                          and the bottom one of the indefinite ones (H, NME)
+                          over training, with the Ritz error bounds
+  curvature_traces.png    the traces over training (+- 2 standard errors)
+  curvature_layers.png    the trace of each layer's diagonal block over
                           training (`<kind>/trace_by_layer`, summed over the
                           layer's parameters): where the curvature lives
   curvature_density.png   the spectral densities (SLQ) of the last probe that has them
@@ -26,7 +27,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-KINDS = (("hessian", "H", "C0"), ("gauss_newton", "G", "C1"), ("nme", "NME", "C2"))
+from nme_train.curvature.operators import OPERATORS
+
+
+def kinds_of(records) -> list[tuple[str, str, str]]:
+    """(kind, label, colour) of each operator kind the records hold, in registry order."""
+    held = {key.split("/", 1)[0] for r in records for key in r if "/" in key}
+    return [(kind, op.label, f"C{i}") for i, (kind, op) in enumerate(OPERATORS.items())
+            if kind in held]
 
 
 def read_records(workdir: str) -> list[dict]:
@@ -46,9 +54,9 @@ def _series(records, key, index=0):
 def plot_spectra(records, path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
-    for kind, label, color in KINDS:
+    for kind, label, color in kinds_of(records):
         for end, style in (("top", "-"), ("bottom", "--")):
-            if end == "bottom" and kind != "nme":
+            if end == "bottom" and OPERATORS[kind].psd:
                 continue
             steps, values = _series(records, f"{kind}/{end}_eigenvalues")
             if not steps:
@@ -61,13 +69,13 @@ def plot_spectra(records, path) -> bool:
                                 [v + b for v, b in zip(values, bounds)], color=color, alpha=0.2)
             drawn = True
     return _save_over_steps(fig, ax, drawn, path, "eigenvalue",
-                            "Extreme eigenvalues of H = G + NME (Lanczos)")
+                            "Extreme eigenvalues (Lanczos; H = G + NME)")
 
 
 def plot_traces(records, path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
-    for kind, label, color in KINDS:
+    for kind, label, color in kinds_of(records):
         steps, values = _series(records, f"{kind}/trace")
         if not steps:
             continue
@@ -81,7 +89,8 @@ def plot_traces(records, path) -> bool:
 
 def plot_layers(records, path) -> bool:
     """One panel per kind: the trace of each layer's diagonal block over training."""
-    kinds = [k for k in KINDS if any(f"{k[0]}/trace_by_layer" in r for r in records)]
+    kinds = [k for k in kinds_of(records)
+             if any(f"{k[0]}/trace_by_layer" in r for r in records)]
     if not kinds:
         return False
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.5), squeeze=False)
@@ -122,12 +131,13 @@ def _save_over_steps(fig, ax, drawn: bool, path: str, ylabel: str, title: str) -
 
 
 def plot_density(records, path) -> bool:
+    kinds = kinds_of(records)
     last = next((r for r in reversed(records)
-                 if any(f"{k}/density" in r for k, _, _ in KINDS)), None)
+                 if any(f"{k}/density" in r for k, _, _ in kinds)), None)
     if last is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for kind, label, color in KINDS:
+    for kind, label, color in kinds:
         d = last.get(f"{kind}/density")
         if d:
             ax.plot(d["grid"], d["density"], color=color, label=label)

@@ -56,6 +56,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 
+from nme_train.curvature.operators import kind_label
 from nme_train.experiments import format_value
 from nme_train.train.probing import read_probes
 from nme_train.train.rundir import read_diverged, read_final
@@ -287,8 +288,7 @@ def layer_table(exp: Experiment, rows: list[dict]) -> list[str]:
     if not any(f"{k}_layers" in r for r in rows for k in kinds):
         return []
     group_tags = [t for t in exp.tag_names if any(t in r for r in rows)]
-    short = {"hessian": "H", "gauss_newton": "G", "nme": "NME"}
-    header = group_tags + ["layer"] + [f"Tr {short.get(k, k)} {end}" for k in kinds
+    header = group_tags + ["layer"] + [f"Tr {kind_label(k)} {end}" for k in kinds
                                        for end in ("first", "last")]
     lines = ["", "**Per-layer traces** (Hutchinson, tr of each layer's diagonal block summed "
              "over its parameters; mean ± std over seeds, at the first and the last probe)", "",

@@ -1,4 +1,4 @@
-"""Curvature of the loss: H, its Gauss-Newton part G and the NME, matrix-free.
+"""Curvature of the loss: H, its Gauss-Newton part G, the NME and the Fisher, matrix-free.
 
     curv = Curvature(apply_fn, softmax_cross_entropy())
     matvec = curv.operator("nme", params, batches)        # v -> NME v (inside jit)
@@ -8,9 +8,10 @@
     linear = jax.jit(curv.linear_operator, static_argnums=0)("nme", params, batches)
     lanczos_iterate(linear, v0, 20).top(5)                # stepwise: fastest on CPU
 
-See operators.py (the products), lanczos.py, estimators.py (Hutchinson
-traces with shared probes, stochastic Lanczos quadrature) and probes.py
-(the probe suite the trainer and tools/probe.py run).
+See operators.py (the products; OPERATORS, register_operator), lanczos.py,
+estimators.py (Hutchinson traces with shared probes, stochastic Lanczos
+quadrature), figures.py (what a probe computes; FIGURES, register_figure)
+and probes.py (the probe suite the trainer and tools/probe.py run).
 """
 
 from nme_train.curvature.estimators import (
@@ -22,6 +23,7 @@ from nme_train.curvature.estimators import (
     slq_nodes_and_weights,
     spectral_density,
 )
+from nme_train.curvature.figures import FIGURES, Figure, ProbeContext, register_figure
 from nme_train.curvature.lanczos import LanczosResult, lanczos, lanczos_host, lanczos_iterate
 from nme_train.curvature.losses import (
     OutputLoss,
@@ -31,10 +33,14 @@ from nme_train.curvature.losses import (
 )
 from nme_train.curvature.operators import (
     KINDS,
+    OPERATORS,
     Curvature,
+    OperatorKind,
     apply,
     batch_weights,
     check_deterministic,
+    kind_label,
+    register_operator,
 )
 from nme_train.curvature.products import (
     gvp,
@@ -44,10 +50,11 @@ from nme_train.curvature.products import (
 )
 
 __all__ = [
-    "KINDS", "Curvature", "LanczosResult", "OutputLoss", "as_output_loss", "batch_weights",
-    "check_deterministic", "gvp", "hutchinson_quadratic_forms", "hvp", "lanczos",
-    "leaf_paths", "leafwise_dots",
-    "lanczos_host", "lanczos_iterate", "apply", "mean_and_standard_error",
-    "mean_squared_error", "nme_vp", "output_hvp",
-    "rademacher_like", "slq_nodes_and_weights", "softmax_cross_entropy", "spectral_density",
+    "Curvature", "FIGURES", "Figure", "KINDS", "LanczosResult", "OPERATORS", "OperatorKind",
+    "OutputLoss", "ProbeContext", "apply", "as_output_loss", "batch_weights",
+    "check_deterministic", "gvp", "hutchinson_quadratic_forms", "hvp", "kind_label", "lanczos",
+    "lanczos_host", "lanczos_iterate", "leaf_paths", "leafwise_dots",
+    "mean_and_standard_error", "mean_squared_error", "nme_vp", "output_hvp", "rademacher_like",
+    "register_figure", "register_operator", "slq_nodes_and_weights", "softmax_cross_entropy",
+    "spectral_density",
 ]

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax.tree_utils as otu
 
-from nme_train.curvature.lanczos import LanczosResult
+from nme_train.curvature.lanczos import LanczosResult, as_partial
 
 Params = Any
 
@@ -65,12 +65,15 @@ def hutchinson_quadratic_forms(linear: Any, params: Params, key: jax.Array,
                                num_probes: int) -> np.ndarray:
     """[num_probes, leaves] float64: v_l^T (M v)_l for probe v = rademacher(fold_in(key, j)).
 
-    `linear` is the operator M as a pytree (`Curvature.linear_operator`).
-    A row's sum is v^T M v, whose mean over rows is tr M; a column's mean is
-    the trace of that leaf's diagonal block (leaf_paths order). One compiled
-    program per operator shape, one matvec per probe, driven from Python (a
-    while-loop over ResNet matvecs runs far slower on CPU).
+    `linear` is the operator M: a plain matvec function v -> M v, or a
+    `jax.tree_util.Partial` (`Curvature.linear_operator`, whose compiled
+    program is shared by every operator of the same shapes). A row's sum is
+    v^T M v, whose mean over rows is tr M; a column's mean is the trace of
+    that leaf's diagonal block (leaf_paths order). One matvec per probe,
+    driven from Python (a while-loop over ResNet matvecs runs far slower on
+    CPU).
     """
+    linear = as_partial(linear, "hutchinson_quadratic_forms")
     rows = [np.asarray(_probe_form(linear, jax.random.fold_in(key, j), params), np.float64)
             for j in range(num_probes)]
     return np.stack(rows) if rows else np.zeros((0, len(jax.tree.leaves(params))))

@@ -184,13 +184,26 @@ def _jit_step(linear, i, basis, alphas, betas):
     return _step(linear, i, basis, alphas, betas)
 
 
+def as_partial(linear: Any, caller: str) -> jax.tree_util.Partial:
+    """An operator as a pytree that jitted drivers take: a `jax.tree_util.Partial` as it
+    is, a plain function v -> M v wrapped (compiled once per function object)."""
+    if isinstance(linear, jax.tree_util.Partial):
+        return linear
+    if callable(linear):
+        return jax.tree_util.Partial(linear)
+    raise TypeError(f"{caller}: the operator must be a function v -> M v or a "
+                    f"jax.tree_util.Partial, not {type(linear).__name__}")
+
+
 def lanczos_iterate(linear: Any, v0: Params, num_steps: int, shardings: Any = None,
                     keep_basis: bool = False) -> LanczosResult:
-    """Lanczos driven step by step; `linear` is a jax.tree_util.Partial (a pytree) operator.
+    """Lanczos driven step by step; `linear` is a jax.tree_util.Partial (a pytree) operator
+    or a plain function v -> M v.
 
     One compiled step serves every iteration (and every run with the same
     shapes); the basis is updated in place.
     """
+    linear = as_partial(linear, "lanczos_iterate")
     basis, alphas, betas = _jit_start(v0, num_steps, _hashable(shardings))
     for i in range(num_steps):
         basis, alphas, betas = _jit_step(linear, jnp.asarray(i, jnp.int32), basis, alphas,

@@ -1,4 +1,4 @@
-"""Curvature operators H, G and NME of a loss averaged over probe batches.
+"""Curvature operators of a loss averaged over probe batches: H, G, the NME, the Fisher.
 
 A `Curvature` describes the loss
 
@@ -6,24 +6,33 @@ A `Curvature` describes the loss
 
 over a list of probe batches of n_b examples each (N = sum n_b; `loss` is a
 mean over its batch, so batches of unequal size are weighted by their
-size). `operator(kind, params, batches)` returns the matvec v -> M v for M
-in {"hessian", "gauss_newton", "nme"}:
+size). `operator(kind, params, batches)` returns the matvec v -> M v for a
+kind registered in `OPERATORS`:
 
   hessian       jvp of the gradient (forward over reverse);
   gauss_newton  J^T H_z J v: the model's JVP, the closed-form output
                 Hessian, the model's VJP (no second derivative of the model);
   nme           the jvp of theta -> J(theta)^T r with the residual
-                r = dloss/dz held fixed: the NME directly, not H v - G v.
+                r = dloss/dz held fixed: the NME directly, not H v - G v;
+  fisher        the empirical Fisher (1/n) sum_i g_i g_i^T v of the
+                per-example gradients g_i = J_i^T dl_i/dz_i: J v, then each
+                example's output tangent projected on its own residual, then
+                the model's VJP. (The true Fisher of a softmax cross-entropy,
+                labels drawn from the model, is G itself.)
+
+A new kind is one function `build(curvature, params, batch) -> matvec` of
+one batch, registered with `register_operator`; every probe figure then
+works on it.
 
 With `linearize=True` (the default) the work that does not depend on v is
 done once when the operator is built, and each matvec runs only the linear
 passes: the gradient map is linearised (`jax.linearize`) for H and NME; for
-G one `jax.vjp` of the model is kept and its transpose gives J v, so both
-directions share one set of residuals. This holds the residuals of every
-probe batch in memory; `linearize=False` recomputes them in every matvec
-instead. Build the operator inside the jitted function that uses it (a
-Lanczos run, a trace estimate): XLA then keeps the residuals for the whole
-run and nothing is gathered or re-traced per matvec.
+G and the Fisher one `jax.vjp` of the model is kept and its transpose gives
+J v, so both directions share one set of residuals. This holds the
+residuals of every probe batch in memory; `linearize=False` recomputes
+them in every matvec instead. Build the operator inside the jitted
+function that uses it (a Lanczos run, a trace estimate): XLA then keeps the
+residuals for the whole run and nothing is gathered or re-traced per matvec.
 
 `apply_fn(params, inputs)` must be deterministic: the operators are only
 symmetric if every call sees the same function (no dropout, or a fixed
@@ -44,10 +53,35 @@ import optax.tree_utils as otu
 
 from nme_train.curvature.losses import OutputLoss, as_output_loss
 
-KINDS = ("hessian", "gauss_newton", "nme")
 Params = Any
 Batch = dict  # {"inputs": ..., "targets": ...}
 Matvec = Callable[[Params], Params]
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorKind:
+    """A curvature operator the probes can run: its name, its short label, how to build it."""
+
+    name: str
+    label: str  # short, for console lines, plots and TensorBoard layouts: "H", "G", ...
+    build: Callable[[Curvature, Params, Batch], Matvec]  # the linear map of one batch
+    psd: bool  # positive semi-definite (its bottom eigenvalues are of little interest)
+
+
+OPERATORS: dict[str, OperatorKind] = {}
+
+
+def register_operator(name: str, label: str, psd: bool = False):
+    """Decorator: registers `build(curvature, params, batch) -> matvec` as operator `name`."""
+    def register(build):
+        OPERATORS[name] = OperatorKind(name, label, build, psd)
+        return build
+    return register
+
+
+def kind_label(kind: str) -> str:
+    """The short label of operator `kind` ("H" for hessian), or the name itself."""
+    return OPERATORS[kind].label if kind in OPERATORS else kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +109,11 @@ class Curvature:
     def operator(self, kind: str, params: Params, batches: Sequence[Batch],
                  linearize: bool = True) -> Matvec:
         """The matvec v -> M v of M = `kind` at `params` over `batches`."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown curvature kind {kind!r}; choose one of {KINDS}")
+        if kind not in OPERATORS:
+            raise ValueError(f"unknown curvature kind {kind!r}; choose one of "
+                             f"{sorted(OPERATORS)}")
         weights = batch_weights(batches)
-        build = {"hessian": self._hessian, "gauss_newton": self._gauss_newton,
-                 "nme": self._nme}[kind]
+        build = functools.partial(OPERATORS[kind].build, self)
         if linearize:
             parts = [build(params, b) for b in batches]
             return lambda v: functools.reduce(otu.tree_add, [
@@ -98,28 +132,59 @@ class Curvature:
         matvec = self.operator(kind, params, batches, linearize=True)
         return jax.linearize(matvec, jax.tree.map(jnp.zeros_like, params))[1]
 
-    # each builder returns the linear map of one batch, its v-independent work done
-    def _hessian(self, params: Params, batch: Batch) -> Matvec:
-        return jax.linearize(jax.grad(lambda p: self.batch_loss(p, batch)), params)[1]
 
-    def _gauss_newton(self, params: Params, batch: Batch) -> Matvec:
-        loss = self.output_loss
-        z, pullback = jax.vjp(lambda p: self.apply_fn(p, batch["inputs"]), params)
-        push = jax.linear_transpose(pullback, z)  # J v from the same residuals
+# The registered kinds. Each builder returns the linear map of one batch, its
+# v-independent work done. KINDS: the decomposition H = G + NME, the default probe.
 
-        def matvec(v):
-            (jv,) = push((v,))
-            return pullback(loss.hessian_product(z, batch["targets"], jv))[0]
+@register_operator("hessian", "H")
+def hessian_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matvec:
+    return jax.linearize(jax.grad(lambda p: curv.batch_loss(p, batch)), params)[1]
 
-        return matvec
 
-    def _nme(self, params: Params, batch: Batch) -> Matvec:
-        def model(p):
-            return self.apply_fn(p, batch["inputs"])
+def _output_space_product(curv: Curvature, params: Params, batch: Batch,
+                          product: Callable[[jax.Array, Any, jax.Array], jax.Array]) -> Matvec:
+    """v -> J^T product(z, targets, J v): one VJP of the model, transposed for J v."""
+    z, pullback = jax.vjp(lambda p: curv.apply_fn(p, batch["inputs"]), params)
+    push = jax.linear_transpose(pullback, z)  # J v from the same residuals
 
-        z = model(params)
-        r = jax.lax.stop_gradient(self.output_loss.residual(z, batch["targets"]))
-        return jax.linearize(lambda p: jax.vjp(model, p)[1](r)[0], params)[1]
+    def matvec(v):
+        (jv,) = push((v,))
+        return pullback(product(z, batch["targets"], jv))[0]
+
+    return matvec
+
+
+@register_operator("gauss_newton", "G", psd=True)
+def gauss_newton_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matvec:
+    return _output_space_product(curv, params, batch, curv.output_loss.hessian_product)
+
+
+@register_operator("nme", "NME")
+def nme_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matvec:
+    def model(p):
+        return curv.apply_fn(p, batch["inputs"])
+
+    z = model(params)
+    r = jax.lax.stop_gradient(curv.output_loss.residual(z, batch["targets"]))
+    return jax.linearize(lambda p: jax.vjp(model, p)[1](r)[0], params)[1]
+
+
+@register_operator("fisher", "F", psd=True)
+def empirical_fisher_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matvec:
+    """(1/n) sum_i g_i g_i^T: with r = dL/dz of the batch mean, g_i = n J_i^T r_i, so
+    F v = J^T c with c_i = n r_i (r_i . (J v)_i)."""
+    residual = curv.output_loss.residual
+
+    def product(z, targets, u):
+        r = residual(z, targets)
+        r2 = r.reshape(r.shape[0], -1)
+        along = jnp.sum(r2 * u.reshape(r2.shape), axis=-1)
+        return (r.shape[0] * r2 * along[:, None]).reshape(r.shape)
+
+    return _output_space_product(curv, params, batch, product)
+
+
+KINDS = ("hessian", "gauss_newton", "nme")
 
 
 @jax.jit

@@ -1,9 +1,10 @@
 """The probe suite: what the trainer and tools/probe.py compute at a checkpoint.
 
-`ProbeSuite(curvature, settings, param_shardings)` compiles, once, one
-program per piece (a Lanczos run per operator, the shared-probe traces, the
-gradient alignment, the SLQ runs) and `run(params, batches, step)` returns
-one JSON-able record:
+`ProbeSuite(curvature, settings, param_shardings)` builds each configured
+operator kind in turn (nme_train.curvature.operators.OPERATORS), runs the
+enabled figures on it (nme_train.curvature.figures.FIGURES: one compiled
+program per piece, reused across probes) and `run(params, batches, step)`
+returns one JSON-able record; with the built-in figures:
 
   step, loss, grad_norm, seconds, matvecs,
   <kind>/top_eigenvalues, <kind>/top_error_bounds,
@@ -21,7 +22,7 @@ one JSON-able record:
   <kind>/density = {"grid": [...], "density": [...]},
   basis_mib, basis_memory                (the Lanczos basis, and where it lives),
 
-for kind in hessian, gauss_newton, nme. Error bounds are the Ritz
+for each kind of `probes.kinds` (hessian, gauss_newton, nme, fisher). Error bounds are the Ritz
 residuals |beta_m y_m|. Every process runs the same programs on the
 globally sharded parameters and batches; the caller writes the record from
 process 0 only.
@@ -35,6 +36,7 @@ Lanczos resolves.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -42,18 +44,17 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax.tree_utils as otu
 
-from nme_train.curvature.estimators import (
-    hutchinson_quadratic_forms,
-    leaf_paths,
-    mean_and_standard_error,
-    rademacher_like,
-    slq_nodes_and_weights,
-    spectral_density,
-)
+from nme_train.curvature.estimators import rademacher_like
+from nme_train.curvature.figures import ProbeContext, enabled_figures
 from nme_train.curvature.lanczos import LanczosResult, lanczos_host, lanczos_iterate
-from nme_train.curvature.operators import KINDS, Curvature, apply, check_deterministic
+from nme_train.curvature.operators import (
+    KINDS,
+    OPERATORS,
+    Curvature,
+    apply,
+    check_deterministic,
+)
 
 BASIS_MEMORY = ("auto", "device", "host")
 PRECISIONS = ("default", "high", "highest")  # jax.default_matmul_precision
@@ -97,8 +98,8 @@ class ProbeSettings:
 
     def matvecs_per_kind(self) -> int:
         """Operator-vector products one probe makes for each kind of operator."""
-        return (2 * self.check_determinism + self.lanczos_steps + self.trace_probes
-                + self.alignment + self.density_runs * self.density_steps)
+        return 2 * self.check_determinism + sum(
+            f.matvecs(self) for f in enabled_figures(self, "operator"))
 
 
 def basis_bytes(params: Any, steps: int) -> int:
@@ -136,18 +137,18 @@ class ProbeSuite:
         started = time.perf_counter()
         where, mib = s.basis_placement(params)
         record: dict[str, Any] = {"step": int(step), "basis_mib": mib, "basis_memory": where}
+        density_where = s.basis_placement(params, s.density_steps)[0]
         if s.density_runs > 0:
-            density_where, _ = s.basis_placement(params, s.density_steps)
             record["density_basis_memory"] = density_where
-        matvecs = 0
         key = jax.random.PRNGKey(s.seed)
-        paths = leaf_paths(params)
-        forms = np.zeros((s.trace_probes, len(s.kinds), len(paths)))  # per probe, kind, leaf
+        gradient = functools.cache(lambda: self._gradient(params, batches))
+        ctx = ProbeContext(
+            settings=s, params=params, key=key, kinds=s.kinds, record=record,
+            lanczos=self._lanczos, random_vector=lambda k: self._start(k, params),
+            gradient=gradient, basis_memory=where, density_basis_memory=density_where)
+        matvecs = 0
         with jax.default_matmul_precision(s.precision):
-            if s.alignment:
-                loss, grad = self._gradient(params, batches)
-                grad_sq = float(otu.tree_vdot(grad, grad))
-                record.update({"loss": float(loss), "grad_norm": grad_sq ** 0.5})
+            matvecs += self._run_stage(ctx, "before")
             for i, kind in enumerate(s.kinds):
                 linear = self._build(kind, params, batches)
                 if s.check_determinism:  # a second build of the operator must agree
@@ -156,53 +157,22 @@ class ProbeSuite:
                                         self._start(jax.random.fold_in(key, 99), params),
                                         f"the {kind} operator")
                     matvecs += 2
-                if s.lanczos_steps > 0:
-                    v0 = self._start(jax.random.fold_in(key, i), params)
-                    result = self._lanczos(linear, v0, s.lanczos_steps, where)
-                    matvecs += s.lanczos_steps
-                    top, top_err = result.top(s.top_k)
-                    bottom, bottom_err = result.bottom(s.bottom_k)
-                    record.update({f"{kind}/top_eigenvalues": top.tolist(),
-                                   f"{kind}/top_error_bounds": top_err.tolist(),
-                                   f"{kind}/bottom_eigenvalues": bottom.tolist(),
-                                   f"{kind}/bottom_error_bounds": bottom_err.tolist(),
-                                   f"{kind}/lanczos_steps": result.steps,
-                                   f"{kind}/lanczos": {  # T's coefficients: any prefix
-                                       "alphas": result.alphas[:result.steps].tolist(),
-                                       "betas": result.betas[:result.steps].tolist()}})
-                # one key for every kind: the same probe vectors for H, G and the NME
-                forms[:, i] = hutchinson_quadratic_forms(linear, params,
-                                                         jax.random.fold_in(key, 1000),
-                                                         s.trace_probes)
-                matvecs += s.trace_probes
-                if s.trace_probes:
-                    record[f"{kind}/trace"], record[f"{kind}/trace_se"] = \
-                        mean_and_standard_error(forms[:, i].sum(axis=-1))
-                    by_leaf = [mean_and_standard_error(forms[:, i, leaf])
-                               for leaf in range(len(paths))]
-                    record[f"{kind}/trace_by_layer"] = dict(zip(paths, (m for m, _ in by_leaf)))
-                    record[f"{kind}/trace_by_layer_se"] = dict(
-                        zip(paths, (se for _, se in by_leaf)))
-                if s.alignment:
-                    record[f"{kind}/alignment"] = float(otu.tree_vdot(grad, apply(linear, grad))) \
-                        / max(grad_sq, 1e-300)
-                    matvecs += 1
-                if s.density_runs > 0:  # each run's basis where basis_memory puts it
-                    runs = [self._lanczos(linear, self._start(
-                        jax.random.fold_in(key, 2000 + 100 * i + r), params), s.density_steps,
-                        density_where) for r in range(s.density_runs)]
-                    matvecs += s.density_runs * s.density_steps
-                    grid, density = spectral_density(*slq_nodes_and_weights(runs))
-                    record[f"{kind}/density"] = {"grid": grid.tolist(),
-                                                 "density": density.tolist()}
-                del linear
-            if s.trace_probes and set(KINDS) <= set(s.kinds):
-                h, g, n = (forms[:, s.kinds.index(k)].sum(axis=-1) for k in KINDS)
-                record["trace/identity_residual"] = float(
-                    np.max(np.abs(h - g - n)) / max(np.max(np.abs(h)), 1e-30))
+                ctx.kind, ctx.index, ctx.linear = kind, i, linear
+                matvecs += self._run_stage(ctx, "operator")
+                ctx.linear = linear = None  # its residuals are freed before the next kind's
+            matvecs += self._run_stage(ctx, "after")
         record["matvecs"] = matvecs
         record["seconds"] = time.perf_counter() - started
         return record
+
+    def _run_stage(self, ctx: ProbeContext, stage: str) -> int:
+        """Runs the enabled figures of `stage` into ctx.record; returns their matvecs."""
+        prefix = f"{ctx.kind}/" if stage == "operator" else ""
+        matvecs = 0
+        for figure in enabled_figures(self.s, stage):
+            ctx.record.update({prefix + k: v for k, v in figure.compute(ctx).items()})
+            matvecs += figure.matvecs(self.s)
+        return matvecs
 
 
 def scalars(record: dict) -> dict[str, float]:
@@ -225,18 +195,24 @@ def scalars(record: dict) -> dict[str, float]:
             out.update({f"probes/{key}/{i}": float(v) for i, v in enumerate(value)})
         elif isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
             out.update({f"probes/{key}/{k}": float(v) for k, v in value.items()})
-    for kind in KINDS:
+    for kind in record_kinds(record):
         if f"{kind}/trace" in record and f"{kind}/trace_se" in record:
             trace, se = record[f"{kind}/trace"], record[f"{kind}/trace_se"]
             out[f"probes/{kind}/trace_lo"], out[f"probes/{kind}/trace_hi"] = trace - se, trace + se
     return out
 
 
+def record_kinds(record: dict) -> list[str]:
+    """The operator kinds a record holds figures of, in registration order."""
+    heads = {key.split("/", 1)[0] for key in record if "/" in key}
+    return [kind for kind in OPERATORS if kind in heads]
+
+
 def densities(record: dict) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """`probes/<kind>/density` -> (grid, probability mass of each grid cell, the cells' right
     edges) of the record's SLQ densities."""
     out = {}
-    for kind in KINDS:
+    for kind in record_kinds(record):
         if f"{kind}/density" in record:
             grid = np.asarray(record[f"{kind}/density"]["grid"], np.float64)
             density = np.asarray(record[f"{kind}/density"]["density"], np.float64)

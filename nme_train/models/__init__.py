@@ -1,10 +1,11 @@
-"""Models chosen by name from `config.model`.
+"""Models chosen by name from `config.model`, through the registry (models/registry.py).
 
 All models are flax linen modules called as `model.apply(variables, images,
 train=...)` on NHWC images and return float32 logits (float64 for a float64
 model, for reference computations). The activation is picked by name
 (`config.model.activation`), so every architecture accepts every activation,
-including the second-derivative interventions.
+including the second-derivative interventions. A new architecture is one
+module that registers itself (`register_model`) and one import line below.
 """
 
 from __future__ import annotations
@@ -14,36 +15,28 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+# the architectures: importing a module registers it
+from nme_train.models import cnn, mlp, resnet, wide_resnet  # noqa: F401
 from nme_train.models.activations import activation_names, get_activation
 from nme_train.models.cnn import CNN
 from nme_train.models.mlp import MLP
-from nme_train.models.resnet import STAGE_SIZES, ResNet
+from nme_train.models.registry import MODELS, register_model
+from nme_train.models.resnet import ResNet
 from nme_train.models.wide_resnet import WideResNet
 
-MODEL_NAMES = ("mlp", "cnn", "resnet", "wide_resnet")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
           "float64": jnp.float64}
 
-__all__ = ["MODEL_NAMES", "DTYPES", "build_model", "get_activation", "activation_names",
-           "CNN", "MLP", "ResNet", "WideResNet", "STAGE_SIZES"]
+__all__ = ["MODELS", "DTYPES", "build_model", "register_model", "get_activation",
+           "activation_names", "CNN", "MLP", "ResNet", "WideResNet"]
 
 
 def build_model(model_config: Any, num_classes: int) -> nn.Module:
     """Builds the flax module described by `config.model` (already validated)."""
     c = model_config
-    common = dict(
-        num_classes=num_classes,
+    if c.name not in MODELS:
+        raise ValueError(f"unknown model {c.name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[c.name].build(
+        c, num_classes=num_classes,
         activation=get_activation(c.activation, beta=c.get("beta", 1.0)),
-        batch_norm=c.batch_norm,
-        dtype=DTYPES[c.dtype],
-        param_dtype=DTYPES[c.param_dtype],
-    )
-    if c.name == "mlp":
-        return MLP(hidden=tuple(c.hidden), **common)
-    if c.name == "cnn":
-        return CNN(features=tuple(c.features), hidden=tuple(c.hidden), pool=c.pool, **common)
-    if c.name == "resnet":
-        return ResNet(depth=c.depth, width=c.width, stem=c.stem, **common)
-    if c.name == "wide_resnet":
-        return WideResNet(depth=c.depth, width=c.width, **common)
-    raise ValueError(f"unknown model {c.name!r}; choose one of {MODEL_NAMES}")
+        batch_norm=c.batch_norm, dtype=DTYPES[c.dtype], param_dtype=DTYPES[c.param_dtype])

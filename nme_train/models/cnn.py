@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from nme_train.models.activations import Activation
 from nme_train.models.layers import activate, make_norm
+from nme_train.models.registry import register_model
 
 POOLS = ("avg", "max")  # the pooling after each convolution block
 
@@ -47,3 +48,17 @@ class CNN(nn.Module):
             x = activate(self, self.activation, x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # f32, or f64
+
+
+def check_cnn(m: Any) -> list[str]:
+    problems = []
+    if m.pool not in POOLS:
+        problems.append(f"config.model.pool={m.pool!r} is not known; choose one of {list(POOLS)}")
+    if not m.features:
+        problems.append("config.model.features is empty; give the conv widths, e.g. (32, 64)")
+    return problems
+
+
+@register_model("cnn", check=check_cnn)
+def build_cnn(m: Any, **common: Any) -> CNN:
+    return CNN(features=tuple(m.features), hidden=tuple(m.hidden), pool=m.pool, **common)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from nme_train.models.activations import Activation
 from nme_train.models.layers import activate, make_norm
+from nme_train.models.registry import register_model
 
 
 class MLP(nn.Module):
@@ -31,3 +32,14 @@ class MLP(nn.Module):
             x = activate(self, self.activation, norm()(x))
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # f32, or f64
+
+
+def check_mlp(m: Any) -> list[str]:
+    if not m.hidden:
+        return ["config.model.hidden is empty; give the layer widths, e.g. (512, 512)"]
+    return []
+
+
+@register_model("mlp", check=check_mlp)
+def build_mlp(m: Any, **common: Any) -> MLP:
+    return MLP(hidden=tuple(m.hidden), **common)

@@ -9,7 +9,7 @@ residual branch starts at zero scale, so every block starts as the identity.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from nme_train.models.activations import Activation
 from nme_train.models.layers import activate, global_avg_pool, make_norm
+from nme_train.models.registry import positive_number, register_model
 
 STAGE_SIZES = {
     18: (2, 2, 2, 2),
@@ -108,6 +109,17 @@ class ResNet(nn.Module):
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # f32, or f64
 
 
-def resnet_stage_sizes(depth: int) -> Sequence[int]:
-    """Blocks per stage of ResNet-`depth` (raises KeyError for an unknown depth)."""
-    return STAGE_SIZES[depth]
+def check_resnet(m: Any) -> list[str]:
+    problems = []
+    if m.depth not in STAGE_SIZES:
+        problems.append(f"config.model.depth={m.depth!r} is not a ResNet depth; "
+                        f"use one of {sorted(STAGE_SIZES)}")
+    if m.stem not in STEMS:
+        problems.append(f"config.model.stem={m.stem!r} is not known; choose one of "
+                        f"{sorted(STEMS)}")
+    return problems + positive_number("config.model.width", m.width)
+
+
+@register_model("resnet", check=check_resnet)
+def build_resnet(m: Any, **common: Any) -> ResNet:
+    return ResNet(depth=m.depth, width=m.width, stem=m.stem, **common)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from nme_train.models.activations import Activation
 from nme_train.models.layers import activate, global_avg_pool, make_norm
+from nme_train.models.registry import positive_number, register_model
 
 
 class WideBlock(nn.Module):
@@ -64,3 +65,16 @@ class WideResNet(nn.Module):
         x = global_avg_pool(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # f32, or f64
+
+
+def check_wide_resnet(m: Any) -> list[str]:
+    problems = []
+    if not isinstance(m.depth, int) or m.depth < 10 or (m.depth - 4) % 6:
+        problems.append(f"config.model.depth={m.depth!r}: a WideResNet needs depth = 6n+4 "
+                        "(e.g. 16, 22, 28, 40)")
+    return problems + positive_number("config.model.width", m.width)
+
+
+@register_model("wide_resnet", check=check_wide_resnet)
+def build_wide_resnet(m: Any, **common: Any) -> WideResNet:
+    return WideResNet(depth=m.depth, width=m.width, **common)

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from nme_train.curvature.operators import apply
+from nme_train.curvature.operators import apply, kind_label
 from nme_train.curvature.probes import ProbeSettings
 from nme_train.data import DATASETS
 from nme_train.train.checkpoint import abstract_with_shardings
@@ -203,10 +203,9 @@ def print_report(report: dict[str, Any]) -> None:
                      f"{m.get('argument', 0):.0f} MiB, outputs {m.get('output', 0):.0f} MiB, "
                      f"temporaries {m.get('temp', 0):.0f} MiB, peak {m.get('peak', 0):.0f} MiB")
     p = report["probe_step"]
-    short = {"hessian": "H", "gauss_newton": "G", "nme": "NME"}
     lines.append("  probe of batch {}: {} matvecs per operator; {}; total {}".format(
         p["batch_size"], p["matvecs_per_kind"], ", ".join(
-            f"{short[k]}: linearise {flop_text(v['linearise_flops'])} + matvec "
+            f"{kind_label(k)}: linearise {flop_text(v['linearise_flops'])} + matvec "
             f"{flop_text(v['matvec_flops'])}" for k, v in p["kinds"].items()),
         flop_text(p["flops"])))
     m = p["matvec_memory_mib_per_device"]

@@ -99,7 +99,8 @@ class MetricWriter:
         densities as histograms (probability mass over the eigenvalue grid)."""
         if not self.enabled or self._tb is None:
             return
-        from nme_train.curvature.probes import densities, scalars
+        from nme_train.curvature.operators import kind_label
+        from nme_train.curvature.probes import densities, record_kinds, scalars
 
         step = int(record["step"])
         values = scalars(record)
@@ -110,11 +111,9 @@ class MetricWriter:
                 sum=float(mass @ grid), sum_squares=float(mass @ grid**2),
                 bucket_limits=edges.tolist(), bucket_counts=mass.tolist(), global_step=step)
         if not self._probe_layout:
-            margins = {name: ["Margin", [f"probes/{kind}/trace", f"probes/{kind}/trace_lo",
-                                         f"probes/{kind}/trace_hi"]]
-                       for kind, name in (("hessian", "tr H"), ("gauss_newton", "tr G"),
-                                          ("nme", "tr NME"))
-                       if f"probes/{kind}/trace_lo" in values}
+            margins = {f"tr {kind_label(kind)}": ["Margin", [
+                f"probes/{kind}/trace", f"probes/{kind}/trace_lo", f"probes/{kind}/trace_hi"]]
+                for kind in record_kinds(record) if f"probes/{kind}/trace_lo" in values}
             if margins:
                 self._tb.add_custom_scalars({"curvature traces (mean ± SE)": margins})
                 self._probe_layout = True

@@ -25,7 +25,8 @@ from typing import Any
 import jax
 
 from nme_train.curvature import Curvature, softmax_cross_entropy
-from nme_train.curvature.probes import ProbeSettings, ProbeSuite
+from nme_train.curvature.operators import OPERATORS
+from nme_train.curvature.probes import ProbeSettings, ProbeSuite, record_kinds
 from nme_train.data import train_batches
 from nme_train.models import get_activation
 from nme_train.models.sparsity import sparsity_probe
@@ -114,12 +115,14 @@ def write_record(workdir: str, record: dict, filename: str = PROBES_FILE,
 def summary(record: dict) -> str:
     """One console line for a probe record."""
     parts = [f"probe at step {record['step']}"]
-    for kind, short in (("hessian", "H"), ("gauss_newton", "G"), ("nme", "NME")):
+    for kind in record_kinds(record):
+        short = OPERATORS[kind].label
         top = record.get(f"{kind}/top_eigenvalues")
         if top:
             text = f"{short} top {top[0]:.4g}"
-            if kind == "nme" and record.get("nme/bottom_eigenvalues"):
-                text += f" bottom {record['nme/bottom_eigenvalues'][0]:.4g}"
+            bottom = record.get(f"{kind}/bottom_eigenvalues")
+            if bottom and not OPERATORS[kind].psd:  # an indefinite operator's negative end
+                text += f" bottom {bottom[0]:.4g}"
             parts.append(text)
         if f"{kind}/trace" in record:
             parts.append(f"tr {short} {record[f'{kind}/trace']:.4g}"
