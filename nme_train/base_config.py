@@ -19,6 +19,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_split = ""  # "" = the dataset's standard training split
     c.data.eval_split = ""  # "" = the dataset's standard test/validation split
     c.data.augment = "none"  # none | flip | pad_crop | pad_crop_flip | inception_crop_flip
+    c.data.label_noise = 0.0  # fraction of training examples relabelled to another class,
+    #                           fixed per example by label_noise_seed (evaluation untouched)
+    c.data.label_noise_seed = 0
     c.data.image_size = 0  # side of the model's input; 0 = the dataset's native size
     c.data.cache = True  # decode small datasets once into memory (ignored for ImageNet)
     c.data.num_threads = 2  # host threads reading and augmenting batches

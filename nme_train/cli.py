@@ -33,11 +33,17 @@ def _overrides(argv: Sequence[str]) -> list[str]:
     return [m.group(1) for arg in argv if (m := re.match(r"--config\.([\w.]+)(=|$)", arg))]
 
 
-def import_config_module(path: str, flag: str = "--config", name: str = "_nme_config"):
+# The source checkout holding this package (an editable install): configs/, tools/, launch/.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def import_config_module(path: str, flag: str = "--config", name: str = "_nme_config",
+                         needs_get_config: bool = True):
     """The Python module of a config file; ValueError with one clear line when it fails."""
     if not os.path.isfile(path):
         raise ValueError(f"{flag}: no such file {path!r}; give a config file with "
                          "get_config(), e.g. --config=configs/default.py")
+    _importable_from(path)
     try:
         module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)
@@ -47,9 +53,26 @@ def import_config_module(path: str, flag: str = "--config", name: str = "_nme_co
                          "fix the file") from e
     except Exception as e:
         raise ValueError(f"{flag}: importing {path} failed: {type(e).__name__}: {e}") from e
-    if not hasattr(module, "get_config"):
+    if needs_get_config and not hasattr(module, "get_config"):
         raise ValueError(f"{flag}: {path} defines no get_config()")
     return module
+
+
+def _importable_from(path: str) -> None:
+    """Puts the folder above the package tree holding `path` on sys.path, so a config file
+    in configs/paper/ can import its siblings (`from configs.paper import common`) from
+    any working directory; configs/ is part of the checkout, not of the installed package.
+    A config file elsewhere gets the checkout's configs/ (its recipes) the same way."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(os.path.join(folder, "__init__.py")):
+        while os.path.exists(os.path.join(folder, "__init__.py")):
+            folder = os.path.dirname(folder)
+    elif os.path.isdir(os.path.join(CHECKOUT, "configs")):
+        folder = CHECKOUT
+    else:
+        return
+    if folder not in sys.path:
+        sys.path.append(folder)
 
 
 def load_config_file(spec: str) -> Any:

@@ -52,6 +52,19 @@ DECOUPLED_DECAY = {  # optimizers that take the weight decay themselves (decoupl
 }
 
 
+def stability_threshold(o: Any, learning_rate: float) -> float | None:
+    """The largest curvature lambda along which the optimizer's step is stable on a
+    quadratic at step size eta: 2/eta (SGD), (2 + 2 mu)/eta (heavy-ball momentum mu),
+    (2 + 2 mu)/((1 + 2 mu) eta) (Nesterov); None for the adaptive optimizers, whose
+    preconditioner changes the threshold per direction."""
+    if learning_rate <= 0 or o.name not in ("sgd", "momentum", "nesterov"):
+        return None
+    mu = o.momentum if o.name != "sgd" else 0.0
+    if o.name == "nesterov":
+        return (2 + 2 * mu) / ((1 + 2 * mu) * learning_rate)
+    return (2 + 2 * mu) / learning_rate
+
+
 def optimizer_names() -> list[str]:
     return sorted(OPTIMIZERS) + sorted(DECOUPLED_DECAY)
 

@@ -16,7 +16,7 @@ from nme_train.data.augment import AUGMENTATIONS
 from nme_train.data.datasets import DATASETS
 from nme_train.data.decode import DECODERS, have_simplejpeg
 from nme_train.models import DTYPES, MODELS, activation_names
-from nme_train.models.activations import activation_params
+from nme_train.models.activations import ablated_twin, activation_params
 from nme_train.models.layers import BATCH_NORM_MODES
 from nme_train.optim import SCHEDULES, WEIGHT_DECAY_ON, optimizer_names
 from nme_train.regularizers import REGISTRY as REGULARIZERS
@@ -147,6 +147,12 @@ def _check_probes(problems: list[str], config: Any, num_devices: int,
     if unknown or len(set(p.kinds)) != len(p.kinds):
         problems.append(f"config.probes.kinds={tuple(p.kinds)!r}: give distinct names from "
                         f"{tuple(OPERATORS)}, or () for the gradient and sparsity probes only")
+    split = [k for k in p.kinds if k in ("nme_activation", "nme_rest")]
+    activation = config.model.activation
+    if split and activation in activation_names() and ablated_twin(activation) is None:
+        problems.append(f"config.probes.kinds: {split} split the NME with the activation's "
+                        f"ablated twin, and config.model.activation={activation!r} has none; "
+                        "drop them, or register one (register_activation(..., ablated_twin=))")
     for field in ("every_steps", "lanczos_steps", "top_k", "bottom_k", "trace_probes",
                   "density_runs", "batch_size"):
         value = p[field]
@@ -181,6 +187,9 @@ def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
     if config.data.decoder == "simplejpeg" and not have_simplejpeg():
         problems.append("config.data.decoder='simplejpeg' but simplejpeg is not installed: "
                         "`pip install simplejpeg`, or use 'auto' or 'pil' (same pixels)")
+    noise = config.data.get("label_noise", 0.0)
+    if not (isinstance(noise, (int, float)) and not isinstance(noise, bool) and 0 <= noise < 1):
+        problems.append(f"config.data.label_noise={noise!r} must be a fraction in [0, 1)")
     _check_model(problems, config.model)
     _check_optimizer(problems, config.optimizer)
 

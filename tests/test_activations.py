@@ -79,3 +79,26 @@ def test_every_activation_is_registered_by_name():
             "relu_synthetic_nme"} <= set(activation_names())
     y = get_activation("relu_synthetic_nme", beta=2.0)(X)
     np.testing.assert_array_equal(y, relu(X))
+
+
+@pytest.mark.parametrize("name", ["relu", "gelu", "beta_gelu", "relu_synthetic_nme",
+                                  "gelu_nme_ablated", "beta_gelu_nme_ablated"])
+def test_ablated_twins_keep_value_and_slope_and_have_no_second_derivative(name):
+    """The twin the probes split the NME with: at every input the activation's value and
+    slope (for relu_synthetic_nme: ReLU's, its surrogate sigma'' removed), sigma'' = 0."""
+    from nme_train.models.activations import ablated_twin
+
+    f, twin = (get_activation(n, beta=4.0) for n in (name, ablated_twin(name)))
+    np.testing.assert_allclose(jax.vmap(twin)(X), jax.vmap(f)(X), rtol=1e-6)
+    np.testing.assert_allclose(derivative(twin, 1)(X), derivative(f, 1)(X), rtol=1e-6,
+                               atol=1e-6)
+    np.testing.assert_array_equal(derivative(twin, 2)(X), 0.0)
+    if name in ("gelu", "beta_gelu"):  # the part the twin removes is there to remove
+        assert np.abs(derivative(f, 2)(X)).max() > 0.1
+
+
+def test_an_activation_without_a_twin_says_so():
+    from nme_train.models.activations import ablated_twin, register_activation
+
+    register_activation("tanh_for_test", lambda: jnp.tanh)
+    assert ablated_twin("tanh_for_test") is None

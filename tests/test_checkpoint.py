@@ -28,9 +28,9 @@ from nme_train.train.checkpoint import (
     load_checkpoint,
     saved_steps,
 )
-from nme_train.train.experiment import build_experiment
 from nme_train.train.loop import train_and_evaluate
 from nme_train.train.metrics import read_metrics
+from nme_train.train.program import build_program
 from nme_train.train.resume import warm_start
 from nme_train.train.rundir import read_final
 
@@ -120,11 +120,11 @@ def short_config(data_dir, **overrides):
 
 
 def restore_on(config, workdir, devices, step):
-    exp = build_experiment(config, DATASETS["digits"], devices, 10, 10)
+    program = build_program(config, DATASETS["digits"], devices, 10, 10)
     ckpt = Checkpointer(workdir, read_only=True)
-    state, meta = ckpt.restore(step, abstract_with_shardings(exp.abstract_state,
-                                                             exp.state_sharding))
-    return exp, state, meta
+    state, meta = ckpt.restore(step, abstract_with_shardings(program.abstract_state,
+                                                             program.state_sharding))
+    return program, state, meta
 
 
 def test_checkpoint_from_8_devices_restores_onto_1_and_4(data_dir, tmp_path):
@@ -230,9 +230,9 @@ def test_init_from_copies_params_with_a_fresh_optimizer(data_dir, tmp_path):
     source = str(tmp_path / "source")
     config = short_config(data_dir, **{"mesh.data": 1})
     train_and_evaluate(config, source, devices=jax.devices()[:1])
-    exp = build_experiment(config, DATASETS["digits"], jax.devices()[:1], 10, 10)
-    fresh = exp.init()
-    warm, where = warm_start(source, fresh, exp.state_sharding)
+    program = build_program(config, DATASETS["digits"], jax.devices()[:1], 10, 10)
+    fresh = program.init()
+    warm, where = warm_start(source, fresh, program.state_sharding)
     saved, _ = load_checkpoint(source, 10)
     for a, b in zip(jax.tree.leaves(warm.params), jax.tree.leaves(saved["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -67,6 +67,38 @@ def test_a_slice_of_a_split_is_a_training_subset(data_dir):
         split_size(spec, "validation", data_dir)
 
 
+def test_label_noise_relabels_a_fixed_fraction_of_the_split(data_dir):
+    """One epoch of 400 digits with 25% noise: exactly 100 labels differ from the clean
+    stream, each to another class; the same examples for any training seed and process
+    count; evaluation keeps its labels."""
+    spec = DATASETS["digits"]
+    clean, noisy = (data_config(data_dir, name="digits", train_split="train[:400]",
+                                label_noise=p, label_noise_seed=0) for p in (0.0, 0.25))
+
+    def epoch(config, seed, process_count=1):
+        shards = [take(train_batches(spec, config, 100, seed, 0, p, process_count), 4)
+                  for p in range(process_count)]
+        return (np.concatenate([np.concatenate([s[i]["image"] for s in shards])
+                                for i in range(4)]),
+                np.concatenate([np.concatenate([s[i]["label"] for s in shards])
+                                for i in range(4)]))
+
+    images, labels = epoch(clean, seed=0)
+    noisy_images, noisy_labels = epoch(noisy, seed=0)
+    assert np.array_equal(images, noisy_images)
+    changed = labels != noisy_labels
+    assert changed.sum() == 100 and set(noisy_labels) <= set(range(10))
+    # the corrupted examples (identified by their pixels) are the same under another seed
+    # and over two processes
+    corrupted = {images[i].tobytes() for i in np.nonzero(changed)[0]}
+    for seed, processes in ((1, 1), (0, 2)):
+        imgs, lbls = epoch(clean, seed, processes)
+        _, nlbls = epoch(noisy, seed, processes)
+        assert {imgs[i].tobytes() for i in np.nonzero(lbls != nlbls)[0]} == corrupted
+    evaluation = next(iter(eval_batches(spec, noisy, 100, 0, 1)))["label"]
+    assert np.array_equal(evaluation, next(iter(eval_batches(spec, clean, 100, 0, 1)))["label"])
+
+
 def test_same_seed_same_batches_and_other_seed_differs(cifar_dir):
     spec, c = DATASETS["cifar10"], data_config(cifar_dir, augment="pad_crop_flip")
     a = take(train_batches(spec, c, 16, seed=3, start_step=0, process_index=0,

@@ -8,14 +8,15 @@ from conftest import ROOT
 PACKAGE = pathlib.Path(ROOT) / "nme_train"
 
 # package -> the project packages it must not import (directly or lazily)
+LOW = ("experiments", "validation", "commands")  # nothing below them imports these
 FORBIDDEN = {
-    "curvature": ("models", "train", "regularizers", "data", "experiments", "validation"),
-    "models": ("curvature", "train", "regularizers", "data", "experiments", "validation"),
-    "regularizers": ("models", "train", "data", "experiments", "validation"),
-    "data": ("models", "curvature", "train", "regularizers", "experiments", "validation"),
-    "train": ("experiments", "main", "cli"),
-    "validation": ("train", "experiments", "main", "cli"),
-    "optim": ("train", "validation"),
+    "curvature": ("models", "train", "regularizers", "data") + LOW,
+    "models": ("curvature", "train", "regularizers", "data") + LOW,
+    "regularizers": ("models", "train", "data") + LOW,
+    "data": ("models", "curvature", "train", "regularizers") + LOW,
+    "train": ("experiments", "main", "cli", "commands"),
+    "validation": ("train", "experiments", "main", "cli", "commands"),
+    "optim": ("train", "validation", "commands"),
 }
 
 
@@ -79,9 +80,9 @@ def test_components_are_found_through_their_registries():
     assert {"hessian", "gauss_newton", "nme", "fisher"} <= set(OPERATORS)
     assert [f.name for f in FIGURES][:5] == ["gradient", "lanczos", "trace", "alignment",
                                              "density"]
-    readers = [PACKAGE / "train" / n for n in ("probing.py", "metrics.py", "loop.py")] + [
-        pathlib.Path(ROOT) / "tools" / n for n in ("plot_curvature.py", "summarize.py",
-                                                    "probe.py")]
+    readers = [PACKAGE / "train" / n for n in ("probing.py", "metrics.py", "loop.py",
+                                                "offline.py")] + [
+        PACKAGE / "commands" / n for n in ("plot_curvature.py", "summarize.py", "probe.py")]
     named = {str(p.relative_to(ROOT)): sorted(string_literals(p) & set(OPERATORS))
              for p in readers}
     assert not any(named.values()), named
@@ -89,3 +90,24 @@ def test_components_are_found_through_their_registries():
     for name, entry in MODELS.items():
         assert (PACKAGE / "models" / f"{name}.py").exists(), name
         assert entry.check.__module__ == f"nme_train.models.{name}", name
+
+
+def test_commands_live_in_the_package_and_tools_are_front_ends():
+    """Each tools/<name>.py only runs nme_train.commands.<name>.main, which is also its
+    console script; installing the project makes neither `tools` nor `configs` importable."""
+    import tomllib
+
+    tools = sorted(pathlib.Path(ROOT, "tools").glob("*.py"))
+    commands = sorted(p.stem for p in (PACKAGE / "commands").glob("*.py") if p.stem != "__init__")
+    assert [p.stem for p in tools] == commands
+    for path in tools:
+        imports = [n for n in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert {getattr(n, "module", None) for n in imports} == {
+            None, f"nme_train.commands.{path.stem}"}, path.name
+        assert len(path.read_text().splitlines()) <= 15, path.name
+    project = tomllib.loads(pathlib.Path(ROOT, "pyproject.toml").read_text())
+    scripts = project["project"]["scripts"]
+    for name in commands:
+        assert scripts[f"nme-{name.replace('_', '-')}"] == f"nme_train.commands.{name}:main"
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["nme_train*"]

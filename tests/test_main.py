@@ -3,8 +3,9 @@
 import os
 
 import pytest
-from conftest import run_command
+from conftest import ROOT, run_command
 
+from nme_train.cli import diagnose_config_flags
 from nme_train.train.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -41,3 +42,22 @@ def test_cli_unknown_field_is_rejected(tmp_path):
                       "--config.optimizer.learnin_rate=0.1")
     assert result.returncode != 0
     assert "learnin_rate" in result.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--config=configs/default.py", "--config.optimizer.lr=0.1"],
+     "--config.optimizer.lr: config has no field 'optimizer.lr'; did you mean "
+     "optimizer.learning_rate"),
+    (["--config=configs/nope.py"], "no such file 'configs/nope.py'"),
+    (["--config=configs/default.py:foo"], "unknown variant 'foo'; choose one of"),
+    (["--config=configs/paper/e1.py:nope"], "unknown scale 'nope'"),
+    (["--config=configs/default.py"], None),
+])
+def test_config_flag_mistakes_are_diagnosed(argv, message):
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        found = diagnose_config_flags(["main", *argv])
+    finally:
+        os.chdir(cwd)
+    assert found == message if message is None else message in found

@@ -23,6 +23,7 @@ from conftest import (
 )
 
 from nme_train.curvature.probes import ProbeSettings
+from nme_train.optim import learning_rate_schedule
 from nme_train.train.loop import train_and_evaluate
 from nme_train.train.probing import read_probes
 from nme_train.validation import ConfigError, validate
@@ -39,10 +40,27 @@ def test_training_writes_probes_on_8_devices(data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     config = tiny_config(data_dir, **PROBES, **{
         "num_train_steps": 20, "mesh.data": 4, "mesh.fsdp": 2, "sharding.fsdp_min_size": 256,
-        "model.activation": "gelu"})
+        "model.activation": "gelu",
+        "probes.kinds": ("hessian", "gauss_newton", "nme", "nme_activation", "nme_rest")})
     train_and_evaluate(config, workdir)
     records = read_probes(workdir)
     assert [r["step"] for r in records] == [0, 10, 20]
+    schedule = learning_rate_schedule(config.optimizer, 20, 1500 // 64)  # digits: 1,500
+    for r in records:
+        rate = float(schedule(r["step"]))
+        # the NME by source: the parts add up probe by probe, shares along g^ and in trace
+        assert r["nme_split/identity_residual"] < 1e-4
+        assert abs(r["nme_split/activation_trace_share"] + r["nme_split/rest_trace_share"]
+                   - 1) < 1e-4
+        assert 0 < r["nme_split/activation_norm_share"] and 0 < r["nme_split/rest_norm_share"]
+        assert r["nme_split/gauss_newton_to_nme_norm"] > 0
+        # lambda_max(H) against Nesterov's threshold at the step's learning rate
+        if rate:
+            assert r["stability/learning_rate"] == pytest.approx(rate, rel=1e-5)
+            assert r["stability/ratio"] == pytest.approx(
+                r["hessian/top_eigenvalues"][0] * (1 + 2 * 0.9) * rate / (2 + 2 * 0.9),
+                rel=1e-6)
+        assert set(r["dead_units/layers"]) == set(r["sparsity/layers"])
     for r in records:
         for kind in ("hessian", "gauss_newton", "nme"):
             assert len(r[f"{kind}/top_eigenvalues"]) == 2
@@ -64,7 +82,7 @@ def test_training_writes_probes_on_8_devices(data_dir, tmp_path):
                 <= 1e-5 * max(1.0, abs(r[f"{kind}/trace"]))
         assert r["basis_memory"] == "device" and r["basis_mib"] > 0
         assert set(r["sparsity/layers"]) and r["sparsity/threshold"] == 1e-3
-        assert r["matvecs"] == 3 * ProbeSettings.from_config(config.probes).matvecs_per_kind()
+        assert r["matvecs"] == 5 * ProbeSettings.from_config(config.probes).matvecs_per_kind()
     assert all(0.0 < r["sparsity/mean"] <= 1.0 for r in records)
     runs = read_tensorboard(os.path.join(workdir, "tensorboard"))
     assert_probe_records_in_tensorboard(runs["."], records)
@@ -77,7 +95,7 @@ def test_activation_sparsity_probe(activation, expected):
     """E9: the fraction of |sigma''| > threshold per activation site, against closed forms."""
     from configs import default
     from nme_train.models import build_model, get_activation
-    from nme_train.models.sparsity import sparsity_probe
+    from nme_train.models.sparsity import activation_probe
 
     c = default.get_config()
     c.model.activation, c.model.beta = activation, 20.0
@@ -85,7 +103,7 @@ def test_activation_sparsity_probe(activation, expected):
     x = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype(np.float32)
     variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
     fn = get_activation(activation, beta=20.0)
-    sites = sparsity_probe(model, fn, 1e-3, train=True)(variables, [{"inputs": x}])
+    sites, _ = activation_probe(model, fn, 1e-3, train=True)(variables, [{"inputs": x}])
     assert len(sites) == len(c.model.features) + len(c.model.hidden)  # one per activation
     values = np.array(list(sites.values()))
     if expected == "zero":
@@ -94,6 +112,27 @@ def test_activation_sparsity_probe(activation, expected):
         assert np.all(values > 0.9)
     else:  # beta = 20 (the surrogate of relu_synthetic_nme too): non-zero within ~1/beta of 0
         assert np.all((values > 0.0) & (values < 0.5))
+
+
+def test_dead_units_are_the_units_silent_on_every_probe_example():
+    """A unit whose pre-activation is <= 0 on every example is dead: three of eight first-
+    layer units made so by hand (zero weights, negative bias), none in the second layer."""
+    from nme_train.base_config import base_config
+    from nme_train.models import build_model, get_activation
+    from nme_train.models.sparsity import activation_probe
+
+    c = base_config()
+    c.model.name, c.model.hidden, c.model.batch_norm = "mlp", (8, 6), False
+    model = build_model(c.model, 10)
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 1)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
+    params = jax.tree.map(np.array, variables["params"])
+    params["Dense_0"]["kernel"][:, :3] = 0.0
+    params["Dense_0"]["bias"][:3] = -1.0
+    params["Dense_1"]["bias"][:] = 5.0  # every second-layer unit on
+    _, dead = activation_probe(model, get_activation("relu"), 1e-3, train=False)(
+        {"params": params}, [{"inputs": x[:16]}, {"inputs": x[16:]}])
+    assert list(dead.values()) == [3 / 8, 0.0]
 
 
 def test_probe_config_errors_name_the_field():

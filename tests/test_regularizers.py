@@ -18,9 +18,9 @@ from jax.sharding import PartitionSpec as P
 
 from nme_train import regularizers as reg
 from nme_train.models.activations import gelu
+from nme_train.regularizers.dense_reference import mlp_references, penalty_gradients
+from nme_train.regularizers.dense_reference import problem as tiny_problem
 from nme_train.regularizers.trace_penalties import sample_labels
-from tools.gn_estimator_bias import mlp_references, penalty_gradients
-from tools.gn_estimator_bias import problem as tiny_problem
 
 pytestmark = pytest.mark.usefixtures("float64")  # double precision (tests/conftest.py)
 
@@ -42,7 +42,7 @@ def mse(outputs, targets):
 
 @pytest.fixture(scope="module")
 def problem(float64):
-    """Float64 parameters and a batch of N examples (tools/gn_estimator_bias.problem(0))."""
+    """Float64 parameters and a batch of N examples (dense_reference.problem(0))."""
     return tiny_problem(0)
 
 
@@ -361,7 +361,7 @@ def test_gn_estimator_bias_tool_reports_each_estimator(capsys):
     """tools/gn_estimator_bias.py (few draws): one JSON line per seed, every estimator."""
     import json
 
-    from tools import gn_estimator_bias
+    from nme_train.commands import gn_estimator_bias
 
     assert gn_estimator_bias.main(["--seeds", "0", "--draws", "16"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -13,11 +13,10 @@ import pytest
 from conftest import ROOT, run_command, with_overrides
 
 from configs import default
-from nme_train.cli import diagnose_config_flags
 from nme_train.train.checkpoint import CheckpointError
-from nme_train.train.experiment import build_experiment, setting_warnings
 from nme_train.train.loop import train_and_evaluate
 from nme_train.train.metrics import Diverged, read_metrics
+from nme_train.train.program import build_program, setting_warnings
 from nme_train.train.rundir import (
     SANE_LOSS_FACTOR,
     CheckpointHealth,
@@ -25,7 +24,7 @@ from nme_train.train.rundir import (
     read_diverged,
     read_final,
 )
-from nme_train.validation import ConfigError, validate
+from nme_train.validation import ConfigError
 
 
 def mlp_config(data_dir, **overrides):
@@ -172,18 +171,6 @@ def test_divergence_from_the_start_has_no_sane_checkpoint(data_dir, tmp_path):
 
 # -- 3: the training length --------------------------------------------------------------
 
-@pytest.mark.parametrize("steps,epochs,message", [
-    (0, 40, "config.num_train_steps=0 must be an integer > 0, or -1"),
-    (-1, 0, "config.num_epochs=0.0 must be a number > 0, or -1"),
-    (-1, -1, "set exactly one of them > 0 and the other to -1"),
-    (100, 40, "set exactly one of them > 0 and the other to -1"),
-    (-5, 40, "config.num_train_steps=-5 must be"),
-])
-def test_training_length_has_one_meaning_per_value(steps, epochs, message):
-    config = with_overrides(default.get_config(), num_train_steps=steps, num_epochs=epochs)
-    with pytest.raises(ConfigError, match=message):
-        validate(config, 1)
-
 
 # -- 4: a finished run is not rewritten ---------------------------------------------------
 
@@ -260,49 +247,17 @@ def test_warnings_for_settings_that_do_nothing(data_dir):
     config = mlp_config(data_dir, **{"mesh.data": 1, "mesh.fsdp": 7,
                                      "sharding.fsdp_min_size": 1, "probes.every_steps": 5,
                                      "probes.lanczos_steps": 10**6})
-    exp = build_experiment(config, DATASETS["digits"], jax.devices()[:7], 10, 10)
-    warnings = setting_warnings(config, exp)
+    program = build_program(config, DATASETS["digits"], jax.devices()[:7], 10, 10)
+    warnings = setting_warnings(config, program)
     assert any("config.mesh.fsdp=7: no parameter has a dimension divisible by 7" in w
                for w in warnings)
-    assert any(f"exceeds the model's {exp.num_params} parameters" in w for w in warnings)
+    assert any(f"exceeds the model's {program.num_params} parameters" in w for w in warnings)
     fine = mlp_config(data_dir)
-    assert setting_warnings(fine, build_experiment(fine, DATASETS["digits"],
+    assert setting_warnings(fine, build_program(fine, DATASETS["digits"],
                                                    jax.devices()[:1], 10, 10)) == []
 
 
-@pytest.mark.parametrize("activation", ["beta_gelu", "relu_synthetic_nme"])
-def test_beta_is_checked_for_every_activation_that_takes_it(activation):
-    config = with_overrides(default.get_config(), **{"model.activation": activation,
-                                                     "model.beta": -1.0})
-    with pytest.raises(ConfigError, match="config.model.beta=-1.0 must be a number > 0"):
-        validate(config, 1)
-
-
-def test_regularizer_arguments_must_be_numbers():
-    config = with_overrides(default.get_config(), regularizers=(("sam", {"rho": "big"}),))
-    with pytest.raises(ConfigError, match=r"regularizers\[0\]: sam rho='big' must be a number"):
-        validate(config, 1)
-
-
 # -- 5: command-line mistakes ------------------------------------------------------------
-
-@pytest.mark.parametrize("argv,message", [
-    (["--config=configs/default.py", "--config.optimizer.lr=0.1"],
-     "--config.optimizer.lr: config has no field 'optimizer.lr'; did you mean "
-     "optimizer.learning_rate"),
-    (["--config=configs/nope.py"], "no such file 'configs/nope.py'"),
-    (["--config=configs/default.py:foo"], "unknown variant 'foo'; choose one of"),
-    (["--config=configs/paper/e1.py:nope"], "unknown scale 'nope'"),
-    (["--config=configs/default.py"], None),
-])
-def test_config_flag_mistakes_are_diagnosed(argv, message):
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        found = diagnose_config_flags(["main", *argv])
-    finally:
-        os.chdir(cwd)
-    assert found == message if message is None else message in found
 
 
 def run_cli(module_or_script, *args):
@@ -393,17 +348,3 @@ def test_save_that_cannot_fit_is_refused_before_writing(data_dir, tmp_path, monk
     assert checkpoint_names(workdir) == ["5"]  # the first save, and no half-written one
 
 
-def test_sweep_errors_are_one_line(tmp_path, capsys):
-    from tools import sweep
-
-    broken = tmp_path / "broken.py"
-    broken.write_text("def grid(:\n")
-    for config, expected in [(str(tmp_path / "nope.py"), "no such file"),
-                             (str(broken), "SyntaxError"),
-                             (os.path.join(ROOT, "configs/default.py"), "defines no grid"),
-                             (os.path.join(ROOT, "configs/paper/e1.py:nope"),
-                              "unknown scale 'nope'")]:
-        assert sweep.main(["--config", config, "--workdir", str(tmp_path / "w"),
-                           "--launcher", "print"]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("sweep: error: ") and expected in err[0]

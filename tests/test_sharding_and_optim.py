@@ -77,3 +77,27 @@ def test_weight_decay_on_all_parameters():
     params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     np.testing.assert_allclose(updates["bias"], -0.1 * np.ones(2))
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov"])
+def test_stability_threshold_separates_converging_from_diverging_steps(name):
+    """The threshold against the optimizer itself: optax's update on the quadratic
+    lambda x^2 / 2 shrinks x for lambda 2% below it and grows x for lambda 2% above."""
+    from nme_train.optim import stability_threshold
+
+    o = optimizer_config(name=name, momentum=0.9, weight_decay=0.0, schedule="constant")
+    lr = 0.05
+    threshold = stability_threshold(o, lr)
+    tx = make_optimizer(o, optax.constant_schedule(lr))
+
+    def final_size(curvature):
+        x = jnp.ones(())
+        state = tx.init(x)
+        for _ in range(600):
+            updates, state = tx.update(curvature * x, state, x)
+            x = optax.apply_updates(x, updates)
+        return abs(float(x))
+
+    above = final_size(1.02 * threshold)
+    assert final_size(0.98 * threshold) < 1e-1 and not above < 10.0  # inf or nan: diverged
+    assert stability_threshold(optimizer_config(name="adam"), lr) is None

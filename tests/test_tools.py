@@ -18,40 +18,44 @@ def run_tool(*args):
 
 def test_bench_step_reports_a_ratio():
     out = run_tool("tools/bench_step.py", "--steps", "3", "--rounds", "2")
-    assert out["ratio"] == pytest.approx(out["framework_ms"] / out["hand_written_ms"])
     assert 0.2 < out["ratio"] < 5  # the same program; far off means one side is not timed
 
 
 def test_bench_checkpoint_reports_the_save_step():
     out = run_tool("tools/bench_checkpoint.py", "--steps", "40", "--every", "20")
-    assert out["save_step_ratio"] == pytest.approx(out["saving_ms"] / out["normal_ms"])
-    assert out["normal_ms"] > 0 and out["saving_ms"] > 0
+    # a save step costs at least the on-device copy, and is not 100x a step on a tiny model
+    assert 0.5 < out["save_step_ratio"] < 100
 
 
 def test_bench_regularizers_reports_each_method():
+    from nme_train.experiments import regularizer_entry
+
     out = run_tool("tools/bench_regularizers.py", "--config", "configs/default.py",
-                   "--rounds", "1", "--methods", "plain,sam,gradient_penalty")
-    assert set(out) == {"plain", "sam", "gradient_penalty"}
-    assert out["plain"]["ratio"] == 1.0
-    for name in ("sam", "gradient_penalty"):  # two gradients: more time and more memory
-        assert out[name]["ratio"] == pytest.approx(out[name]["median_s"]
-                                                   / out["plain"]["median_s"])
+                   "--rounds", "1", "--methods",
+                   "plain,sam,gradient_penalty,gn_trace_sampled_labels,gn_trace_hutchinson")
+    # each row times the sweeps' method of its name (the two estimators are two programs)
+    as_run = {name: [[n, kw] for n, kw in row["regularizers"]] for name, row in out.items()}
+    assert as_run == {name: [list(e) for e in entry] for name, entry in {
+        "plain": (), "sam": regularizer_entry("sam", 0.05),
+        "gradient_penalty": regularizer_entry("gp", 0.1),
+        "gn_trace_sampled_labels": regularizer_entry("gn_trace_sampled", 0.02),
+        "gn_trace_hutchinson": regularizer_entry("gn_trace", 0.02)}.items()}
+    assert as_run["gn_trace_sampled_labels"][0][1]["estimator"] == "sampled_labels"
+    for name in ("sam", "gradient_penalty"):  # two gradients: more memory (XLA's analysis)
         assert out[name]["temp_mib"] > out["plain"]["temp_mib"], (name, out)
 
 
 def test_bench_pipeline_measures_each_setting(imagenet_dir, tmp_path):
     out = tmp_path / "rows.jsonl"
     result = run_command("tools/bench_pipeline.py", "--data_dir", imagenet_dir, "--workers",
-                         "0", "--decoders", "pil,simplejpeg", "--batch", "4", "--steps", "4",
-                         "--warmup", "2", "--rounds", "2", "--out", str(out))
+                         "0", "--decoders", "pil,simplejpeg", "--batch", "4", "--steps", "12",
+                         "--warmup", "8", "--rounds", "2", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["decoder"], r["workers"], r["rounds"]) for r in rows] == [
         ("pil", 0, 2), ("simplejpeg", 0, 2)]
-    for r in rows:
-        assert r["images_per_s"] > 0 and r["busy_cores"] > 0
-        assert r["images_per_core_s_min"] <= r["images_per_core_s"] <= r["images_per_core_s_max"]
-        assert r["cores_per_accelerator"] == pytest.approx(6703 / r["images_per_core_s"])
+    for r in rows:  # the read-ahead buffer drained (8 batches), decoding takes some cores,
+        assert 0 < r["busy_cores"] <= os.cpu_count() + 0.5  # at most the machine's
     assert "best:" in result.stdout
 
 
@@ -76,7 +80,7 @@ def test_bench_probes_costs_the_e6_probe(tmp_path):
 def test_relative_bounds_of_a_known_tridiagonal():
     """T = [[3, b], [b, 1]]: eigenvalues 2 +- sqrt(1 + b^2); after one step the Ritz value
     is 3 with bound |b|, after two the exact values with bound 0 (beta_2 = 0)."""
-    from tools.bench_probes import relative_bounds
+    from nme_train.commands.bench_probes import relative_bounds
 
     b = 0.5
     record = {"hessian/lanczos": {"alphas": [3.0, 1.0], "betas": [b, 0.0]}}
@@ -88,13 +92,9 @@ def test_bench_curvature_reports_each_ratio_over_rounds():
     out = run_tool("tools/bench_curvature.py", "--config", "configs/default.py",
                    "--batch_size", "32", "--rounds", "3", "--m1", "2", "--m2", "3",
                    "--steps", "6", "--kinds", "hessian")
-    assert len(out["gradient_rounds_s"]) == 3
-    for kind in ("hessian",):
-        for name, r in out[kind]["ratios"].items():  # (amortised: a difference of two runs,
-            assert r["min"] <= r["median"] <= r["max"], (kind, name)  # noisy on a tiny model)
-        assert out[kind]["ratios"]["single"]["min"] > 0
-        assert out[kind]["amortised_ratio"] == out[kind]["ratios"]["amortised"]["median"]
-    assert out["convergence"]["steps"] == 6
+    assert len(out["gradient_rounds_s"]) == 3  # every measurement in each round
+    # one H.v costs more than nothing and less than 20 gradients (it is about 2 to 4)
+    assert 0 < out["hessian"]["ratios"]["single"]["median"] < 20
 
 
 def test_accelerator_check_runs_every_part_in_smoke_mode(tmp_path):
@@ -141,7 +141,6 @@ def test_pack_runs_keeps_finished_runs_small_files_only(tmp_path):
 
 def test_every_console_command_names_a_callable():
     import importlib
-
     import tomllib
 
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:

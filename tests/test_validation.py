@@ -86,3 +86,30 @@ def test_every_shipped_config_loads_and_validates(name):
         *([variant] if variant else []))
     validate(config, 8)
     validate(config, 1)
+
+
+@pytest.mark.parametrize("steps,epochs,message", [
+    (0, 40, "config.num_train_steps=0 must be an integer > 0, or -1"),
+    (-1, 0, "config.num_epochs=0.0 must be a number > 0, or -1"),
+    (-1, -1, "set exactly one of them > 0 and the other to -1"),
+    (100, 40, "set exactly one of them > 0 and the other to -1"),
+    (-5, 40, "config.num_train_steps=-5 must be"),
+])
+def test_training_length_has_one_meaning_per_value(steps, epochs, message):
+    config = with_overrides(default.get_config(), num_train_steps=steps, num_epochs=epochs)
+    with pytest.raises(ConfigError, match=message):
+        validate(config, 1)
+
+
+@pytest.mark.parametrize("activation", ["beta_gelu", "relu_synthetic_nme"])
+def test_beta_is_checked_for_every_activation_that_takes_it(activation):
+    config = with_overrides(default.get_config(), **{"model.activation": activation,
+                                                     "model.beta": -1.0})
+    with pytest.raises(ConfigError, match="config.model.beta=-1.0 must be a number > 0"):
+        validate(config, 1)
+
+
+def test_regularizer_arguments_must_be_numbers():
+    config = with_overrides(default.get_config(), regularizers=(("sam", {"rho": "big"}),))
+    with pytest.raises(ConfigError, match=r"regularizers\[0\]: sam rho='big' must be a number"):
+        validate(config, 1)

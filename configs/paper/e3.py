@@ -6,12 +6,15 @@ value and slope still ReLU's) restores the penalty's benefit as rho grows.
 
 Grid: ReLU x {none, penalty(rho)} and relu_synthetic_nme x beta
 (SYNTHETIC_BETAS: beta = 1 injects GELU's sigma'', larger beta a sharper one)
-x penalty(rho), x seeds. In the study the synthetic points run without
-BatchNorm only: there the network's NME comes from the activations alone,
-so ReLU has none to give the penalty and the surrogate is all there is
-(with BatchNorm, normalisation adds NME of its own, see E6). The ReLU points
-are E1's (both BatchNorm variants), at the rhos where E1 separates ReLU
-from GELU.
+x penalty(rho), x seeds. In the earlier study the synthetic points ran
+without BatchNorm only, on the premise that a ReLU network without
+BatchNorm has no NME. That premise is false: ReLU has no activation part
+of the NME (sigma'' = 0), and without normalization each layer's diagonal
+NME block vanishes (the network is linear in each layer's own weights), so
+Tr NME = 0; but the blocks between layers remain (on a 3-layer ReLU MLP,
+||NME g^|| = 0.78 against ||G g^|| = 1.69). The probes' nme_activation /
+nme_rest split measures the two parts. The ReLU points are E1's (both
+BatchNorm variants), at the rhos where E1 separates ReLU from GELU.
 """
 
 from configs.paper import common

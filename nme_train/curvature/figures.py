@@ -141,11 +141,14 @@ def trace_figure(ctx: ProbeContext) -> dict[str, Any]:
 
 
 def alignment_figure(ctx: ProbeContext) -> dict[str, Any]:
-    """g^T M g / ||g||^2 for the gradient g over the probe batches."""
+    """g^T M g / ||g||^2 and ||M g|| / ||g|| for the gradient g over the probe batches: the
+    operator along the gradient direction g^ (what the gradient penalty's update adds,
+    rho M g^, has norm rho ||M g^||)."""
     _, grad = ctx.gradient()
-    grad_sq = float(otu.tree_vdot(grad, grad))
-    return {"alignment": float(otu.tree_vdot(grad, apply(ctx.linear, grad)))
-            / max(grad_sq, 1e-300)}
+    grad_sq = max(float(otu.tree_vdot(grad, grad)), 1e-300)
+    product = apply(ctx.linear, grad)
+    return {"alignment": float(otu.tree_vdot(grad, product)) / grad_sq,
+            "grad_product_norm": float(otu.tree_norm(product)) / grad_sq ** 0.5}
 
 
 def density_figure(ctx: ProbeContext) -> dict[str, Any]:
@@ -172,6 +175,37 @@ def identity_residual_figure(ctx: ProbeContext) -> dict[str, Any]:
                                              / max(np.max(np.abs(h)), 1e-30))}
 
 
+NME_SPLIT = ("nme", "nme_activation", "nme_rest")  # NME = NME_act + NME_rest
+
+
+def nme_split_figure(ctx: ProbeContext) -> dict[str, Any]:
+    """The NME by its source, along the gradient and in trace: each part's share of
+    ||NME g^|| (norms: the parts can cancel, so the shares need not sum to 1), of
+    g^T NME g^ (additive), and of tr NME (additive), with ||G g^|| / ||NME g^|| beside."""
+    r = ctx.record
+    out: dict[str, Any] = {}
+    norm = r.get("nme/grad_product_norm")
+    if norm:
+        for part, name in (("nme_activation", "activation"), ("nme_rest", "rest")):
+            if f"{part}/grad_product_norm" in r:
+                out[f"nme_split/{name}_norm_share"] = r[f"{part}/grad_product_norm"] / norm
+                out[f"nme_split/{name}_alignment_share"] = (
+                    r[f"{part}/alignment"] / r["nme/alignment"] if r["nme/alignment"] else None)
+        if "gauss_newton/grad_product_norm" in r:
+            out["nme_split/gauss_newton_to_nme_norm"] = r["gauss_newton/grad_product_norm"] / norm
+    trace = r.get("nme/trace")
+    if trace:
+        for part, name in (("nme_activation", "activation"), ("nme_rest", "rest")):
+            if f"{part}/trace" in r:
+                out[f"nme_split/{name}_trace_share"] = r[f"{part}/trace"] / trace
+    forms = ctx.stash.get("trace_forms", {})
+    if set(NME_SPLIT) <= set(forms):  # NME = NME_act + NME_rest, probe by probe
+        n, a, b = (forms[k].sum(axis=-1) for k in NME_SPLIT)
+        out["nme_split/identity_residual"] = float(np.max(np.abs(n - a - b))
+                                                   / max(np.max(np.abs(n)), 1e-30))
+    return out
+
+
 for _figure in (
         Figure("gradient", "before", gradient_figure, enabled=lambda s: s.alignment),
         Figure("lanczos", "operator", lanczos_figure, enabled=lambda s: s.lanczos_steps > 0,
@@ -184,5 +218,8 @@ for _figure in (
                matvecs=lambda s: s.density_runs * s.density_steps),
         Figure("identity_residual", "after", identity_residual_figure,
                enabled=lambda s: s.trace_probes > 0 and set(DECOMPOSITION) <= set(s.kinds)),
+        Figure("nme_split", "after", nme_split_figure,
+               enabled=lambda s: "nme" in s.kinds and bool({"nme_activation", "nme_rest"}
+                                                           & set(s.kinds))),
 ):
     register_figure(_figure)

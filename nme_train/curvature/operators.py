@@ -90,6 +90,10 @@ class Curvature:
 
     apply_fn: Callable[[Params, Any], Any]
     loss: OutputLoss | Callable[[Any, Any], jax.Array]
+    # The same network with each activation replaced by its ablated twin (same value and
+    # slope, second derivative 0), on the same parameters: the nme_rest and
+    # nme_activation kinds split the NME by its source with it. None: no such split.
+    ablated_apply_fn: Callable[[Params, Any], Any] | None = None
 
     @property
     def output_loss(self) -> OutputLoss:
@@ -182,6 +186,31 @@ def empirical_fisher_of_batch(curv: Curvature, params: Params, batch: Batch) -> 
         return (r.shape[0] * r2 * along[:, None]).reshape(r.shape)
 
     return _output_space_product(curv, params, batch, product)
+
+
+def _ablated(curv: Curvature, kind: str) -> Curvature:
+    if curv.ablated_apply_fn is None:
+        raise ValueError(f"the {kind} operator needs the network with its activations' "
+                         "ablated twins (Curvature(..., ablated_apply_fn=...)); this one has "
+                         "none")
+    return dataclasses.replace(curv, apply_fn=curv.ablated_apply_fn)
+
+
+@register_operator("nme_rest", "NME_rest")
+def nme_rest_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matvec:
+    """The NME without the activations' second derivatives: products of weights across
+    layers, normalization, pooling. The ablated twin's NME at the same weights (the same
+    values, slopes, residuals and G; only sigma'' is zero)."""
+    return nme_of_batch(_ablated(curv, "nme_rest"), params, batch)
+
+
+@register_operator("nme_activation", "NME_act")
+def nme_activation_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matvec:
+    """The activations' part of the NME, sum_u g_u sigma''(a_u) grad a_u grad a_u^T (g_u: the
+    residual's backpropagated signal at unit u, a_u its pre-activation): NME - NME_rest.
+    Each product costs two NME products."""
+    full, rest = nme_of_batch(curv, params, batch), nme_rest_of_batch(curv, params, batch)
+    return lambda v: otu.tree_sub(full(v), rest(v))
 
 
 KINDS = ("hessian", "gauss_newton", "nme")

@@ -18,7 +18,11 @@ returns one JSON-able record; with the built-in figures:
                                          ({parameter path: tr(M_ll)}, the traces
                                           of the diagonal blocks of each leaf, from
                                           the same probes: they sum to the trace),
-  <kind>/alignment                       (g^T M g / ||g||^2),
+  <kind>/alignment, <kind>/grad_product_norm
+                                         (g^T M g / ||g||^2 and ||M g^||),
+  nme_split/*                            (with nme_activation and nme_rest: each
+                                          part's share of ||NME g^||, g^T NME g^
+                                          and tr NME),
   <kind>/density = {"grid": [...], "density": [...]},
   basis_mib, basis_memory                (the Lanczos basis, and where it lives),
 

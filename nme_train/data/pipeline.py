@@ -133,6 +133,7 @@ class ProcessBatches(grain.MapDataset):
         shuffle_seed: int | None = None,
         transform: Callable[[np.ndarray, dict, int], np.ndarray] | None = None,
         augmentation: str = "none",
+        noisy_labels: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     ):
         super().__init__([])
         if global_batch % process_count:
@@ -145,6 +146,7 @@ class ProcessBatches(grain.MapDataset):
         self._seed = shuffle_seed
         self._transform = transform
         self._augmentation = augmentation
+        self._noisy_labels = noisy_labels
         self._permutations: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
         n = len(records)
@@ -194,6 +196,8 @@ class ProcessBatches(grain.MapDataset):
             for epoch in np.unique(epochs):
                 keys[epochs == epoch] = self._permutation(int(epoch))[within[epochs == epoch]]
         images, labels = self._records.take(keys)
+        if self._noisy_labels is not None:
+            labels = self._noisy_labels(keys, labels)
         if self._transform is not None:
             params = {}
             if self._seed is not None:
@@ -207,6 +211,31 @@ class ProcessBatches(grain.MapDataset):
             batch["label"] = np.where(valid, labels, 0).astype(np.int32)
             batch["mask"] = valid.astype(np.float32)
         return batch
+
+
+def label_noise(fraction: float, seed: int, num_examples: int, num_classes: int
+                ) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """(keys, labels) -> labels with a fixed `fraction` of the split's examples relabelled.
+
+    Example k of the split is corrupted when it is among round(fraction * n)
+    examples drawn from `seed` alone (not the training seed: every run of a
+    study sees the same corrupted set); it then gets one of the other
+    classes, also fixed per example. The symmetric label noise of the
+    sharpness literature (SAM's robustness to noisy labels); None when
+    `fraction` is 0.
+    """
+    if fraction <= 0:
+        return None
+    rng = np.random.default_rng([seed, 0x4E4F4953])  # its own stream: "NOIS"
+    corrupted = np.zeros(num_examples, bool)
+    corrupted[rng.permutation(num_examples)[:round(fraction * num_examples)]] = True
+    shift = rng.integers(1, num_classes, num_examples)  # to another class: 1..C-1 further
+
+    def relabel(keys: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        noisy = (labels + shift[keys]) % num_classes
+        return np.where(corrupted[keys], noisy, labels).astype(np.int32)
+
+    return relabel
 
 
 def _transform(spec: DatasetSpec, name: str, image_size: int):
@@ -247,7 +276,10 @@ def train_batches(
     records = _open_split(spec, c.train_split or spec.train_split, c)
     ds = ProcessBatches(records, global_batch, process_index, process_count, shuffle_seed=seed,
                         transform=_transform(spec, c.augment, image_size),
-                        augmentation=c.augment)
+                        augmentation=c.augment,
+                        noisy_labels=label_noise(c.get("label_noise", 0.0),
+                                                 c.get("label_noise_seed", 0), len(records),
+                                                 spec.num_classes))
     it = ds.slice(slice(start_step, None)).to_iter_dataset(
         grain.ReadOptions(num_threads=c.num_threads, prefetch_buffer_size=c.prefetch)
     )

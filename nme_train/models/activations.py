@@ -53,17 +53,27 @@ def beta_gelu_derivative(x: jax.Array, beta: float = 1.0) -> jax.Array:
     return 0.5 * (1.0 + jax.lax.erf(beta * x * _SQRT_HALF)) + beta * x * phi
 
 
-@jax.custom_jvp
 def gelu_nme_ablated(x: jax.Array) -> jax.Array:
     """GELU whose second derivative is forced to 0 (the activation's NME removed)."""
-    return gelu(x)
+    return _beta_gelu_nme_ablated(x, 1.0)
 
 
-@gelu_nme_ablated.defjvp
-def _gelu_nme_ablated_jvp(primals, tangents):
+def beta_gelu_nme_ablated(x: jax.Array, beta: float = 1.0) -> jax.Array:
+    """beta-GELU in value and slope, its second derivative forced to 0."""
+    return _beta_gelu_nme_ablated(x, beta)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _beta_gelu_nme_ablated(x: jax.Array, beta: float) -> jax.Array:
+    return beta_gelu(x, beta)
+
+
+@_beta_gelu_nme_ablated.defjvp
+def _beta_gelu_nme_ablated_jvp(beta, primals, tangents):
     (x,), (t,) = primals, tangents
     # The slope is a constant to every further derivative: sigma'' = 0 at every order.
-    return gelu_nme_ablated(x), jax.lax.stop_gradient(beta_gelu_derivative(x, 1.0)) * t
+    slope = jax.lax.stop_gradient(beta_gelu_derivative(x, beta))
+    return _beta_gelu_nme_ablated(x, beta), slope * t
 
 
 def relu_synthetic_nme(x: jax.Array, beta: float = 1.0) -> jax.Array:
@@ -93,16 +103,40 @@ _REGISTRY: dict[str, tuple[Callable[..., Activation], tuple[str, ...]]] = {
     "gelu": (lambda: gelu, ()),
     "beta_gelu": (lambda beta: functools.partial(beta_gelu, beta=beta), ("beta",)),
     "gelu_nme_ablated": (lambda: gelu_nme_ablated, ()),
+    "beta_gelu_nme_ablated": (lambda beta: functools.partial(beta_gelu_nme_ablated, beta=beta),
+                              ("beta",)),
     "relu_synthetic_nme": (lambda beta: functools.partial(relu_synthetic_nme, beta=beta),
                            ("beta",)),
 }
 
+# Each activation's ablated twin: the same value and slope at every input, its second
+# derivative zero. A network with the twin in place of the activation has, at the same
+# weights, the same outputs, residuals, Jacobian and G, and the NME without the
+# activations' part (NOTES.md, section 2): the probes split the NME by its source with it.
+_ABLATED_TWINS: dict[str, str] = {
+    "relu": "relu",  # sigma'' = 0 already (a delta at 0, which autodiff does not see)
+    "gelu": "gelu_nme_ablated",
+    "beta_gelu": "beta_gelu_nme_ablated",
+    "gelu_nme_ablated": "gelu_nme_ablated",
+    "beta_gelu_nme_ablated": "beta_gelu_nme_ablated",
+    "relu_synthetic_nme": "relu",  # ReLU's value and slope; its surrogate sigma'' removed
+}
+
 
 def register_activation(
-    name: str, factory: Callable[..., Activation], params: tuple[str, ...] = ()
+    name: str, factory: Callable[..., Activation], params: tuple[str, ...] = (),
+    ablated_twin: str | None = None,
 ) -> None:
-    """Adds an activation factory under `name` (used by the NME interventions)."""
+    """Adds an activation factory under `name`, with the name of its ablated twin (same
+    value and slope, sigma'' = 0) if it has one (the probes' NME split needs it)."""
     _REGISTRY[name] = (factory, params)
+    if ablated_twin is not None:
+        _ABLATED_TWINS[name] = ablated_twin
+
+
+def ablated_twin(name: str) -> str | None:
+    """The registered ablated twin of activation `name`, or None."""
+    return _ABLATED_TWINS.get(name)
 
 
 def activation_names() -> list[str]:

@@ -56,8 +56,33 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
 
+# The layout of one checkpoint, DIR/checkpoints/<step>/: orbax's items (see the docstring).
+STATE_ITEM = "state"
+META_ITEM = "meta"
+META_FILE = "metadata"  # meta/metadata: the JSON orbax's JsonCheckpointHandler writes
+
+
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def state_path(checkpoint: str) -> str:
+    """The TrainState item of the checkpoint directory `checkpoint` (.../checkpoints/<step>)."""
+    return os.path.join(checkpoint, STATE_ITEM)
+
+
+def read_meta(checkpoint: str) -> dict:
+    """The JSON summary of the checkpoint directory `checkpoint`, read without JAX."""
+    with open(os.path.join(checkpoint, META_ITEM, META_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def restore_checkpoint(checkpoint: str, target: Any = None) -> tuple[Any, dict]:
+    """(state, meta) of the checkpoint directory `checkpoint`, read-only, without a manager:
+    the state onto `target`'s shardings (ShapeDtypeStructs), or as saved when None."""
+    with ocp.StandardCheckpointer() as checkpointer:  # closed: no threads left behind
+        state = checkpointer.restore(state_path(checkpoint), target)
+    return state, read_meta(checkpoint)
 
 
 def saved_steps(directory: str) -> list[int]:
@@ -67,7 +92,7 @@ def saved_steps(directory: str) -> list[int]:
     if not os.path.isdir(directory):
         return []
     return sorted(int(name) for name in os.listdir(directory)
-                  if name.isdigit() and os.path.isdir(os.path.join(directory, name, "meta")))
+                  if name.isdigit() and os.path.isdir(os.path.join(directory, name, META_ITEM)))
 
 
 class Checkpointer:
@@ -86,8 +111,8 @@ class Checkpointer:
         )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "meta": ocp.JsonCheckpointHandler()},
+            item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(),
+                           META_ITEM: ocp.JsonCheckpointHandler()},
         )
         self._executor = concurrent.futures.ThreadPoolExecutor(
             1, "checkpoint", initializer=_lower_thread_priority)
@@ -182,7 +207,7 @@ class Checkpointer:
 
     def saved_shapes(self, step: int) -> dict[str, tuple]:
         """'path' -> shape of each array of checkpoint `step` (from its metadata only)."""
-        return metadata_shapes(self._manager.item_metadata(step)["state"])
+        return metadata_shapes(self._manager.item_metadata(step)[STATE_ITEM])
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Checkpoint `step`, placed with the shardings of `abstract_state` (any mesh)."""
@@ -191,7 +216,7 @@ class Checkpointer:
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                     meta=ocp.args.JsonRestore()),
         )
-        return restored["state"], restored["meta"]
+        return restored[STATE_ITEM], restored[META_ITEM]
 
 
 def _key_name(key: Any) -> str:
@@ -258,8 +283,4 @@ def load_checkpoint(workdir: str, step: int | None = None) -> tuple[dict, dict]:
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {directory}")
         step = steps[-1]
-    path = os.path.join(directory, str(step))
-    state = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
-    with open(os.path.join(path, "meta", "metadata"), encoding="utf-8") as f:
-        meta = json.load(f)
-    return state, meta
+    return restore_checkpoint(os.path.join(directory, str(step)))

@@ -36,8 +36,8 @@ from nme_train.curvature.operators import apply, kind_label
 from nme_train.curvature.probes import ProbeSettings
 from nme_train.data import DATASETS
 from nme_train.train.checkpoint import abstract_with_shardings
-from nme_train.train.experiment import build_experiment
 from nme_train.train.probing import probe_curvature
+from nme_train.train.program import build_program
 from nme_train.validation import validate
 
 
@@ -55,14 +55,14 @@ def program_flops(lowered: Any, compiled: Any = None) -> float:
     return float("nan")
 
 
-def model_flops(exp: Any, state: Any, batch: dict) -> float:
+def model_flops(program: Any, state: Any, batch: dict) -> float:
     """Model FLOPs of one training step on `batch`: 3x the forward pass's (forward and
     backward, the usual convention), whatever the regularizers add. XLA's count of the
     evaluation step lowered for the batch's shape (a trace; compiled only on a backend
     that counts FLOPs in compiled programs alone)."""
     mask = jax.ShapeDtypeStruct(batch["label"].shape, np.float32,
                                 sharding=getattr(batch["label"], "sharding", None))
-    lowered = exp.eval_step.lower(state, {**batch, "mask": mask})
+    lowered = program.eval_step.lower(state, {**batch, "mask": mask})
     flops = program_flops(lowered)
     if not math.isfinite(flops):  # a backend that analyses only compiled programs
         flops = program_flops(lowered, lowered.compile())
@@ -87,27 +87,27 @@ def dry_run(config: Any, devices: list | None = None) -> dict[str, Any]:
     validate(config, len(devices), jax.process_count())
     spec = DATASETS[config.data.name]
     total = config.num_train_steps if config.num_train_steps > 0 else 1000
-    exp = build_experiment(config, spec, devices, total_steps=total, steps_per_epoch=1000)
+    program = build_program(config, spec, devices, total_steps=total, steps_per_epoch=1000)
     size = config.data.image_size or spec.image_size
     batch = {
         "image": jax.ShapeDtypeStruct((config.batch_size, size, size, spec.channels), np.uint8,
-                                      sharding=exp.batch_sharding),
+                                      sharding=program.batch_sharding),
         "label": jax.ShapeDtypeStruct((config.batch_size,), np.int32,
-                                      sharding=exp.batch_sharding),
+                                      sharding=program.batch_sharding),
     }
-    state = abstract_with_shardings(exp.abstract_state, exp.state_sharding)
-    report: dict[str, Any] = {"parameters": exp.num_params, "devices": len(devices),
-                              "mesh": dict(exp.mesh.shape), "batch_size": config.batch_size,
+    state = abstract_with_shardings(program.abstract_state, program.state_sharding)
+    report: dict[str, Any] = {"parameters": program.num_params, "devices": len(devices),
+                              "mesh": dict(program.mesh.shape), "batch_size": config.batch_size,
                               "image_size": size, "regularizers": list(config.regularizers)}
 
     start = time.perf_counter()
-    lowered = exp.train_step.lower(state, batch)
+    lowered = program.train_step.lower(state, batch)
     compiled = lowered.compile()
     report["train_step"] = {"compile_s": time.perf_counter() - start,
                             "flops": program_flops(lowered, compiled),
                             "memory_mib_per_device": memory_mib(compiled)}
 
-    report["probe_step"] = _probe_programs(config, spec, exp, state, size)
+    report["probe_step"] = _probe_programs(config, spec, program, state, size)
     report["probe_settings_basis_memory"] = config.probes.basis_memory
     probe, step_flops = report["probe_step"], report["train_step"]["flops"]
     if np.isfinite(step_flops) and step_flops > 0:
@@ -121,17 +121,17 @@ def dry_run(config: Any, devices: list | None = None) -> dict[str, Any]:
     return report
 
 
-def _probe_programs(config: Any, spec: Any, exp: Any, state: Any, size: int) -> dict[str, Any]:
+def _probe_programs(config: Any, spec: Any, program: Any, state: Any, size: int) -> dict[str, Any]:
     """The probe's programs from shapes: for each kind, the linearisation over one probe
     batch and one operator-vector product (FLOPs; the Hessian's compiled for memory), the
     gradient (alignment), the Lanczos basis and where `basis_memory` puts it."""
-    curv = probe_curvature(config, spec, exp.model)
+    curv = probe_curvature(config, spec, program.model)
     settings = ProbeSettings.from_config(config.probes)
     probe_batch = config.probes.batch_size or config.batch_size
     probe_batches = [{"inputs": {"images": jax.ShapeDtypeStruct(
-        (probe_batch, size, size, spec.channels), np.uint8, sharding=exp.batch_sharding),
+        (probe_batch, size, size, spec.channels), np.uint8, sharding=program.batch_sharding),
         "model_state": state.model_state},
-        "targets": jax.ShapeDtypeStruct((probe_batch,), np.int32, sharding=exp.batch_sharding)}]
+        "targets": jax.ShapeDtypeStruct((probe_batch,), np.int32, sharding=program.batch_sharding)}]
     build = jax.jit(curv.linear_operator, static_argnums=0)
     start = time.perf_counter()
     lowered = build.lower("hessian", state.params, probe_batches)
@@ -162,8 +162,8 @@ def _probe_programs(config: Any, spec: Any, exp: Any, state: Any, size: int) -> 
         "flops": gradient_flops + sum(k["linearise_flops"] + matvecs * k["matvec_flops"]
                                       for k in kinds.values()),
     })
-    where, basis = settings.basis_placement(exp.abstract_state.params)
-    per_device = basis / exp.mesh.shape["fsdp"]
+    where, basis = settings.basis_placement(program.abstract_state.params)
+    per_device = basis / program.mesh.shape["fsdp"]
     residuals = out["memory_mib_per_device"].get("output", 0.0)
     out.update({
         "lanczos_basis_mib_total": basis, "lanczos_basis_mib_per_device": per_device,

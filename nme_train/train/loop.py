@@ -4,7 +4,7 @@
       plan          validate the config, size the run, apply the workdir
                     policy (nme_train.train.rundir) before anything is built
       build         data, mesh, model, optimizer, sharded state, compiled
-                    steps (nme_train.train.experiment)
+                    steps (nme_train.train.program)
       restore       resume, warm-start or initialise, checking before writing
       open_outputs  the workdir's files, the console header, metrics, probes
       loop          the steps; after each, the periodic actions: read the
@@ -30,13 +30,6 @@ from nme_train import logs
 from nme_train.data import DATASETS, default_data_dir, eval_batches, split_size, train_batches
 from nme_train.train.checkpoint import CheckpointError, abstract_with_shardings, open_checkpointer
 from nme_train.train.dry_run import model_flops, program_flops
-from nme_train.train.experiment import (
-    build_experiment,
-    device_batches,
-    evaluate,
-    setting_warnings,
-    training_length,
-)
 from nme_train.train.metrics import (
     Diverged,
     MetricWriter,
@@ -48,6 +41,13 @@ from nme_train.train.metrics import (
 from nme_train.train.preemption import PreemptionGuard
 from nme_train.train.probing import RunProbes, write_record
 from nme_train.train.probing import summary as probe_summary
+from nme_train.train.program import (
+    build_program,
+    device_batches,
+    evaluate,
+    setting_warnings,
+    training_length,
+)
 from nme_train.train.resume import restore_latest, warm_start
 from nme_train.train.rundir import (
     CONFIG_FILE,
@@ -133,19 +133,19 @@ class Trainer:
     def build(self) -> None:
         self.eval_data = eval_batches(self.spec, self.data_config, self.config.eval_batch_size,
                                       jax.process_index(), jax.process_count())
-        self.exp = build_experiment(self.config, self.spec, self.devices, self.total_steps,
+        self.program = build_program(self.config, self.spec, self.devices, self.total_steps,
                                     self.steps_per_epoch)
 
     def restore(self) -> str:
         """Resumes, warm-starts or initialises the state; says which. Writes nothing."""
-        config, exp = self.config, self.exp
+        config, program = self.config, self.program
         created = [d for d in (os.path.join(self.workdir, "checkpoints"), self.workdir)
                    if not os.path.exists(d)]
         self.ckpt = open_checkpointer(self.workdir, config.checkpoint)
         self.meta, self.changes = {}, {}
         try:
             restored = restore_latest(self.workdir, config, self.ckpt, abstract_with_shardings(
-                exp.abstract_state, exp.state_sharding))
+                program.abstract_state, program.state_sharding))
             if restored is not None:
                 self.state, self.meta, self.changes = restored
                 self.start_step = int(self.meta["step"])
@@ -155,10 +155,10 @@ class Trainer:
                 return how
             self.start_step = 0
             if config.init_from:
-                self.state, source = warm_start(config.init_from, exp.init(),
-                                                exp.state_sharding)
+                self.state, source = warm_start(config.init_from, program.init(),
+                                                program.state_sharding)
                 return f"warm-started from {source}"
-            self.state = exp.init()
+            self.state = program.init()
             return "initialised"
         except BaseException:
             self.ckpt.close()
@@ -183,7 +183,7 @@ class Trainer:
         self.metrics.last = dict(meta.get("metrics", {}))
         self.health = CheckpointHealth(self.start_step, meta.get("first_loss"))
         if config.probes.every_steps:
-            self.probes = RunProbes(config, self.spec, self.exp, self.data_config)
+            self.probes = RunProbes(config, self.spec, self.program, self.data_config)
         self.watchdog = StepWatchdog(watchdog_timeout(config.get("watchdog_seconds", -1.0)),
                                      jax.process_index())
 
@@ -207,12 +207,12 @@ class Trainer:
             f.write(self.config.to_json_best_effort(indent=2))
 
     def _announce(self, how: str) -> None:
-        config, exp, devices = self.config, self.exp, self.devices
-        for warning in setting_warnings(config, exp):
+        config, program, devices = self.config, self.program, self.devices
+        for warning in setting_warnings(config, program):
             logging.warning("warning: %s", warning)
-        self.log(f"nme_train: {config.model.name} ({exp.num_params:,} parameters) on "
+        self.log(f"nme_train: {config.model.name} ({program.num_params:,} parameters) on "
                  f"{config.data.name}; {self.total_steps} steps of batch {config.batch_size} "
-                 f"({self.steps_per_epoch} steps/epoch); mesh {dict(exp.mesh.shape)} over "
+                 f"({self.steps_per_epoch} steps/epoch); mesh {dict(program.mesh.shape)} over "
                  f"{len(devices)} {devices[0].platform} device(s); workdir {self.workdir}; "
                  f"{how}")
         if self.changes:
@@ -226,19 +226,19 @@ class Trainer:
         host_batches = train_batches(self.spec, self.data_config, config.batch_size,
                                      config.seed, start, jax.process_index(),
                                      jax.process_count())
-        batches = device_batches(host_batches, self.exp.batch_sharding)
+        batches = device_batches(host_batches, self.program.batch_sharding)
         self.started = time.perf_counter()
         if self.probes and start == 0:
             self.probe(0)
         with PreemptionGuard() as guard:
             for step in range(start, self.total_steps):
                 batch = next(batches)
-                self.state, step_metrics = self.exp.train_step(self.state, batch)
+                self.state, step_metrics = self.program.train_step(self.state, batch)
                 if step == start:  # the step's FLOPs (lowering and compiling are cached now)
-                    lowered = self.exp.train_step.lower(self.state, batch)
+                    lowered = self.program.train_step.lower(self.state, batch)
                     self.metrics.progress.set_flops(
                         program_flops(lowered, lowered.compile()), self.devices,
-                        lambda b=batch: model_flops(self.exp, self.state, b))
+                        lambda b=batch: model_flops(self.program, self.state, b))
                 self.fetch()
                 self.ckpt.poll()  # a failed save stops the run now, not at the next save
                 self.pending = (step + 1, step_metrics)
@@ -266,7 +266,7 @@ class Trainer:
         if config.eval_every_steps and done % config.eval_every_steps == 0 and not last:
             self.fetch()
             with self.watchdog.paused():
-                results = evaluate(self.exp, self.state, self.eval_data)
+                results = evaluate(self.program, self.state, self.eval_data)
             self.writer.write(done, results)
             self.metrics.progress.line(done, results)
             self.metrics.restart_timing(done)
@@ -287,7 +287,7 @@ class Trainer:
     def save(self, step: int) -> None:
         """Checkpoints the state after `step`, refusing non-finite parameters."""
         self.fetch()
-        checked = jax.device_get(self.exp.param_health(self.state.params))
+        checked = jax.device_get(self.program.param_health(self.state.params))
         if not bool(checked["finite"]):
             raise Diverged(step, float("nan"), f"the parameters after step {step} are not finite")
         metrics = self.metrics
@@ -302,7 +302,8 @@ class Trainer:
 
     def probe(self, step: int) -> None:
         self.fetch()
-        record = self.probes.probe(self.state, step)
+        record = self.probes.probe(self.state, step,
+                                   learning_rate=float(self.program.schedule(step)))
         write_record(self.workdir, record, writer=self.writer)
         self.log(probe_summary(record))
         self.metrics.restart_timing(step)
@@ -311,7 +312,7 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """The final evaluation and final.json; the results."""
         total, trained = self.total_steps, self.start_step < self.total_steps
-        results = evaluate(self.exp, self.state, self.eval_data)
+        results = evaluate(self.program, self.state, self.eval_data)
         results["train/wall_time_sec"] = time.perf_counter() - self.started
         if trained:
             self.writer.write(total, results)
@@ -319,7 +320,7 @@ class Trainer:
         if self.is_main:  # the marker of a finished run (tools/sweep.py skips it)
             write_json_atomic(os.path.join(self.workdir, FINAL_FILE), {
                 "step": total, "epochs": total / self.steps_per_epoch,
-                "num_params": self.exp.num_params, **self.metrics.last, **results})
+                "num_params": self.program.num_params, **self.metrics.last, **results})
         self.log(f"final: step {total} | eval loss {results['eval/loss']:.4f} | eval accuracy "
                  f"{results['eval/accuracy']:.4f} | {results['train/wall_time_sec']:.1f} s")
         return {**self.metrics.last, **results}

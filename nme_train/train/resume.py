@@ -32,6 +32,7 @@ from nme_train.train.checkpoint import (
     describe_error,
     metadata_shapes,
     saved_steps,
+    state_path,
     tree_shapes,
 )
 from nme_train.train.rundir import (
@@ -167,7 +168,7 @@ def warm_start(init_from: str, state: Any, state_sharding: Any) -> tuple[Any, st
         {"params": state.params, "model_state": state.model_state},
         {"params": state_sharding.params, "model_state": state_sharding.model_state},
     )
-    source = os.path.join(directory, str(step), "state")
+    source = state_path(os.path.join(directory, str(step)))
     try:
         saved = metadata_shapes(ocp.StandardCheckpointer().metadata(source))
     except Exception as e:

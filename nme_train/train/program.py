@@ -1,6 +1,6 @@
 """The compiled bundle of one config: mesh, model, sharded state and jitted steps.
 
-`build_experiment` is shared by the trainer, the dry run (nme_train.train.dry_run),
+`build_program` is shared by the trainer, the dry run (nme_train.train.dry_run),
 the offline probe (tools/probe.py) and the step benchmark: everything that
 depends on the config and the devices but not on a workdir.
 """
@@ -33,7 +33,7 @@ from nme_train.train.step import (
 
 
 @dataclasses.dataclass
-class Experiment:
+class Program:
     """Everything compiled for one config: the mesh, the sharded state factory, the steps."""
 
     model: Any
@@ -46,6 +46,7 @@ class Experiment:
     eval_step: Callable  # (state, batch) -> masked sums; jitted
     param_health: Callable  # params -> {"param_norm", "finite"}; jitted, replicated out
     num_params: int
+    schedule: Callable[[int], Any]  # step -> learning rate
 
 
 def _param_health(params: Any) -> dict[str, jax.Array]:
@@ -54,9 +55,9 @@ def _param_health(params: Any) -> dict[str, jax.Array]:
     return {"param_norm": otu.tree_norm(params), "finite": jnp.all(jnp.stack(finite))}
 
 
-def build_experiment(
+def build_program(
     config: Any, spec: DatasetSpec, devices: list, total_steps: int, steps_per_epoch: int
-) -> Experiment:
+) -> Program:
     """Builds model, optimizer, objective, state shardings and the jitted steps."""
     mesh = shd.make_mesh(config.mesh, devices)
     batch_sharding = shd.batch_sharding(mesh)
@@ -82,7 +83,7 @@ def build_experiment(
     eval_step = jax.jit(make_eval_step(model, normalize),
                         in_shardings=(state_sharding, batch_sharding),
                         out_shardings=shd.replicated(mesh))
-    return Experiment(
+    return Program(
         model=model,
         mesh=mesh,
         batch_sharding=batch_sharding,
@@ -93,6 +94,7 @@ def build_experiment(
         eval_step=eval_step,
         param_health=jax.jit(_param_health, out_shardings=shd.replicated(mesh)),
         num_params=sum(int(np.prod(p.shape)) for p in jax.tree.leaves(abstract_state.params)),
+        schedule=schedule,
     )
 
 
@@ -114,11 +116,11 @@ def device_batches(host_batches: Iterator[dict], sharding, depth: int = 2) -> It
     yield from queue
 
 
-def evaluate(exp: Experiment, state: Any, batches: Any) -> dict[str, float]:
+def evaluate(program: Program, state: Any, batches: Any) -> dict[str, float]:
     """Mean loss and accuracy over the whole evaluation split (sums on device, one fetch)."""
     totals = None
-    for batch in device_batches(iter(batches), exp.batch_sharding):
-        sums = exp.eval_step(state, batch)
+    for batch in device_batches(iter(batches), program.batch_sharding):
+        sums = program.eval_step(state, batch)
         totals = sums if totals is None else otu.tree_add(totals, sums)
     totals = jax.device_get(totals)
     count = max(float(totals["count"]), 1.0)
@@ -126,20 +128,20 @@ def evaluate(exp: Experiment, state: Any, batches: Any) -> dict[str, float]:
             "eval/accuracy": float(totals["correct"]) / count}
 
 
-def setting_warnings(config: Any, exp: Experiment) -> list[str]:
+def setting_warnings(config: Any, program: Program) -> list[str]:
     """Settings that are accepted but do not do what they say on this model and mesh."""
     warnings = []
-    fsdp = exp.mesh.shape["fsdp"]
+    fsdp = program.mesh.shape["fsdp"]
     if fsdp > 1 and not any("fsdp" in tuple(s.spec) for s in
-                            jax.tree.leaves(exp.state_sharding.params)):
+                            jax.tree.leaves(program.state_sharding.params)):
         warnings.append(
             f"config.mesh.fsdp={fsdp}: no parameter has a dimension divisible by {fsdp} with "
             f"at least config.sharding.fsdp_min_size={config.sharding.fsdp_min_size} "
             "elements, so every parameter is replicated; use a divisor of the layer widths "
             "(e.g. a power of 2) or lower sharding.fsdp_min_size")
     steps = config.probes.lanczos_steps if config.probes.every_steps else 0
-    if steps > exp.num_params:
+    if steps > program.num_params:
         warnings.append(
-            f"config.probes.lanczos_steps={steps} exceeds the model's {exp.num_params} "
-            f"parameters; the probes use {exp.num_params} (Lanczos is exact at that size)")
+            f"config.probes.lanczos_steps={steps} exceeds the model's {program.num_params} "
+            f"parameters; the probes use {program.num_params} (Lanczos is exact at that size)")
     return warnings

@@ -1,0 +1,554 @@
+"""Gather a sweep's results into tables (markdown + CSV, mean ± std over seeds) and plots.
+
+    python tools/summarize.py DIR                      # every experiment swept into DIR
+    python tools/summarize.py DIR --experiment e1      # one of them
+    python tools/summarize.py DIR --out docs/results   # where the files go (default DIR)
+
+Reads DIR/sweep_<experiment>.json (written by tools/sweep.py), each run's
+DIR/<point>/final.json (a finished run's final metrics) or diverged.json (a
+run stopped by a non-finite loss) and, for the probe experiments,
+DIR/<point>/probes.jsonl. Points are grouped by their tags except the seed;
+unfinished runs are counted, not averaged; diverged runs are counted in
+their own column and fail the tolerance test below. Writes, per experiment,
+summary_<experiment>.md, .csv and .png:
+
+  kind "final"     test accuracy against the swept hyperparameter (rho,
+                   sigma^2 or beta), one line per method/activation, error
+                   bars ± one standard error of the mean over seeds; the
+                   unregularized runs of a rho/sigma^2 sweep are drawn as
+                   horizontal lines; a point with diverged seeds is marked x
+                   and labelled (its mean is over the other seeds)
+  kind "traces"    Tr H, Tr G and Tr NME (Hutchinson) against the training
+                   step, one line per group (mean over seeds, band ± std);
+                   and summary_<experiment>_layers.png: the per-layer traces
+                   (`<kind>/trace_by_layer`, summed over each layer's
+                   parameters) at the last probe
+  kind "sparsity"  the mean over layers of the fraction of |sigma''| above
+                   the threshold, at the first and the last probe, against beta
+
+The plot settings (each experiment file's PLOT) may add
+  "panels": TAG          one subplot per value of TAG (e.g. "bn")
+  "symlog_x": T          an x axis linear up to T and logarithmic above
+  "zoom": P              a second row of panels showing P points below the
+                         unregularized runs' accuracy (collapsed runs hide the rest)
+  "contrasts": [[TAG, A, B], ...]
+                         a table of the difference A - B in mean test accuracy
+                         between the groups that differ only in TAG (B None:
+                         the group without TAG), with the standard error of the
+                         difference, sqrt(s_A^2/n_A + s_B^2/n_B), and their ratio
+
+Every "final" table also gives each group's difference from its
+unregularized run (method none, the same other tags) with its standard
+error, and, for rho and sigma^2 sweeps, the largest value at which a curve
+stays within 1 point of that run (at that value and every smaller one, with
+no diverged seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import statistics
+import sys
+from collections.abc import Sequence
+
+from nme_train.curvature.operators import kind_label
+from nme_train.experiments import format_value
+from nme_train.train.probing import read_probes
+from nme_train.train.rundir import read_diverged, read_final
+
+HYPERPARAMETERS = ("rho", "sigma2")
+SWEPT = HYPERPARAMETERS + ("probes",)  # tags a method carries with it
+TOLERANCE = 1.0  # points of test accuracy, for the "largest value within" table
+LABELS = {"sigma2": "σ²", "rho": "ρ", "beta": "β"}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (nan for fewer than 2 values)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def fmt(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
+    if math.isnan(mean):
+        return "—"
+    if math.isnan(std):
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def difference(a: dict, b: dict, field: str = "test_acc") -> tuple[float, float]:
+    """(mean_a - mean_b, standard error of that difference) for two rows."""
+    diff = a[f"{field}_mean"] - b[f"{field}_mean"]
+    var = 0.0
+    for row in (a, b):
+        std, n = row[f"{field}_std"], row["seeds"]
+        if n < 2 or math.isnan(std):
+            return diff, math.nan
+        var += std**2 / n
+    return diff, math.sqrt(var)
+
+
+def fmt_difference(diff: float, se: float) -> list[str]:
+    """[Δ ± SE in points, |Δ|/SE] cells."""
+    if math.isnan(diff):
+        return ["—", "—"]
+    if math.isnan(se):
+        return [f"{100 * diff:+.2f}", "—"]
+    ratio = abs(diff) / se if se > 0 else math.inf
+    return [f"{100 * diff:+.2f} ± {100 * se:.2f}", f"{ratio:.1f}"]
+
+
+def layer_of(path: str) -> str:
+    """The layer (module) of a parameter path: "Conv_0/kernel" -> "Conv_0"."""
+    return path.rsplit("/", 1)[0] if "/" in path else path
+
+
+class ExperimentResults:
+    """One sweep manifest and its runs, grouped by tags without the seed."""
+
+    def __init__(self, workdir: str, manifest_path: str):
+        with open(manifest_path, encoding="utf-8") as f:
+            self.manifest = json.load(f)
+        self.name = self.manifest["experiment"]
+        self.plot = self.manifest.get("plot", {"kind": "final"})
+        self.groups: dict[tuple, list[dict]] = {}
+        self.diverged: dict[tuple, int] = {}
+        self.pending = 0
+        for point in self.manifest["points"]:
+            tags = dict(point["tags"])
+            seed = tags.pop("seed", None)
+            run_dir = os.path.join(workdir, point["name"])
+            key = tuple(tags.items())
+            final = read_final(run_dir)
+            if final is None:
+                if read_diverged(run_dir) is not None:
+                    self.diverged[key] = self.diverged.get(key, 0) + 1
+                    self.groups.setdefault(key, [])
+                else:
+                    self.pending += 1
+                continue
+            self.groups.setdefault(key, []).append(
+                {"seed": seed, "final": final, "dir": run_dir})
+        self.tag_names: list[str] = []  # in order of appearance: methods differ in their
+        for point in self.manifest["points"]:  # hyperparameter's name (rho, sigma2)
+            self.tag_names += [k for k in point["tags"] if k != "seed" and k not in
+                               self.tag_names]
+
+    @property
+    def kind(self) -> str:
+        return self.plot.get("kind", "final")
+
+    def rows(self) -> list[dict]:
+        """One row per group: its tags, the number of seeds and the figures."""
+        rows = []
+        for key, runs in self.groups.items():
+            row: dict = {**dict(key), "seeds": len(runs), "diverged": self.diverged.get(key, 0)}
+            for field, metric in (("test_acc", "eval/accuracy"), ("test_loss", "eval/loss"),
+                                  ("train_loss", "train/loss")):
+                values = [r["final"].get(metric, math.nan) for r in runs]
+                row[f"{field}_mean"], row[f"{field}_std"] = mean_std(values)
+            wall = [r["final"].get("train/wall_time_sec", math.nan) for r in runs]
+            row["wall_s_mean"] = statistics.fmean(wall) if wall else math.nan
+            if self.kind == "traces":
+                self._trace_figures(row, runs)
+            if self.kind == "sparsity":
+                before, after = [], []
+                for r in runs:
+                    records = [p for p in read_probes(r["dir"]) if "sparsity/mean" in p]
+                    if records:
+                        before.append(records[0]["sparsity/mean"])
+                        after.append(records[-1]["sparsity/mean"])
+                row["sparsity_init_mean"], row["sparsity_init_std"] = mean_std(before)
+                row["sparsity_final_mean"], row["sparsity_final_std"] = mean_std(after)
+            rows.append(row)
+        if self.kind != "traces":
+            for row in rows:
+                base = self.baseline(row, rows)
+                diff, se = difference(row, base) if base else (math.nan, math.nan)
+                row["delta_vs_none_mean"], row["delta_vs_none_se"] = diff, se
+        return rows
+
+    def _trace_figures(self, row: dict, runs: list[dict]) -> None:
+        """First, last and smallest trace over training; per-layer traces at both ends."""
+        for name in self.plot["y"]:
+            first, last, low = [], [], []
+            for r in runs:
+                series = [p[name] for p in read_probes(r["dir"]) if name in p]
+                if series:
+                    first.append(series[0])
+                    last.append(series[-1])
+                    low.append(min(series))
+            label = name.split("/")[0]
+            row[f"{label}_first_mean"], row[f"{label}_first_std"] = mean_std(first)
+            row[f"{label}_last_mean"], row[f"{label}_last_std"] = mean_std(last)
+            row[f"{label}_min_mean"], row[f"{label}_min_std"] = mean_std(low)
+            layers: dict[str, dict[str, list[float]]] = {}
+            for r in runs:
+                records = [p for p in read_probes(r["dir"]) if f"{label}/trace_by_layer" in p]
+                for end, record in (("first", records[:1]), ("last", records[-1:])):
+                    for rec in record:
+                        sums: dict[str, float] = {}
+                        for path, value in rec[f"{label}/trace_by_layer"].items():
+                            sums[layer_of(path)] = sums.get(layer_of(path), 0.0) + value
+                        for layer, value in sums.items():
+                            layers.setdefault(layer, {}).setdefault(end, []).append(value)
+            if layers:
+                row[f"{label}_layers"] = {layer: {end: mean_std(v) for end, v in ends.items()}
+                                          for layer, ends in layers.items()}
+
+    def baseline(self, row: dict, rows: list[dict]) -> dict | None:
+        """The unregularized group with `row`'s other tags (None for itself or if none)."""
+        if row.get("method") in (None, "none"):
+            return None
+        others = {k: v for k, v in row.items() if k in self.tag_names
+                  and k != "method" and k not in SWEPT}
+        for r in rows:
+            if r.get("method") == "none" and all(r.get(k) == v for k, v in others.items()):
+                return r
+        return None
+
+
+def tag_cells(row: dict, tag_names: Sequence[str]) -> list[str]:
+    return [format_value(row[t]) if t in row else "—" for t in tag_names]
+
+
+def _sort_key(row: dict, tag_names: Sequence[str]) -> tuple:
+    return tuple((0, row[t], "") if isinstance(row.get(t), (int, float))
+                 else (1, 0, str(row.get(t, ""))) for t in tag_names)
+
+
+def contrast_table(exp: ExperimentResults, rows: list[dict]) -> list[str]:
+    """Markdown lines of the PLOT's contrasts: A - B between groups differing in one tag."""
+    lines: list[str] = []
+    for tag, a, b in exp.plot.get("contrasts", ()):
+        others = [t for t in exp.tag_names if t != tag]
+        pairs = []
+        for ra in rows:
+            if ra.get(tag) != a:
+                continue
+            for rb in rows:
+                if (rb.get(tag) == b if b is not None else tag not in rb) and all(
+                        ra.get(t) == rb.get(t) for t in others if t in rb):
+                    pairs.append((ra, rb))
+        if not pairs:
+            continue
+        b_name = format_value(b) if b is not None else f"no {tag}"
+        lines += ["", f"**{tag} {format_value(a)} − {b_name}** (test accuracy, points; "
+                  "SE of the difference; |Δ|/SE > 2 is a difference the seeds resolve)", "",
+                  f"| {' | '.join(others)} | Δ ± SE | \\|Δ\\|/SE |",
+                  "|" + "---|" * (len(others) + 2)]
+        for ra, rb in sorted(pairs, key=lambda p: _sort_key(p[0], others)):
+            lines.append(f"| {' | '.join(tag_cells(ra, others))} | "
+                         f"{' | '.join(fmt_difference(*difference(ra, rb)))} |")
+    return lines
+
+
+def tolerance_table(exp: ExperimentResults, rows: list[dict]) -> list[str]:
+    """The largest rho / sigma^2 of each curve within TOLERANCE points of its plain run."""
+    x = exp.plot.get("x")
+    if x not in HYPERPARAMETERS:
+        return []
+    line_tags = [t for t in exp.tag_names if t not in HYPERPARAMETERS and t != "seed"]
+    curves: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("method") not in (None, "none") and x in r:
+            curves.setdefault(tuple(r.get(t) for t in line_tags), []).append(r)
+    lines = ["", f"**Largest {LABELS.get(x, x)} within {TOLERANCE:g} point of the "
+             "unregularized run** (at that value and every smaller one, no seed diverged)", "",
+             f"| {' | '.join(line_tags)} | unregularized (%) | largest {LABELS.get(x, x)} "
+             "within | first value outside (Δ, points) |", "|" + "---|" * (len(line_tags) + 3)]
+    for key, members in sorted(curves.items(), key=lambda kv: _sort_key(kv[1][0], line_tags)):
+        base = exp.baseline(members[0], rows)
+        if base is None:
+            continue
+        best, outside = "none", "—"
+        for r in sorted(members, key=lambda r: r[x]):
+            drop = r["test_acc_mean"] - base["test_acc_mean"]
+            if r["diverged"] or math.isnan(drop) or 100 * drop < -TOLERANCE - 1e-9:
+                why = [] if math.isnan(drop) else [f"{100 * drop:+.2f}"]
+                why += [f"diverged {r['diverged']}"] if r["diverged"] else []
+                outside = f"{format_value(r[x])} ({', '.join(why)})"
+                break
+            best = format_value(r[x])
+        cells = [format_value(v) if v is not None else "—" for v in key]
+        lines.append(f"| {' | '.join(cells)} | {100 * base['test_acc_mean']:.2f} | {best} | "
+                     f"{outside} |")
+    return lines
+
+
+def layer_table(exp: ExperimentResults, rows: list[dict]) -> list[str]:
+    """Per-layer traces (sum over each layer's parameters) at the first and last probe."""
+    kinds = [n.split("/")[0] for n in exp.plot.get("y", ())]
+    if not any(f"{k}_layers" in r for r in rows for k in kinds):
+        return []
+    group_tags = [t for t in exp.tag_names if any(t in r for r in rows)]
+    header = group_tags + ["layer"] + [f"Tr {kind_label(k)} {end}" for k in kinds
+                                       for end in ("first", "last")]
+    lines = ["", "**Per-layer traces** (Hutchinson, tr of each layer's diagonal block summed "
+             "over its parameters; mean ± std over seeds, at the first and the last probe)", "",
+             f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
+    for r in sorted(rows, key=lambda r: _sort_key(r, group_tags)):
+        layers = sorted({layer for k in kinds for layer in r.get(f"{k}_layers", {})})
+        for layer in layers:
+            cells = tag_cells(r, group_tags) + [layer]
+            for k in kinds:
+                ends = r.get(f"{k}_layers", {}).get(layer, {})
+                cells += [fmt(*ends.get(end, (math.nan, math.nan)), digits=2)
+                          for end in ("first", "last")]
+            lines.append(f"| {' | '.join(cells)} |")
+    return lines
+
+
+def write_tables(exp: ExperimentResults, rows: list[dict], out: str) -> tuple[str, str]:
+    rows = sorted(rows, key=lambda r: _sort_key(r, exp.tag_names))
+    csv_path = os.path.join(out, f"summary_{exp.name}.csv")
+    flat = [{k: v for k, v in r.items() if not k.endswith("_layers")} for r in rows]
+    columns = list(exp.tag_names) + [k for k in (flat[0] if flat else {})
+                                     if k not in exp.tag_names]
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(flat)
+    kind = exp.kind
+    any_diverged = any(r["diverged"] for r in rows)
+    header = list(exp.tag_names) + ["seeds"] + (["diverged"] if any_diverged else []) + [
+        "test accuracy (%)", "test loss", "train loss"]
+    extra: list[tuple[str, str, float]] = []
+    if kind == "traces":
+        for name in exp.plot["y"]:
+            label = name.split("/")[0]
+            extra += [(f"Tr {label} first", f"{label}_first", 1.0),
+                      (f"Tr {label} last", f"{label}_last", 1.0),
+                      (f"Tr {label} min", f"{label}_min", 1.0)]
+    if kind == "sparsity":
+        extra += [("non-zero σ'' at init (%)", "sparsity_init", 100.0),
+                  ("after training (%)", "sparsity_final", 100.0)]
+    deltas = kind != "traces" and any(not math.isnan(r["delta_vs_none_mean"]) for r in rows)
+    header += [h for h, _, _ in extra]
+    header += ["Δ vs none ± SE (points)", "\\|Δ\\|/SE"] if deltas else []
+    header += ["wall s"]
+    lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = tag_cells(r, exp.tag_names) + [str(r["seeds"])]
+        cells += [str(r["diverged"])] if any_diverged else []
+        cells.append(fmt(r["test_acc_mean"], r["test_acc_std"], 100.0))
+        cells.append(fmt(r["test_loss_mean"], r["test_loss_std"], digits=4))
+        cells.append(fmt(r["train_loss_mean"], r["train_loss_std"], digits=4))
+        cells += [fmt(r[f"{key}_mean"], r[f"{key}_std"], scale, digits=1 if scale == 1.0
+                      else 2) for _, key, scale in extra]
+        if deltas:
+            cells += fmt_difference(r["delta_vs_none_mean"], r["delta_vs_none_se"])
+        cells.append(f"{r['wall_s_mean']:.0f}" if not math.isnan(r["wall_s_mean"]) else "—")
+        lines.append(f"| {' | '.join(cells)} |")
+    if exp.pending:
+        lines.append(f"\n{exp.pending} run(s) of this grid have not finished.")
+    if kind == "final":
+        lines += tolerance_table(exp, rows)
+    lines += contrast_table(exp, rows)
+    if kind == "traces":
+        lines += layer_table(exp, rows)
+    md_path = os.path.join(out, f"summary_{exp.name}.md")
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write(f"{exp.name} ({exp.manifest['config']}:{exp.manifest['scale']}); mean ± std "
+                "over seeds\n\n" + "\n".join(lines) + "\n")
+    return md_path, csv_path
+
+
+def _label(tags: dict, names: Sequence[str]) -> str:
+    return ", ".join(format_value(tags[n]) for n in names if n in tags) or "all"
+
+
+def _se(row: dict, field: str, scale: float = 100.0) -> float:
+    std = row[f"{field}_std"]
+    return 0.0 if math.isnan(std) else scale * std / math.sqrt(row["seeds"])
+
+
+def _panels(exp: ExperimentResults, rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    tag = exp.plot.get("panels")
+    values = sorted({r[tag] for r in rows if tag in r}, key=str) if tag else []
+    if not values:
+        return [("", rows)]
+    return [(f"{tag}={format_value(v)}", [r for r in rows if r.get(tag) == v]) for v in values]
+
+
+def _plot_final(exp: ExperimentResults, ax, rows: list[dict]) -> None:
+    x = exp.plot["x"]
+    rows = [r for r in rows if x in r]  # a method tagged with another hyperparameter
+    line_tags = exp.plot.get("lines", ())
+    baselines = x in HYPERPARAMETERS  # the unregularized runs sit at rho = 0
+    plain = [r for r in rows if baselines and r.get("method") == "none"]
+    others = [t for t in line_tags if t != "method"]
+    lines: dict[str, list[dict]] = {}
+    for r in rows:
+        if r not in plain:
+            lines.setdefault(_label(r, line_tags), []).append(r)
+    for label, members in sorted(lines.items()):
+        members.sort(key=lambda r: r[x])
+        if not exp.plot.get("log_x"):  # start each curve at its unregularized run
+            members = [b for b in plain
+                       if all(b.get(t) == members[0].get(t) for t in others)] + members
+        line = ax.errorbar([r[x] for r in members], [100 * r["test_acc_mean"] for r in members],
+                           yerr=[_se(r, "test_acc") for r in members], marker="o", capsize=3,
+                           label=label)
+        for r in members:  # a point some of whose seeds diverged: the mean is of the others
+            if r["diverged"]:
+                y = 100 * r["test_acc_mean"] if r["seeds"] else ax.get_ylim()[0]
+                ax.plot([r[x]], [y], marker="x", ms=10, color=line[0].get_color())
+                ax.annotate(f"{r['diverged']} diverged", (r[x], y), fontsize=6,
+                            xytext=(4, -10), textcoords="offset points",
+                            color=line[0].get_color())
+    for i, r in enumerate(plain):
+        ax.axhline(100 * r["test_acc_mean"], ls=("--", ":", "-.")[i % 3], lw=1,
+                   color="grey", label=f"none{', ' if others else ''}{_label(r, others)}"
+                   if others else "none")
+    ax.set_ylabel("test accuracy (%), ± 1 SE over seeds")
+
+
+def _plot_sparsity(exp: ExperimentResults, ax, rows: list[dict]) -> None:
+    x = exp.plot["x"]
+    rows = sorted([r for r in rows if x in r], key=lambda r: r[x])
+    for field, label in (("sparsity_init", "at initialisation"),
+                         ("sparsity_final", "after training")):
+        ax.errorbar([r[x] for r in rows], [100 * r[f"{field}_mean"] for r in rows],
+                    yerr=[_se(r, field) for r in rows], marker="o", capsize=3, label=label)
+    ax.set_ylabel("pre-activations with |σ''| > threshold (%)")
+
+
+def _plot_traces(exp: ExperimentResults, axes) -> None:
+    line_tags = exp.plot.get("lines", exp.tag_names)
+    for ax, name in zip(axes, exp.plot["y"]):
+        for key, runs in sorted(exp.groups.items(), key=lambda kv: str(kv[0])):
+            series = [{p["step"]: p[name] for p in read_probes(r["dir"]) if name in p}
+                      for r in runs]
+            steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+            if not steps:
+                continue
+            values = [[s[t] for s in series] for t in steps]
+            mean = [statistics.fmean(v) for v in values]
+            std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            line, = ax.plot(steps, mean, marker="o", ms=3, label=_label(dict(key), line_tags))
+            ax.fill_between(steps, [m - s for m, s in zip(mean, std)],
+                            [m + s for m, s in zip(mean, std)], alpha=0.2,
+                            color=line.get_color())
+        ax.axhline(0.0, color="grey", lw=0.5)
+        ax.set_xlabel("training step")
+        ax.set_title(f"Tr {name.split('/')[0]}")
+    axes[0].legend(fontsize=6)
+
+
+def plot(exp: ExperimentResults, rows: list[dict], out: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(out, f"summary_{exp.name}.png")
+    title = f"{exp.name}: {exp.manifest['config']}:{exp.manifest['scale']}"
+    if exp.kind == "traces":
+        names = exp.plot["y"]
+        fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.2))
+        _plot_traces(exp, axes)
+    else:
+        panels = _panels(exp, rows)
+        zoom = exp.plot.get("zoom") if exp.kind == "final" else None
+        fig, axes = plt.subplots(2 if zoom else 1, len(panels),
+                                 figsize=(6.5 * len(panels), 8.6 if zoom else 4.8),
+                                 sharey="row", squeeze=False)
+        for row_axes, zoomed in zip(axes, (False, True)):
+            for ax, (panel, members) in zip(row_axes, panels):
+                (_plot_sparsity if exp.kind == "sparsity" else _plot_final)(exp, ax, members)
+                x = exp.plot["x"]
+                ax.set_xlabel(LABELS.get(x, x))
+                if exp.plot.get("log_x"):
+                    ax.set_xscale("log")
+                elif exp.plot.get("symlog_x"):  # linear near 0 (the plain run), log above
+                    ax.set_xscale("symlog", linthresh=exp.plot["symlog_x"])
+                    ax.set_xlim(left=-0.02 * exp.plot["symlog_x"])
+                if zoomed:  # around the unregularized runs: the differences that matter
+                    plain = [100 * r["test_acc_mean"] for r in rows if r.get("method") == "none"]
+                    if plain:
+                        ax.set_ylim(min(plain) - zoom, max(plain) + zoom / 4)
+                ax.set_title(f"{panel}{' (zoom)' if zoomed else ''}", fontsize=9)
+                ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    if exp.kind == "traces":
+        plot_layer_traces(exp, rows, out)
+    return path
+
+
+def plot_layer_traces(exp: ExperimentResults, rows: list[dict], out: str) -> str | None:
+    """Bars of each group's per-layer traces at the last probe, one panel per kind."""
+    kinds = [n.split("/")[0] for n in exp.plot.get("y", ())]
+    rows = [r for r in rows if any(f"{k}_layers" in r for k in kinds)]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = sorted({layer for r in rows for k in kinds for layer in r.get(f"{k}_layers", {})})
+    group_tags = exp.plot.get("lines", exp.tag_names)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.5), squeeze=False)
+    width = 0.8 / len(rows)
+    for ax, kind in zip(axes[0], kinds):
+        for i, r in enumerate(sorted(rows, key=lambda r: _sort_key(r, group_tags))):
+            values = [r.get(f"{kind}_layers", {}).get(layer, {}).get("last", (math.nan,) * 2)
+                      for layer in layers]
+            ax.bar([j + i * width for j in range(len(layers))], [m for m, _ in values], width,
+                   yerr=[0 if math.isnan(s) else s for _, s in values],
+                   label=_label(r, group_tags))
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layers))])
+        ax.set_xticklabels(layers, rotation=30, fontsize=7)
+        ax.axhline(0.0, color="grey", lw=0.5)
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_title(f"Tr {kind} by layer, last probe (± std over seeds)", fontsize=9)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    path = os.path.join(out, f"summary_{exp.name}_layers.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("workdir", help="the --workdir of tools/sweep.py")
+    parser.add_argument("--experiment", default="", help="e.g. e1 (default: every manifest)")
+    parser.add_argument("--out", default="", help="output directory (default: the workdir)")
+    args = parser.parse_args(argv)
+    pattern = f"sweep_{args.experiment or '*'}.json"
+    manifests = sorted(glob.glob(os.path.join(args.workdir, pattern)))
+    if not manifests:
+        print(f"summarize: error: no {pattern} in {args.workdir} (run tools/sweep.py first)",
+              file=sys.stderr)
+        return 2
+    out = args.out or args.workdir
+    os.makedirs(out, exist_ok=True)
+    for manifest in manifests:
+        exp = ExperimentResults(args.workdir, manifest)
+        rows = exp.rows()
+        if not rows:
+            print(f"summarize: {exp.name}: no finished runs yet ({exp.pending} pending)")
+            continue
+        md, csv_path = write_tables(exp, rows, out)
+        png = plot(exp, rows, out)
+        print(f"summarize: {exp.name}: {sum(r['seeds'] for r in rows)} finished run(s) in "
+              f"{len(rows)} group(s), {sum(exp.diverged.values())} diverged, {exp.pending} "
+              f"pending -> {md}, {csv_path}, {png}")
+        with open(md, encoding="utf-8") as f:
+            print(f.read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

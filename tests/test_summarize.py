@@ -1,0 +1,126 @@
+"""Summaries of a sweep (nme_train.commands.summarize) on fake runs: means, differences, traces."""
+
+import json
+
+import pytest
+from conftest import assert_plot
+
+from nme_train.commands import summarize
+from nme_train.train.rundir import DIVERGED_FILE, FINAL_FILE
+
+pytestmark = pytest.mark.slow
+
+
+
+def test_summarize_mean_and_std_over_seeds_on_fake_runs(tmp_path):
+    w = tmp_path / "w"
+    points = []
+    for act, accs in (("relu", (0.80, 0.90)), ("gelu", (0.70, 0.74))):
+        for seed, acc in enumerate(accs):
+            tags = {"activation": act, "method": "gp", "rho": 0.1, "seed": seed}
+            points.append(fake_run(w, f"{act}-{seed}", tags, acc))
+    tags = {"activation": "relu", "method": "none", "rho": 0.0, "seed": 0}
+    points.append(fake_run(w, "none-0", tags, 0.6))
+    points.append({"name": "pending", "tags": {**tags, "seed": 1}})  # never ran
+    points.append(fake_run(w, "gn-0", {"activation": "relu", "method": "gn_trace",
+                                       "sigma2": 0.01, "seed": 0}, 0.7))  # another tag
+    write_manifest(w, "e1", {"kind": "final", "x": "rho", "lines": ("method", "activation")},
+                   points)
+    assert summarize.main([str(w)]) == 0
+    table = (w / "summary_e1.md").read_text()
+    assert "| relu | gp | 0.1 | — | 2 | 85.00 ± 7.07 |" in table  # std with ddof 1
+    assert "| gelu | gp | 0.1 | — | 2 | 72.00 ± 2.83 |" in table
+    assert "| relu | none | 0 | — | 1 | 60.00 |" in table
+    assert "1 run(s) of this grid have not finished" in table
+    rows = (w / "summary_e1.csv").read_text().splitlines()
+    assert "| relu | gn_trace | — | 0.01 | 1 | 70.00 |" in table
+    assert rows[0].startswith("activation,method,rho,sigma2,seeds,diverged,test_acc_mean")
+    assert len(rows) == 5
+    assert_plot(w / "summary_e1.png")
+
+
+def test_summarize_differences_tolerance_and_diverged_runs(tmp_path):
+    """Δ vs the plain run with its SE, contrasts between curves, the 1-point tolerance."""
+    w = tmp_path / "w"
+    points = []
+    accuracies = {("relu", "none", 0.0): (0.86, 0.87, 0.88),
+                  ("relu", "gp", 0.3): (0.85, 0.86, 0.87), ("relu", "gp", 1.0): (0.50, 0.60),
+                  ("gelu", "none", 0.0): (0.86, 0.88, 0.90),
+                  ("gelu", "gp", 0.3): (0.87, 0.88, 0.89), ("gelu", "gp", 1.0): (0.86, 0.87)}
+    for (act, method, rho), accs in accuracies.items():
+        for seed, acc in enumerate(accs):
+            tags = {"bn": False, "activation": act, "method": method, "rho": rho, "seed": seed}
+            points.append(fake_run(w, f"{act}-{method}-{rho}-{seed}", tags, acc))
+    for act in ("relu", "gelu"):  # each rho=1 curve has a third seed that diverged
+        tags = {"bn": False, "activation": act, "method": "gp", "rho": 1.0, "seed": 2}
+        run = w / f"{act}-diverged"
+        run.mkdir()
+        (run / DIVERGED_FILE).write_text(json.dumps({"step": 17, "loss": "nan"}))
+        points.append({"name": run.name, "tags": tags})
+    write_manifest(w, "e1", {"kind": "final", "x": "rho", "lines": ("method", "activation"),
+                             "panels": "bn", "symlog_x": 0.1, "zoom": 6,
+                             "contrasts": [["activation", "gelu", "relu"]]}, points)
+    assert summarize.main([str(w)]) == 0
+    table = (w / "summary_e1.md").read_text()
+    # relu gp 0.3: 86 - 87 = -1 point; SE = sqrt(1^2/3 + 1^2/3) = 0.816 points
+    assert "| false | relu | gp | 0.3 | 3 | 0 | 86.00 ± 1.00 |" in table
+    assert "| -1.00 ± 0.82 | 1.2 |" in table
+    assert "| false | relu | gp | 1 | 2 | 1 | 55.00 ± 7.07 |" in table  # 1 diverged
+    # relu: 0.3 is exactly 1 point below; at 1 it falls. gelu: 1 fails by its diverged seed
+    assert "| false | relu | gp | 87.00 | 0.3 | 1 (-32.00, diverged 1) |" in table
+    assert "| false | gelu | gp | 88.00 | 0.3 | 1 (-1.50, diverged 1) |" in table
+    # gelu - relu at gp 0.3: +2 points, SE 0.816
+    assert "| false | gp | 0.3 | +2.00 ± 0.82 | 2.4 |" in table
+    assert_plot(w / "summary_e1.png")
+
+
+def test_summarize_traces_and_sparsity_on_fake_runs(tmp_path):
+    w = tmp_path / "w"
+    points = []
+    for seed in (0, 1):
+        probes = [{"step": s, "hessian/trace": 10.0 - s - seed, "gauss_newton/trace": 5.0,
+                   "nme/trace": 5.0 - s - seed,
+                   "nme/trace_by_layer": {"Conv_0/kernel": 1.0 + seed, "BatchNorm_0/scale": s,
+                                          "BatchNorm_0/bias": 0.5}} for s in (0, 5, 10)]
+        points.append(fake_run(w, f"h{seed}", {"method": "hessian_trace", "sigma2": 0.01,
+                                               "seed": seed}, 0.5, probes))
+    write_manifest(w, "e6", {"kind": "traces", "lines": ("method",),
+                             "y": ("hessian/trace", "gauss_newton/trace", "nme/trace")}, points)
+    points = []
+    for beta, (before, after) in ((1.0, (0.9, 0.8)), (64.0, (0.2, 0.05))):
+        for seed in (0, 1):
+            probes = [{"step": 0, "sparsity/mean": before}, {"step": 9, "sparsity/mean": after}]
+            points.append(fake_run(w, f"b{beta}-{seed}", {"beta": beta, "method": "none",
+                                                          "rho": 0.0, "seed": seed}, 0.5, probes))
+    write_manifest(w, "e9", {"kind": "sparsity", "x": "beta", "log_x": True}, points)
+    assert summarize.main([str(w)]) == 0
+    traces = (w / "summary_e6.md").read_text()
+    # Tr NME: first 5 / 4 (mean 4.5), last -5 / -6 (mean -5.5), its minimum the last
+    assert "| 4.5 ± 0.7 | -5.5 ± 0.7 | -5.5 ± 0.7 |" in traces
+    # per layer (the leaves of a layer summed): BatchNorm_0 = scale + bias, 0.5 then 10.5
+    assert "| hessian_trace | 0.01 | BatchNorm_0 | — | — | — | — | 0.50 ± 0.00 | 10.50 ± 0.00 |" \
+        in traces
+    assert "| hessian_trace | 0.01 | Conv_0 | — | — | — | — | 1.50 ± 0.71 | 1.50 ± 0.71 |" in traces
+    assert_plot(w / "summary_e6_layers.png")
+    sparsity = (w / "summary_e9.md").read_text()
+    assert "| 64 | none | 0 | 2 | 50.00 ± 0.00 |" in sparsity and "| 20.00 ± 0.00 | 5.00 ± 0.00 |" \
+        in sparsity
+    for name in ("e6", "e9"):
+        assert_plot(w / f"summary_{name}.png")
+    assert summarize.main([str(tmp_path / "empty")]) == 2
+
+
+def fake_run(workdir, name, tags, accuracy, probes=()):
+    run = workdir / name
+    run.mkdir(parents=True)
+    (run / FINAL_FILE).write_text(json.dumps({
+        "eval/accuracy": accuracy, "eval/loss": 1.0 - accuracy, "train/loss": 0.5,
+        "train/wall_time_sec": 10.0}))
+    (run / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
+    return {"name": name, "tags": tags}
+
+
+def write_manifest(workdir, name, plot, points):
+    (workdir / f"sweep_{name}.json").write_text(json.dumps(
+        {"experiment": name, "config": f"configs/paper/{name}.py", "scale": "study",
+         "plot": plot, "points": points}))
