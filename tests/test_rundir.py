@@ -348,3 +348,16 @@ def test_save_that_cannot_fit_is_refused_before_writing(data_dir, tmp_path, monk
     assert checkpoint_names(workdir) == ["5"]  # the first save, and no half-written one
 
 
+
+
+def test_a_field_added_since_a_run_was_made_is_no_change_at_its_default():
+    """A run's config.json from before config.data.label_noise existed resumes and is swept
+    as the same run; the same file with label noise asked for is a change."""
+    from nme_train.train.rundir import config_changes
+
+    new = json.loads(default.get_config().to_json_best_effort())
+    old = json.loads(json.dumps(new))
+    del old["data"]["label_noise"], old["data"]["label_noise_seed"]
+    assert config_changes(old, new) == {}
+    new["data"]["label_noise"] = 0.25
+    assert config_changes(old, new) == {"data.label_noise": (None, 0.25)}

@@ -54,7 +54,7 @@ from nme_train.experiments import (
     apply_overrides,
     check_grid,
 )
-from nme_train.train.rundir import read_diverged, read_final, write_json_atomic
+from nme_train.train.rundir import config_changes, read_diverged, read_final, write_json_atomic
 
 REPO = CHECKOUT  # runs start here: their config paths are relative to the checkout
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -109,7 +109,7 @@ def plan(module, scale: str, path: str, workdir: str) -> tuple[list[Point], list
         existing = os.path.join(run_dir, "config.json")
         if os.path.exists(existing):
             with open(existing, encoding="utf-8") as f:
-                if json.load(f) != point_config_json(module, scale, point):
+                if config_changes(json.load(f), point_config_json(module, scale, point)):
                     conflicts.append(run_dir)
                     continue
         done = read_final(run_dir) is not None or read_diverged(run_dir) is not None

@@ -107,9 +107,17 @@ def _fields(config_json: dict) -> dict[str, Any]:
 
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
-    """field -> (old value, new value) for every field that differs."""
+    """field -> (old value, new value) for every field that differs.
+
+    A field the old config lacks (added to base_config.py since that run was made) at
+    its default value is no change: the default is what the older code did."""
+    from nme_train.base_config import base_config
+
     a, b = _fields(old), _fields(new)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    defaults = _fields(json.loads(base_config().to_json_best_effort()))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)
+            and not (k not in a and k in defaults and b.get(k) == defaults[k])}
 
 
 def _matches(field: str, patterns: Iterable[str]) -> bool:
