@@ -1,6 +1,7 @@
 """Summaries of a sweep (nme_train.commands.summarize) on fake runs: means, differences, traces."""
 
 import json
+import math
 
 import pytest
 from conftest import assert_plot
@@ -124,3 +125,13 @@ def write_manifest(workdir, name, plot, points):
     (workdir / f"sweep_{name}.json").write_text(json.dumps(
         {"experiment": name, "config": f"configs/paper/{name}.py", "scale": "study",
          "plot": plot, "points": points}))
+
+
+def test_paired_difference_over_shared_seeds_by_hand():
+    """Seeds 0-2 shared (seed 3 only in one arm): differences 0.02, 0.01, 0.03 -> mean 0.02,
+    std 0.01, SE 0.01 / sqrt 3; the unpaired SE of the same numbers is far larger."""
+    a = {"test_acc_by_seed": {0: 0.82, 1: 0.71, 2: 0.93, 3: 0.5}}
+    b = {"test_acc_by_seed": {0: 0.80, 1: 0.70, 2: 0.90}}
+    diff, se, n = summarize.paired_difference(a, b)
+    assert (n, round(diff, 12), round(se, 12)) == (3, 0.02, round(0.01 / 3 ** 0.5, 12))
+    assert math.isnan(summarize.paired_difference(a, {"test_acc_by_seed": {}})[0])

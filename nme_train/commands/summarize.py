@@ -39,7 +39,10 @@ The plot settings (each experiment file's PLOT) may add
 
 Every "final" table also gives each group's difference from its
 unregularized run (method none, the same other tags) with its standard
-error, and, for rho and sigma^2 sweeps, the largest value at which a curve
+error, unpaired and paired (the mean over shared seeds of the per-seed
+differences, whose SE is their std / sqrt(n): a seed fixes initialisation,
+data order and augmentation, so the variation common to both runs
+cancels), and, for rho and sigma^2 sweeps, the largest value at which a curve
 stays within 1 point of that run (at that value and every smaller one, with
 no diverged seed).
 """
@@ -92,6 +95,22 @@ def difference(a: dict, b: dict, field: str = "test_acc") -> tuple[float, float]
             return diff, math.nan
         var += std**2 / n
     return diff, math.sqrt(var)
+
+
+def paired_difference(a: dict, b: dict, field: str = "test_acc") -> tuple[float, float, int]:
+    """(mean over shared seeds of a_s - b_s, its standard error, the number of seeds).
+
+    A seed fixes the initialisation, the data order and the augmentation, so two runs
+    of one seed differ only in what the grid changes: the seed-to-seed variation common
+    to both cancels from the difference."""
+    a_by, b_by = a.get(f"{field}_by_seed", {}), b.get(f"{field}_by_seed", {})
+    diffs = [a_by[s] - b_by[s] for s in sorted(set(a_by) & set(b_by), key=str)
+             if not (math.isnan(a_by[s]) or math.isnan(b_by[s]))]
+    if not diffs:
+        return math.nan, math.nan, 0
+    mean, std = mean_std(diffs)
+    se = std / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+    return mean, se, len(diffs)
 
 
 def fmt_difference(diff: float, se: float) -> list[str]:
@@ -153,6 +172,7 @@ class ExperimentResults:
                                   ("train_loss", "train/loss")):
                 values = [r["final"].get(metric, math.nan) for r in runs]
                 row[f"{field}_mean"], row[f"{field}_std"] = mean_std(values)
+                row[f"{field}_by_seed"] = {r["seed"]: v for r, v in zip(runs, values)}
             wall = [r["final"].get("train/wall_time_sec", math.nan) for r in runs]
             row["wall_s_mean"] = statistics.fmean(wall) if wall else math.nan
             if self.kind == "traces":
@@ -172,6 +192,9 @@ class ExperimentResults:
                 base = self.baseline(row, rows)
                 diff, se = difference(row, base) if base else (math.nan, math.nan)
                 row["delta_vs_none_mean"], row["delta_vs_none_se"] = diff, se
+                paired = paired_difference(row, base) if base else (math.nan, math.nan, 0)
+                (row["paired_delta_mean"], row["paired_delta_se"],
+                 row["paired_seeds"]) = paired
         return rows
 
     def _trace_figures(self, row: dict, runs: list[dict]) -> None:
@@ -308,7 +331,8 @@ def layer_table(exp: ExperimentResults, rows: list[dict]) -> list[str]:
 def write_tables(exp: ExperimentResults, rows: list[dict], out: str) -> tuple[str, str]:
     rows = sorted(rows, key=lambda r: _sort_key(r, exp.tag_names))
     csv_path = os.path.join(out, f"summary_{exp.name}.csv")
-    flat = [{k: v for k, v in r.items() if not k.endswith("_layers")} for r in rows]
+    flat = [{k: v for k, v in r.items() if not k.endswith(("_layers", "_by_seed"))}
+            for r in rows]
     columns = list(exp.tag_names) + [k for k in (flat[0] if flat else {})
                                      if k not in exp.tag_names]
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
@@ -331,7 +355,8 @@ def write_tables(exp: ExperimentResults, rows: list[dict], out: str) -> tuple[st
                   ("after training (%)", "sparsity_final", 100.0)]
     deltas = kind != "traces" and any(not math.isnan(r["delta_vs_none_mean"]) for r in rows)
     header += [h for h, _, _ in extra]
-    header += ["Δ vs none ± SE (points)", "\\|Δ\\|/SE"] if deltas else []
+    header += ["Δ vs none ± SE (points)", "\\|Δ\\|/SE", "paired Δ ± SE", "paired \\|Δ\\|/SE"
+               ] if deltas else []
     header += ["wall s"]
     lines = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
     for r in rows:
@@ -344,6 +369,7 @@ def write_tables(exp: ExperimentResults, rows: list[dict], out: str) -> tuple[st
                       else 2) for _, key, scale in extra]
         if deltas:
             cells += fmt_difference(r["delta_vs_none_mean"], r["delta_vs_none_se"])
+            cells += fmt_difference(r["paired_delta_mean"], r["paired_delta_se"])
         cells.append(f"{r['wall_s_mean']:.0f}" if not math.isnan(r["wall_s_mean"]) else "—")
         lines.append(f"| {' | '.join(cells)} |")
     if exp.pending:
