@@ -18,10 +18,10 @@ jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
                            num_processes=num_processes, process_id=process_id,
                            initialization_timeout=60)
 
-from configs import default  # noqa: E402
+from nme_train.cli import CHECKOUT, load_config_file  # noqa: E402
 from nme_train.train.loop import train_and_evaluate  # noqa: E402
 
-config = default.get_config()
+config = load_config_file(os.path.join(CHECKOUT, "configs", "default.py"))
 config.data.data_dir = data_dir
 config.model.features, config.model.hidden = (8, 16), (32,)
 config.num_epochs, config.num_train_steps = -1, steps
