@@ -1,6 +1,7 @@
 """Activations and their second derivatives against closed forms, at several orders."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from nme_train.models.activations import (
     gelu,
     gelu_nme_ablated,
     relu,
+    relu_spike_nme,
     relu_synthetic_nme,
 )
 
@@ -74,6 +76,28 @@ def test_relu_synthetic_nme_has_relu_slope_and_surrogate_curvature(beta):
     np.testing.assert_allclose(hvp, beta_gelu_second(X, beta), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("beta", [1.0, 3.0])
+def test_relu_spike_nme_has_relu_slope_and_the_smoothed_relus_curvature(beta):
+    """sigma'' = that of E[relu(x + z / beta)], z ~ N(0, 1), whose closed form
+    x Phi(beta x) + phi(beta x) / beta is differenced here in float64 (not its formula)."""
+    f = functools.partial(relu_spike_nme, beta=beta)
+    np.testing.assert_array_equal(jax.vmap(f)(X), relu(X))
+    np.testing.assert_array_equal(derivative(f, 1)(X), (X > 0).astype(X.dtype))
+    x64, h = np.asarray(X, np.float64), 1e-4
+
+    def smoothed(x):
+        cdf = 0.5 * (1 + np.vectorize(math.erf)(beta * x / np.sqrt(2)))
+        pdf = np.exp(-0.5 * (beta * x) ** 2) / np.sqrt(2 * np.pi)
+        return x * cdf + pdf / beta
+
+    finite = (smoothed(x64 + h) - 2 * smoothed(x64) + smoothed(x64 - h)) / h**2
+    second = derivative(f, 2)(X)
+    assert np.all(second >= 0)
+    np.testing.assert_allclose(second, finite, rtol=1e-4, atol=1e-5)
+    hvp = jax.jvp(jax.grad(lambda x: jnp.sum(f(x))), (X,), (jnp.ones_like(X),))[1]
+    np.testing.assert_allclose(hvp, second, rtol=1e-6)
+
+
 def test_every_activation_is_registered_by_name():
     assert {"relu", "gelu", "beta_gelu", "gelu_nme_ablated",
             "relu_synthetic_nme"} <= set(activation_names())
@@ -82,7 +106,7 @@ def test_every_activation_is_registered_by_name():
 
 
 @pytest.mark.parametrize("name", ["relu", "gelu", "beta_gelu", "relu_synthetic_nme",
-                                  "gelu_nme_ablated", "beta_gelu_nme_ablated"])
+                                  "relu_spike_nme", "gelu_nme_ablated", "beta_gelu_nme_ablated"])
 def test_ablated_twins_keep_value_and_slope_and_have_no_second_derivative(name):
     """The twin the probes split the NME with: at every input the activation's value and
     slope (for relu_synthetic_nme: ReLU's, its surrogate sigma'' removed), sigma'' = 0."""

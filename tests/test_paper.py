@@ -80,8 +80,8 @@ def test_grid_sizes_and_the_hyperparameter_conventions():
 def test_pilot_regimes_validate_and_pair_their_seeds():
     m = module("regime")
     points = sweep.expand(m, "pilot")
-    # (none + 5 SAM radii) x (2 seeds of the rejected a4k + 5 of n4k, f4k and l4k)
-    assert len(points) == 6 * (2 + 5 + 5 + 5) and len({p.name for p in points}) == len(points)
+    # (none + 5 SAM radii) x (2 seeds of the rejected a4k, 3 of n4k, 5 of f4k and l4k)
+    assert len(points) == 6 * (2 + 3 + 5 + 5) and len({p.name for p in points}) == len(points)
     steps = {}
     for point in points:
         config = m.get_config(f"pilot/{point.name}")
@@ -96,6 +96,31 @@ def test_pilot_regimes_validate_and_pair_their_seeds():
         config.regularizers = ()
         assert config == plain
     assert steps == {"a4k": 930, "n4k": 930, "f4k": 930, "l4k": 930}
+
+
+def test_contrasts_run_in_the_pilots_label_noise_regime_with_the_study_probes():
+    m, pilot = module("contrasts"), module("regime")
+    plain = pilot.get_config("pilot/regime=l4k,method=none,rho=0,seed=3")
+    bracket = sweep.expand(m, "bracket")
+    # relu (none + SAM + GP), gelu (none + SAM + GP + GP without NME), three GP-only arms
+    assert len(bracket) == (1 + 2 * 5) + (1 + 3 * 5) + 3 * 5
+    for point in bracket:
+        config = m.get_config(f"bracket/{point.name}")
+        validate(config, 8)
+        assert "nme_activation" in config.probes.kinds and config.probes.lanczos_steps > 0
+        # the pilot's l4k regime but for the arm's activation, regularizer and probes
+        with config.unlocked():
+            config.model.activation, config.model.beta = "relu", plain.model.beta
+            config.regularizers, config.probes = (), plain.probes
+        config.seed = 3
+        assert config == plain, point.name
+    spike = m.get_config("bracket/activation=relu_spike_nme,beta=1,method=gp,rho=0.2,seed=0")
+    assert (spike.model.activation, spike.model.beta) == ("relu_spike_nme", 1.0)
+    warmup = sweep.expand(m, "warmup")
+    assert len(warmup) == 6
+    no_bn = m.get_config(f"warmup/{warmup[0].name}")
+    assert not no_bn.model.batch_norm and no_bn.optimizer.warmup_epochs == 5
+    assert no_bn.data.label_noise == 0 and no_bn.optimizer.learning_rate == 0.1
 
 
 def test_bad_config_strings_name_the_fix():
@@ -121,6 +146,7 @@ DRY_RUNS = [
     ("e8", "study", "bn=false,beta=64,method=gn_trace,sigma2=0.01,seed=0"),
     ("e9", "study", "bn=true,beta=8,method=none,rho=0,seed=1"),
     ("e10", "fashion_mnist", "activation=gelu,method=gp_no_nme,rho=0.5,seed=0"),
+    ("contrasts", "bracket", "activation=relu_spike_nme,beta=1,method=gp,rho=0.2,seed=0"),
 ]
 
 

@@ -13,6 +13,10 @@ their second derivative" in the project's notes on the paper):
   gelu_nme_ablated     value and first derivative of GELU, second derivative 0
   relu_synthetic_nme   value and first derivative of ReLU, second derivative
                        that of beta-GELU (a surrogate NME signal)
+  relu_spike_nme       value and first derivative of ReLU, second derivative
+                       beta phi(beta x) >= 0: the sigma'' of ReLU smoothed by a
+                       Gaussian of width 1/beta (E[relu(x + z / beta)], z ~ N(0, 1)),
+                       a non-negative spike of unit mass like ReLU's own delta
 The two interventions are `jax.custom_jvp` rules; JAX differentiates the
 rule itself for higher orders, so they hold at every order (the trace
 penalties differentiate through the model three times).
@@ -97,6 +101,26 @@ def _relu_synthetic_nme_jvp(beta, primals, tangents):
     return _relu_synthetic_nme(x, beta), slope * t
 
 
+def relu_spike_nme(x: jax.Array, beta: float = 1.0) -> jax.Array:
+    """ReLU in value and slope, with second derivative beta phi(beta x) (smoothed spike)."""
+    return _relu_spike_nme(x, beta)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _relu_spike_nme(x: jax.Array, beta: float) -> jax.Array:
+    return relu(x)
+
+
+@_relu_spike_nme.defjvp
+def _relu_spike_nme_jvp(beta, primals, tangents):
+    (x,), (t,) = primals, tangents
+    smoothed_step = 0.5 * (1.0 + jax.lax.erf(beta * x * _SQRT_HALF))  # Phi(beta x)
+    step = (x > 0).astype(x.dtype)
+    # Value of the slope: ReLU's step; its derivative: Phi(beta x)' = beta phi(beta x).
+    slope = jax.lax.stop_gradient(step - smoothed_step) + smoothed_step
+    return _relu_spike_nme(x, beta), slope * t
+
+
 # name -> (factory taking the config's keyword arguments, the keywords it accepts)
 _REGISTRY: dict[str, tuple[Callable[..., Activation], tuple[str, ...]]] = {
     "relu": (lambda: relu, ()),
@@ -107,6 +131,7 @@ _REGISTRY: dict[str, tuple[Callable[..., Activation], tuple[str, ...]]] = {
                               ("beta",)),
     "relu_synthetic_nme": (lambda beta: functools.partial(relu_synthetic_nme, beta=beta),
                            ("beta",)),
+    "relu_spike_nme": (lambda beta: functools.partial(relu_spike_nme, beta=beta), ("beta",)),
 }
 
 # Each activation's ablated twin: the same value and slope at every input, its second
@@ -120,6 +145,7 @@ _ABLATED_TWINS: dict[str, str] = {
     "gelu_nme_ablated": "gelu_nme_ablated",
     "beta_gelu_nme_ablated": "beta_gelu_nme_ablated",
     "relu_synthetic_nme": "relu",  # ReLU's value and slope; its surrogate sigma'' removed
+    "relu_spike_nme": "relu",
 }
 
 

@@ -1,0 +1,106 @@
+"""The decisive study's paired contrasts, in the regime the pilot chose (configs/paper/regime.py).
+
+Regime `l4k`: the first 4,000 Fashion-MNIST training images with 25% symmetric
+label noise (a fixed quarter relabelled, the same for every seed), no
+augmentation, 30 epochs, the study's CNN (16 and 32 channels, 128 units) with
+BatchNorm, Nesterov momentum 0.9 at learning rate 0.05, a 5-epoch warmup,
+cosine decay. It is the one pilot regime where SAM beats plain training by a
+margin the seeds resolve (docs/results.md, "The pilot").
+
+Arms (tags `activation`, `method`, `rho`, `seed`; the surrogates add `beta`):
+
+  relu                 none, SAM, the gradient penalty (E1)
+  gelu                 none, SAM, the penalty, the penalty without its NME (E1, E10)
+  gelu_nme_ablated     the penalty (E2: GELU's value and slope, sigma'' = 0)
+  relu_synthetic_nme   the penalty (E3: ReLU with beta-GELU's sigma'')
+  relu_spike_nme       the penalty (E3: ReLU with the smoothed spike beta phi(beta x))
+
+Both surrogates at beta = 1: with BatchNorm the pre-activations have unit
+scale, so a width 1/beta = 1 puts the injected sigma'' where the inputs are;
+at beta = 1 the first surrogate is exactly GELU's sigma'' (so relu_synthetic_nme
+and gelu differ only in value and slope), the second the sigma'' of ReLU
+smoothed at the same width (non-negative, unit mass, like ReLU's own delta).
+
+Scales:
+
+  bracket   every arm over RHOS, seed 0: where each arm's best rho lies (a
+            benefit of several points, as SAM's in the pilot, is located by one
+            seed; the study then runs 3 rho around it)
+  warmup    the schedule check: ReLU without BatchNorm at rho = 1 (SAM and the
+            penalty) in the earlier study's regime (no label noise, learning
+            rate 0.1), with this regime's 5-epoch warmup instead of 1, 3 seeds:
+            does the collapse of docs/results.md disappear?
+
+Every run probes H, G, NME and the NME's two sources (activations and the
+rest) along the gradient and at the ends of their spectra, the dead units per
+layer and lambda_max(H) against the optimizer's stability threshold, every
+PROBE_EPOCHS epochs.
+
+    python tools/sweep.py --config configs/paper/contrasts.py:bracket --workdir study/contrasts --jobs 2
+    python tools/summarize.py study/contrasts --out docs/results
+"""
+
+from configs.paper import common, regime
+from nme_train.experiments import (Point, activations, experiment_config, methods, product,
+                                   seeds)
+
+SCALES = ("bracket", "warmup")
+RHOS = (0.05, 0.1, 0.2, 0.5, 1.0)
+SURROGATE_BETA = 1.0
+PROBE_EPOCHS = 10  # probes at steps 0, 310, 620, 930: about 60 s of a 3-minute run
+PLOT = {"kind": "final", "x": "rho", "lines": ("activation", "method"), "symlog_x": 0.05,
+        "zoom": 3,
+        "contrasts": [["method", "gp", "sam"], ["method", "gp", "gp_no_nme"],
+                      ["activation", "gelu", "gelu_nme_ablated"],
+                      ["activation", "relu_synthetic_nme", "relu"],
+                      ["activation", "relu_spike_nme", "relu"],
+                      ["activation", "gelu", "relu"]]}
+
+
+def surrogate(name: str) -> list[Point]:
+    return [Point.of({"activation": name, "beta": SURROGATE_BETA},
+                     {"model.activation": name, "model.beta": SURROGATE_BETA})]
+
+
+def arms(rhos) -> list[tuple[list[Point], dict]]:
+    """(activation points, {method: rhos}) of every arm."""
+    return [(activations(("relu",)), {"none": (), "sam": rhos, "gp": rhos}),
+            (activations(("gelu",)), {"none": (), "sam": rhos, "gp": rhos, "gp_no_nme": rhos}),
+            (activations(("gelu_nme_ablated",)), {"gp": rhos}),
+            (surrogate("relu_synthetic_nme"), {"gp": rhos}),
+            (surrogate("relu_spike_nme"), {"gp": rhos})]
+
+
+def with_study_probes(c):
+    """The probes every run of this study carries (see the module docstring)."""
+    c.probes.every_steps = PROBE_EPOCHS * common.epoch_steps(c)
+    c.probes.kinds = ("hessian", "gauss_newton", "nme", "nme_activation", "nme_rest")
+    c.probes.lanczos_steps = 10
+    c.probes.top_k = 3
+    c.probes.bottom_k = 3
+    c.probes.trace_probes = 0
+    c.probes.alignment = True
+    return c
+
+
+def base(scale: str):
+    c = regime.base("pilot")
+    if scale == "warmup":  # the earlier study's no-BatchNorm recipe, with the longer warmup
+        c.model.batch_norm = False
+        c.optimizer.learning_rate = common.NO_BN_LEARNING_RATE
+    else:
+        c.data.augment = "none"
+        c.data.label_noise = 0.25
+    return with_study_probes(c)
+
+
+def grid(scale: str):
+    if scale == "warmup":
+        return product(activations(("relu",)), methods({"sam": (1.0,), "gp": (1.0,)}),
+                       seeds((0, 1, 2)))
+    return [point for acts, spec in arms(RHOS)
+            for point in product(acts, methods(spec), seeds((0,)))]
+
+
+def get_config(arg: str = "bracket"):
+    return experiment_config(base, grid, SCALES, arg)
