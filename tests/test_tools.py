@@ -97,6 +97,18 @@ def test_bench_curvature_reports_each_ratio_over_rounds():
     assert 0 < out["hessian"]["ratios"]["single"]["median"] < 20
 
 
+def test_bench_matfree_agrees_with_the_dense_hessian_on_both_sides():
+    """Both libraries' Ritz values against numpy's eigenvalues of the dense float64 Hessian,
+    and matfree's Hutchinson estimate on the vectors ours draws, equal to ours."""
+    out = run_tool("tools/bench_matfree.py", "accuracy", "--probes", "4", "--slq_steps", "8")
+    assert out["parameters"] == 99 and out["steps"] == 40
+    assert out["nme_train/ritz_abs_error"] < 1e-12
+    assert out["matfree/ritz_abs_error"] < 1e-12
+    assert out["same_vectors_trace_rel_difference"] < 1e-12
+    # with other vectors the two estimates differ by sampling error only (4 probes: loose)
+    assert out["nme_train/trace_rel_error"] < 1 and out["matfree/trace_rel_error"] < 1
+
+
 def test_accelerator_check_runs_every_part_in_smoke_mode(tmp_path):
     """The accelerator script, shrunk onto the CPU: a synthetic ImageNet feeding a
     ResNet-50 step, a probe of it, the numerics check; one JSON line each."""
