@@ -36,13 +36,13 @@ rest) along the gradient and at the ends of their spectra, the dead units per
 layer and lambda_max(H) against the optimizer's stability threshold, every
 PROBE_EPOCHS epochs.
 
-    python tools/sweep.py --config configs/paper/contrasts.py:bracket --workdir study/contrasts --jobs 2
+    python tools/sweep.py --config configs/paper/contrasts.py:bracket \
+        --workdir study/contrasts --jobs 2
     python tools/summarize.py study/contrasts --out docs/results
 """
 
 from configs.paper import common, regime
-from nme_train.experiments import (Point, activations, experiment_config, methods, product,
-                                   seeds)
+from nme_train.experiments import Point, activations, experiment_config, methods, product, seeds
 
 SCALES = ("bracket", "warmup")
 RHOS = (0.05, 0.1, 0.2, 0.5, 1.0)
