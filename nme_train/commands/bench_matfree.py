@@ -38,6 +38,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax.tree_utils as otu
 
 
 def _matfree():
@@ -58,12 +59,8 @@ def matfree_lanczos(steps: int):
         result = tridiag(lambda v: linear(v), v0)
         diag, off = result.J_small
         # our convention: betas[i] couples steps i and i + 1; the last one is the residual's
-        return diag, jnp.concatenate([off, _norm(result.residual)[None]])
+        return diag, jnp.concatenate([off, otu.tree_norm(result.residual)[None]])
     return run
-
-
-def _norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(tree)))
 
 
 def our_vectors(params, probes: int):
