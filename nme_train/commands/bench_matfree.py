@@ -170,23 +170,13 @@ def _problem(args, devices):
     """(curvature, params, batches, parameter shardings) of --config at --batch_size."""
     from nme_train import curvature as cv
     from nme_train.cli import load_config_file
-    from nme_train.data import DATASETS
-    from nme_train.sharding import global_batch
-    from nme_train.train.program import build_program
+    from nme_train.train.benchmark import one_device_experiment
     from nme_train.train.step import make_normalize
 
     config = load_config_file(args.config)
     config.batch_size = args.batch_size
-    config.mesh.data, config.mesh.fsdp = 1, len(devices)
     config.sharding.fsdp_min_size = 1
-    spec = DATASETS[config.data.name]
-    size = config.data.image_size or spec.image_size
-    rng = np.random.default_rng(0)
-    host = {"image": rng.integers(0, 256, (config.batch_size, size, size, spec.channels),
-                                  dtype=np.uint8),
-            "label": rng.integers(0, spec.num_classes, config.batch_size).astype(np.int32)}
-    program = build_program(config, spec, devices, total_steps=10_000, steps_per_epoch=100)
-    batch, state = global_batch(host, program.batch_sharding), program.init()
+    program, spec, batch, state = one_device_experiment(config, devices)
     normalize = make_normalize(spec.mean, spec.std)
 
     def apply_fn(params, inputs):  # BatchNorm in evaluation mode, as bench_curvature

@@ -13,19 +13,21 @@ from nme_train.sharding import global_batch
 from nme_train.train.program import build_program
 
 
-def one_device_experiment(config):
-    """(experiment, spec, synthetic batch, initial state) on one device, no data read.
+def one_device_experiment(config, devices=None):
+    """(experiment, spec, synthetic batch, initial state) on one device (or the parameters
+    sharded over `devices`), no data read.
 
     The batch is random uint8 images of the dataset's shape and random labels.
     """
-    config.mesh.data, config.mesh.fsdp = 1, 1
+    devices = jax.devices()[:1] if devices is None else list(devices)
+    config.mesh.data, config.mesh.fsdp = 1, len(devices)
     spec = DATASETS[config.data.name]
     size = config.data.image_size or spec.image_size
     rng = np.random.default_rng(0)
     host = {"image": rng.integers(0, 256, (config.batch_size, size, size, spec.channels),
                                   dtype=np.uint8),
             "label": rng.integers(0, spec.num_classes, config.batch_size).astype(np.int32)}
-    program = build_program(config, spec, jax.devices()[:1], total_steps=10_000,
+    program = build_program(config, spec, devices, total_steps=10_000,
                            steps_per_epoch=100)
     return program, spec, global_batch(host, program.batch_sharding), program.init()
 
