@@ -9,7 +9,8 @@ import sys
 
 process_id, num_processes, port, devices = (int(a) for a in sys.argv[1:5])
 workdir, data_dir, steps = sys.argv[5], sys.argv[6], int(sys.argv[7])
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+os.environ["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "  # the tests' fast compiles
+                           f"--xla_force_host_platform_device_count={devices}").strip()
 
 import jax  # noqa: E402
 

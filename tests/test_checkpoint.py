@@ -18,6 +18,7 @@ from conftest import (
     start,
     tiny_config,
     wait_for_checkpoint,
+    xla_flags,
 )
 
 from nme_train.data import DATASETS
@@ -262,7 +263,7 @@ def test_max_to_keep_and_keep_every_steps(data_dir, tmp_path):
 
 def start_workers(count, devices, workdir, data_dir, steps):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags()}  # the worker adds its devices
     return [subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "tests", "multiprocess_worker.py"), str(i),
          str(count), str(port), str(devices), workdir, data_dir, str(steps)],

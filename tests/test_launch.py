@@ -11,7 +11,7 @@ import time
 
 import pytest
 import yaml
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, xla_flags
 
 from nme_train import distributed as dist
 from nme_train.train.metrics import read_metrics
@@ -70,7 +70,8 @@ def trainer_flags(data_dir, workdir, steps):
 
 
 def launch(processes, devices, flags, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["XLA_FLAGS"] = xla_flags()  # the launcher adds each process's devices
     env["PYTHON"] = sys.executable  # the environment running the tests (CI's is not .venv)
     out = subprocess.run([os.path.join(LAUNCH, "local.sh"), str(processes), str(devices),
                           *flags], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -110,7 +111,8 @@ def launch_two_and_find_process_1(data_dir, workdir, launcher_flags, trainer_ext
     """A 2-process job, long enough to interrupt: (launcher, process 1) once step 10 is saved."""
     import psutil
 
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["XLA_FLAGS"] = xla_flags()  # the launcher adds each process's devices
     launcher = subprocess.Popen(
         [sys.executable, os.path.join(LAUNCH, "local.py"), "--processes=2", "--devices=1",
          *launcher_flags, "--", *trainer_flags(data_dir, workdir, 10**6), *trainer_extra],
@@ -189,13 +191,13 @@ def fake_slurm(tmp_path, data_dir, steps):
         (bin_dir / name).write_text(textwrap.dedent(text))
         (bin_dir / name).chmod(0o755)
     workdir = str(tmp_path / "slurm_run")
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
+    env = dict(os.environ)
     env.update({"PATH": f"{bin_dir}:{env['PATH']}", "SLURM_JOB_ID": "4242",
                 "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "localhost",
                 "SLURM_SUBMIT_DIR": ROOT, "NME_COORDINATOR_PORT": str(free_port()),
                 "WORKDIR": workdir, "CONFIG": "configs/default.py", "PYTHON": sys.executable,
                 "JAX_PLATFORMS": "cpu", "FAKE_SLURM_LOG": str(tmp_path / "slurm.log"),
-                "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+                "XLA_FLAGS": xla_flags(2)})
     flags = trainer_flags(data_dir, workdir, steps)[2:]  # config and workdir come from env
     return env, workdir, flags
 

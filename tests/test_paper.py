@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, xla_flags
 
 from configs.paper import common
 from nme_train.commands import sweep
@@ -169,7 +169,7 @@ def test_dry_run_of_each_experiment(name, scale, point):
 
 def test_dry_run_of_e1_on_imagenet_from_the_command_line(tmp_path):
     """ResNet-50 with SAM, from its point's config string, at 32 px on 8 fake devices."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    env = {**os.environ, "XLA_FLAGS": xla_flags(8),
            "JAX_PLATFORMS": "cpu"}
     out = subprocess.run(
         [sys.executable, "-m", "nme_train.main",

@@ -20,6 +20,7 @@ from conftest import (
     tiny_config,
     wait_for_checkpoint,
     with_overrides,
+    xla_flags,
 )
 
 from nme_train.curvature.probes import ProbeSettings
@@ -175,7 +176,7 @@ def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
     # One device: beside a training job on 2 loaded cores, the CPU backend's in-process
     # all-reduce between fake devices can miss its 40 s rendezvous deadline and abort.
     # (Sharded probes are tested by test_training_writes_probes_on_8_devices.)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
     tool = subprocess.Popen(
         [sys.executable, "tools/probe.py", f"--workdir={workdir}", "--watch",
          "--poll_seconds=0.5", "--idle_timeout=8", "--set", "probes.lanczos_steps=4",
@@ -230,7 +231,7 @@ def test_offline_probe_reports_missing_step(data_dir, tmp_path):
     out = subprocess.run([sys.executable, "tools/probe.py", f"--workdir={workdir}",
                           "--step=5", "--set", "probes.batch_size=16"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "XLA_FLAGS": ""})
+                         env={**os.environ, "XLA_FLAGS": xla_flags()})
     assert out.returncode != 0
     assert "probe: error: --step 5: no finished checkpoint at that step; the run has [8]" \
         in out.stderr.splitlines()[-1]
@@ -243,7 +244,7 @@ def test_offline_probe_in_float64_of_one_step(data_dir, tmp_path):
                           "--set", "probes.batch_size=16", "--set", "probes.lanczos_steps=5",
                           "--set", "probes.trace_probes=2"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "XLA_FLAGS": ""})
+                         env={**os.environ, "XLA_FLAGS": xla_flags()})
     assert out.returncode == 0, out.stderr[-3000:]
     (record,) = read_probes(workdir, "probes_offline.jsonl")
     assert record["step"] == 8 and record["dtype"] == "float64"

@@ -9,7 +9,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import ROOT, assert_plot, run_command
+from conftest import ROOT, assert_plot, run_command, xla_flags
 
 from nme_train.commands import summarize, sweep
 from nme_train.train.rundir import FINAL_FILE
@@ -77,7 +77,7 @@ def test_sigterm_stops_a_local_sweep_at_a_checkpoint_and_the_next_sweep_resumes(
     proc = subprocess.Popen([sys.executable, "tools/sweep.py", "--config", config,
                              "--workdir", str(workdir)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ,
-                                                                      "XLA_FLAGS": ""})
+                                                                      "XLA_FLAGS": xla_flags()})
     first = workdir / "method=none,rho=0,seed=0"
     deadline = time.time() + 120
     while time.time() < deadline and "step 3/" not in _read(first / "train.log") \
