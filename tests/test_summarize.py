@@ -51,7 +51,8 @@ def test_summarize_differences_tolerance_and_diverged_runs(tmp_path):
     for (act, method, rho), accs in accuracies.items():
         for seed, acc in enumerate(accs):
             tags = {"bn": False, "activation": act, "method": method, "rho": rho, "seed": seed}
-            points.append(fake_run(w, f"{act}-{method}-{rho}-{seed}", tags, acc))
+            probes = [{"step": 0, "dead_units/mean": 0.1}, {"step": 5, "dead_units/mean": acc}]
+            points.append(fake_run(w, f"{act}-{method}-{rho}-{seed}", tags, acc, probes))
     for act in ("relu", "gelu"):  # each rho=1 curve has a third seed that diverged
         tags = {"bn": False, "activation": act, "method": "gp", "rho": 1.0, "seed": 2}
         run = w / f"{act}-diverged"
@@ -60,7 +61,8 @@ def test_summarize_differences_tolerance_and_diverged_runs(tmp_path):
         points.append({"name": run.name, "tags": tags})
     write_manifest(w, "e1", {"kind": "final", "x": "rho", "lines": ("method", "activation"),
                              "panels": "bn", "symlog_x": 0.1, "zoom": 6,
-                             "contrasts": [["activation", "gelu", "relu"]]}, points)
+                             "contrasts": [["activation", "gelu", "relu"]],
+                             "series": ["dead_units/mean"], "series_at": [0.3]}, points)
     assert summarize.main([str(w)]) == 0
     table = (w / "summary_e1.md").read_text()
     # relu gp 0.3: 86 - 87 = -1 point; SE = sqrt(1^2/3 + 1^2/3) = 0.816 points
@@ -70,9 +72,15 @@ def test_summarize_differences_tolerance_and_diverged_runs(tmp_path):
     # relu: 0.3 is exactly 1 point below; at 1 it falls. gelu: 1 fails by its diverged seed
     assert "| false | relu | gp | 87.00 | 0.3 | 1 (-32.00, diverged 1) |" in table
     assert "| false | gelu | gp | 88.00 | 0.3 | 1 (-1.50, diverged 1) |" in table
-    # gelu - relu at gp 0.3: +2 points, SE 0.816
-    assert "| false | gp | 0.3 | +2.00 ± 0.82 | 2.4 |" in table
+    # gelu - relu at gp 0.3: +2 points, SE 0.816; paired: +2 on every seed, SE 0
+    assert "| false | gp | 0.3 | +2.00 ± 0.82 | 2.4 | 3 | +2.00 ± 0.00 | inf |" in table
+    # each at its best rho: gp 0.3 on both sides (86 and 88 against 55 and 86.5); the plain
+    # runs: per-seed differences 0, 1, 2, mean 1, SE 1 / sqrt(3)
+    assert "| false | gp | ρ 0.3 | ρ 0.3 | 3 | +2.00 ± 0.00 | inf |" in table
+    assert "| false | none | ρ 0 | ρ 0 | 3 | +1.00 ± 0.58 | 1.7 |" in table
     assert_plot(w / "summary_e1.png")
+    assert_plot(w / "summary_e1_contrasts.png")
+    assert_plot(w / "summary_e1_series.png")
 
 
 def test_summarize_traces_and_sparsity_on_fake_runs(tmp_path):

@@ -35,7 +35,16 @@ The plot settings (each experiment file's PLOT) may add
                          a table of the difference A - B in mean test accuracy
                          between the groups that differ only in TAG (B None:
                          the group without TAG), with the standard error of the
-                         difference, sqrt(s_A^2/n_A + s_B^2/n_B), and their ratio
+                         difference, sqrt(s_A^2/n_A + s_B^2/n_B), and their ratio,
+                         then paired over shared seeds; a second table with each
+                         side at its best swept value (rho, sigma^2); and
+                         summary_<experiment>_contrasts.png, the paired
+                         difference against the swept value, ± 1 SE
+  "series": [FIELD, ...] summary_<experiment>_series.png: these probe figures
+                         (e.g. "nme_split/activation_norm_share") against the
+                         training step, mean over seeds ± std, per group;
+                         "series_at": [values] keeps the groups at those swept
+                         values (and the unregularized ones)
 
 Every "final" table also gives each group's difference from its
 unregularized run (method none, the same other tags) with its standard
@@ -246,29 +255,82 @@ def _sort_key(row: dict, tag_names: Sequence[str]) -> tuple:
                  else (1, 0, str(row.get(t, ""))) for t in tag_names)
 
 
+def _contrast_pairs(exp: ExperimentResults, rows: list[dict], tag: str, a, b
+                    ) -> list[tuple[dict, dict]]:
+    """(row A, row B) for the groups with TAG = A and TAG = B (B None: without TAG) whose other
+    tags agree."""
+    others = [t for t in exp.tag_names if t != tag]
+    return [(ra, rb) for ra in rows if ra.get(tag) == a for rb in rows
+            if (rb.get(tag) == b if b is not None else tag not in rb)
+            and all(ra.get(t) == rb.get(t) for t in others if t in rb)]
+
+
+def _best_pairs(exp: ExperimentResults, rows: list[dict], tag: str, a, b
+                ) -> list[tuple[dict, dict]]:
+    """For each setting of the tags other than TAG and the swept hyperparameters: A's group
+    and B's group at their best mean test accuracy over the swept values (groups with a
+    diverged seed are not candidates)."""
+    context = [t for t in exp.tag_names if t != tag and t not in SWEPT]
+
+    def best(value) -> dict[tuple, dict]:
+        out: dict[tuple, dict] = {}
+        for r in rows:
+            if (r.get(tag) == value if value is not None else tag not in r) and r["seeds"] \
+                    and not r["diverged"]:
+                key = tuple(r.get(t) for t in context if t in r)
+                if key not in out or r["test_acc_mean"] > out[key]["test_acc_mean"]:
+                    out[key] = r
+        return out
+
+    best_b = best(b)
+    pairs = []
+    for ra in best(a).values():
+        for rb in best_b.values():
+            if all(ra.get(t) == rb.get(t) for t in context if t in ra and t in rb):
+                pairs.append((ra, rb))
+    return pairs
+
+
+def _swept_value(row: dict) -> str:
+    values = [f"{LABELS.get(t, t)} {format_value(row[t])}" for t in SWEPT if t in row]
+    return ", ".join(values) or "—"
+
+
 def contrast_table(exp: ExperimentResults, rows: list[dict]) -> list[str]:
-    """Markdown lines of the PLOT's contrasts: A - B between groups differing in one tag."""
+    """Markdown lines of the PLOT's contrasts: A - B between groups differing in one tag, at
+    each swept value and with each side at its best swept value."""
     lines: list[str] = []
     for tag, a, b in exp.plot.get("contrasts", ()):
-        others = [t for t in exp.tag_names if t != tag]
-        pairs = []
-        for ra in rows:
-            if ra.get(tag) != a:
-                continue
-            for rb in rows:
-                if (rb.get(tag) == b if b is not None else tag not in rb) and all(
-                        ra.get(t) == rb.get(t) for t in others if t in rb):
-                    pairs.append((ra, rb))
+        pairs = _contrast_pairs(exp, rows, tag, a, b)
         if not pairs:
             continue
+        others = [t for t in exp.tag_names if t != tag]
         b_name = format_value(b) if b is not None else f"no {tag}"
         lines += ["", f"**{tag} {format_value(a)} − {b_name}** (test accuracy, points; "
-                  "SE of the difference; |Δ|/SE > 2 is a difference the seeds resolve)", "",
-                  f"| {' | '.join(others)} | Δ ± SE | \\|Δ\\|/SE |",
-                  "|" + "---|" * (len(others) + 2)]
+                  "SE of the difference, unpaired and paired over shared seeds; |Δ|/SE > 2 is "
+                  "a difference the seeds resolve)", "",
+                  f"| {' | '.join(others)} | Δ ± SE | \\|Δ\\|/SE | paired seeds | "
+                  "paired Δ ± SE | paired \\|Δ\\|/SE |",
+                  "|" + "---|" * (len(others) + 5)]
         for ra, rb in sorted(pairs, key=lambda p: _sort_key(p[0], others)):
+            diff, se, n = paired_difference(ra, rb)
             lines.append(f"| {' | '.join(tag_cells(ra, others))} | "
-                         f"{' | '.join(fmt_difference(*difference(ra, rb)))} |")
+                         f"{' | '.join(fmt_difference(*difference(ra, rb)))} | {n} | "
+                         f"{' | '.join(fmt_difference(diff, se))} |")
+        best = [(ra, rb) for ra, rb in _best_pairs(exp, rows, tag, a, b)
+                if any(t in ra or t in rb for t in SWEPT)]
+        if best:
+            context = [t for t in exp.tag_names if t != tag and t not in SWEPT]
+            lines += ["", "Each side at its best mean over the swept values (chosen on the "
+                      "same seeds, which flatters each side a little)",
+                      "", f"| {' | '.join(context)} | {format_value(a)} at | {b_name} at | "
+                      "paired seeds | paired Δ ± SE | paired \\|Δ\\|/SE |",
+                      "|" + "---|" * (len(context) + 5)]
+            for ra, rb in sorted(best, key=lambda p: _sort_key(p[0], context)):
+                diff, se, n = paired_difference(ra, rb)
+                lines.append(f"| {' | '.join(tag_cells(ra, context))} | {_swept_value(ra)} | "
+                             f"{_swept_value(rb)} | {n} | "
+                             f"{' | '.join(fmt_difference(diff, se))} |")
     return lines
 
 
@@ -508,6 +570,102 @@ def plot(exp: ExperimentResults, rows: list[dict], out: str) -> str:
     plt.close(fig)
     if exp.kind == "traces":
         plot_layer_traces(exp, rows, out)
+    if exp.kind == "final":
+        plot_contrasts(exp, rows, out)
+        plot_probe_series(exp, rows, out)
+    return path
+
+
+def plot_contrasts(exp: ExperimentResults, rows: list[dict], out: str) -> str | None:
+    """summary_<experiment>_contrasts.png: each PLOT contrast's paired difference A - B
+    (points, ± 1 SE over shared seeds) against the swept hyperparameter, one panel per
+    contrast, one line per setting of the other tags."""
+    x = exp.plot.get("x")
+    panels = []
+    for tag, a, b in exp.plot.get("contrasts", ()):
+        lines: dict[str, list[tuple[float, float, float]]] = {}
+        for ra, rb in _contrast_pairs(exp, rows, tag, a, b):
+            diff, se, n = paired_difference(ra, rb)
+            if x in ra and n:
+                label = _label(ra, [t for t in exp.tag_names if t not in (tag, x)])
+                lines.setdefault(label, []).append((ra[x], 100 * diff, 100 * se))
+        if lines:
+            panels.append((f"{tag}: {format_value(a)} − "
+                           f"{format_value(b) if b is not None else 'none'}", lines))
+    if not panels:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(3, len(panels))
+    fig, axes = plt.subplots(-(-len(panels) // columns), columns, squeeze=False,
+                             figsize=(5.2 * columns, 4.0 * -(-len(panels) // columns)))
+    for ax, (title, lines) in zip(axes.flat, panels):
+        for label, points in sorted(lines.items()):
+            points.sort()
+            ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                        yerr=[0.0 if math.isnan(p[2]) else p[2] for p in points], marker="o",
+                        capsize=3, label=label)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        if exp.plot.get("log_x") or exp.plot.get("symlog_x"):
+            ax.set_xscale("log")
+        ax.set_xlabel(LABELS.get(x, x))
+        ax.set_ylabel("paired Δ test accuracy (points), ± 1 SE")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{exp.name}: paired contrasts", fontsize=9)
+    fig.tight_layout()
+    path = os.path.join(out, f"summary_{exp.name}_contrasts.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_probe_series(exp: ExperimentResults, rows: list[dict], out: str) -> str | None:
+    """summary_<experiment>_series.png: PLOT["series"]'s probe figures against the training
+    step (mean over seeds, band ± std), one panel per figure, for the groups at the swept
+    values in PLOT["series_at"] (and the unregularized ones)."""
+    fields = exp.plot.get("series", ())
+    at = set(exp.plot.get("series_at", ()))
+    x = exp.plot.get("x")
+    groups = [(key, runs) for key, runs in exp.groups.items() if runs and (
+        not at or dict(key).get("method") == "none" or dict(key).get(x) in at)]
+    if not fields or not groups:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(fields), figsize=(5.2 * len(fields), 4.2), squeeze=False)
+    names = [t for t in exp.tag_names if t not in (x,)] if at else exp.tag_names
+    for ax, name in zip(axes[0], fields):
+        for key, runs in sorted(groups, key=lambda kv: str(kv[0])):
+            series = [{p["step"]: p[name] for p in read_probes(r["dir"]) if name in p}
+                      for r in runs]
+            steps = sorted(set.intersection(*(set(s) for s in series)))
+            if not steps:
+                continue
+            values = [[s[t] for s in series] for t in steps]
+            mean = [statistics.fmean(v) for v in values]
+            std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            line, = ax.plot(steps, mean, marker="o", ms=3, label=_label(dict(key), names))
+            ax.fill_between(steps, [m - s for m, s in zip(mean, std)],
+                            [m + s for m, s in zip(mean, std)], alpha=0.15,
+                            color=line.get_color())
+        ax.set_xlabel("training step")
+        ax.set_title(name, fontsize=9)
+    axes[0][0].legend(fontsize=6)
+    suffix = f" at {LABELS.get(x, x)} {', '.join(map(format_value, sorted(at)))}" if at else ""
+    fig.suptitle(f"{exp.name}: probes over training{suffix}", fontsize=9)
+    fig.tight_layout()
+    path = os.path.join(out, f"summary_{exp.name}_series.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 
