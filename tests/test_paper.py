@@ -116,6 +116,20 @@ def test_contrasts_run_in_the_pilots_label_noise_regime_with_the_study_probes():
         assert config == plain, point.name
     spike = m.get_config("bracket/activation=relu_spike_nme,beta=1,method=gp,rho=0.2,seed=0")
     assert (spike.model.activation, spike.model.beta) == ("relu_spike_nme", 1.0)
+    # the study: each arm's 3 rho x 8 seeds; its seed-0 runs at a bracket rho are the
+    # bracket's (the same config, so the sweep finds them finished)
+    study = sweep.expand(m, "study")
+    assert len(study) == 8 * (2 + 3 * (2 + 6))
+    names = {p.name for p in bracket}
+    shared = [p for p in study if p.name in names]
+    assert shared and all(p.tag_dict["seed"] == 0 for p in shared)
+    for point in shared:
+        assert m.get_config(f"study/{point.name}") == m.get_config(f"bracket/{point.name}")
+    for (activation, method), rhos in m.STUDY_RHOS.items():
+        runs = [p for p in study if p.tag_dict["activation"] == activation
+                and p.tag_dict["method"] == method]
+        assert sorted({p.tag_dict["rho"] for p in runs}) == list(rhos)
+        assert sorted({p.tag_dict["seed"] for p in runs}) == list(range(8))
     warmup = sweep.expand(m, "warmup")
     assert len(warmup) == 6
     no_bn = m.get_config(f"warmup/{warmup[0].name}")
@@ -147,6 +161,7 @@ DRY_RUNS = [
     ("e9", "study", "bn=true,beta=8,method=none,rho=0,seed=1"),
     ("e10", "fashion_mnist", "activation=gelu,method=gp_no_nme,rho=0.5,seed=0"),
     ("contrasts", "bracket", "activation=relu_spike_nme,beta=1,method=gp,rho=0.2,seed=0"),
+    ("contrasts", "study", "activation=gelu,method=gp_no_nme,rho=2,seed=7"),
 ]
 
 

@@ -26,6 +26,10 @@ Scales:
   bracket   every arm over RHOS, seed 0: where each arm's best rho lies (a
             benefit of several points, as SAM's in the pilot, is located by one
             seed; the study then runs 3 rho around it)
+  study     each arm at the 3 rho of STUDY_RHOS (around its best in the
+            bracket, sharing values so that contrasts also compare at fixed
+            rho) over seeds 0-7; seed 0's runs are the bracket's where the rho
+            is one of RHOS (same config, same run directory)
   warmup    the schedule check: ReLU without BatchNorm at rho = 1 (SAM and the
             penalty) in the earlier study's regime (no label noise, learning
             rate 0.1), with this regime's 5-epoch warmup instead of 1, 3 seeds:
@@ -38,14 +42,33 @@ PROBE_EPOCHS epochs.
 
     python tools/sweep.py --config configs/paper/contrasts.py:bracket \
         --workdir study/contrasts --jobs 2
+    python tools/sweep.py --config configs/paper/contrasts.py:study \
+        --workdir study/contrasts --jobs 2
+    python tools/sweep.py --config configs/paper/contrasts.py:warmup \
+        --workdir study/contrasts_warmup --jobs 2
     python tools/summarize.py study/contrasts --out docs/results
 """
 
 from configs.paper import common, regime
 from nme_train.experiments import Point, activations, experiment_config, methods, product, seeds
 
-SCALES = ("bracket", "warmup")
+SCALES = ("bracket", "study", "warmup")
 RHOS = (0.05, 0.1, 0.2, 0.5, 1.0)
+STUDY_SEEDS = tuple(range(8))
+# (activation, method) -> the study's 3 rho, from the bracket's seed-0 accuracies
+# (docs/results.md, "The decisive study: the contrasts"): each arm's best with a value on
+# either side, the values shared between arms where their bests allow.
+STUDY_RHOS = {
+    ("relu", "sam"): (0.1, 0.2, 0.3), ("gelu", "sam"): (0.1, 0.2, 0.3),
+    ("relu", "gp"): (0.2, 0.3, 0.5), ("gelu", "gp"): (0.2, 0.3, 0.5),
+    ("gelu", "gp_no_nme"): (0.5, 1.0, 2.0),
+    ("gelu_nme_ablated", "gp"): (0.2, 0.5, 1.0),
+    ("relu_synthetic_nme", "gp"): (0.2, 0.3, 0.5), ("relu_spike_nme", "gp"): (0.2, 0.3, 0.5),
+}
+ARMS = (("relu", ("none", "sam", "gp")), ("gelu", ("none", "sam", "gp", "gp_no_nme")),
+        ("gelu_nme_ablated", ("gp",)), ("relu_synthetic_nme", ("gp",)),
+        ("relu_spike_nme", ("gp",)))
+SURROGATES = ("relu_synthetic_nme", "relu_spike_nme")
 SURROGATE_BETA = 1.0
 PROBE_EPOCHS = 10  # probes at steps 0, 310, 620, 930: about 60 s of a 3-minute run
 PLOT = {"kind": "final", "x": "rho", "lines": ("activation", "method"), "symlog_x": 0.05,
@@ -54,7 +77,9 @@ PLOT = {"kind": "final", "x": "rho", "lines": ("activation", "method"), "symlog_
                       ["activation", "gelu", "gelu_nme_ablated"],
                       ["activation", "relu_synthetic_nme", "relu"],
                       ["activation", "relu_spike_nme", "relu"],
-                      ["activation", "gelu", "relu"]]}
+                      ["activation", "gelu", "relu"]],
+        "series": ["nme_split/activation_norm_share", "dead_units/mean", "stability/ratio"],
+        "series_at": [0.2]}
 
 
 def surrogate(name: str) -> list[Point]:
@@ -62,13 +87,11 @@ def surrogate(name: str) -> list[Point]:
                      {"model.activation": name, "model.beta": SURROGATE_BETA})]
 
 
-def arms(rhos) -> list[tuple[list[Point], dict]]:
-    """(activation points, {method: rhos}) of every arm."""
-    return [(activations(("relu",)), {"none": (), "sam": rhos, "gp": rhos}),
-            (activations(("gelu",)), {"none": (), "sam": rhos, "gp": rhos, "gp_no_nme": rhos}),
-            (activations(("gelu_nme_ablated",)), {"gp": rhos}),
-            (surrogate("relu_synthetic_nme"), {"gp": rhos}),
-            (surrogate("relu_spike_nme"), {"gp": rhos})]
+def arms(rhos_of) -> list[tuple[list[Point], dict]]:
+    """(activation points, {method: rhos}) of every arm; rhos_of(activation, method)."""
+    return [(surrogate(name) if name in SURROGATES else activations((name,)),
+             {m: () if m == "none" else rhos_of(name, m) for m in arm_methods})
+            for name, arm_methods in ARMS]
 
 
 def with_study_probes(c):
@@ -98,7 +121,10 @@ def grid(scale: str):
     if scale == "warmup":
         return product(activations(("relu",)), methods({"sam": (1.0,), "gp": (1.0,)}),
                        seeds((0, 1, 2)))
-    return [point for acts, spec in arms(RHOS)
+    if scale == "study":
+        return [point for acts, spec in arms(lambda a, m: STUDY_RHOS[a, m])
+                for point in product(acts, methods(spec), seeds(STUDY_SEEDS))]
+    return [point for acts, spec in arms(lambda a, m: RHOS)
             for point in product(acts, methods(spec), seeds((0,)))]
 
 
