@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -49,6 +50,10 @@ def test_local_sweep_runs_each_point_once_and_summarizes(tmp_path, data_dir):
         assert point["config"] == f"{config}:digits/{name}"
         assert json.loads((workdir / name / "config.json").read_text())["seed"] == \
             int(name[-1])
+        (machine,) = [json.loads(line) for line in
+                      (workdir / name / sweep.MACHINES_FILE).read_text().splitlines()]
+        assert machine["host"] == socket.gethostname() and machine["cores"] == os.cpu_count()
+        assert machine["cpu"] and len(machine["cpu_flags_sha256"]) == 16
     penalty = json.loads((workdir / names[2] / "config.json").read_text())["regularizers"]
     assert penalty == [["gradient_penalty", {"rho": 0.1}]]
     # finished runs are skipped
@@ -58,6 +63,7 @@ def test_local_sweep_runs_each_point_once_and_summarizes(tmp_path, data_dir):
     os.remove(workdir / names[1] / FINAL_FILE)
     printed = run_sweep("--config", config, "--workdir", str(workdir), "--launcher", "print")
     assert "3 finished, 1 to run" in printed.stdout
+    assert len((workdir / names[1] / sweep.MACHINES_FILE).read_text().splitlines()) == 1
     assert printed.stdout.count("nme_train.main") == 1 and names[1] in printed.stdout
     # summary of the real runs: 2 groups of 2 seeds, accuracy mean and std
     assert summarize.main([str(workdir), "--out", str(tmp_path / "summary")]) == 0

@@ -21,7 +21,12 @@ DIR/P/config.json differs from the config it would run now is refused (the
 grid or base config changed: use another DIR, or remove that run).
 
 The sweep writes DIR/sweep_<experiment>.json (its points and plot settings,
-read by tools/summarize.py) and DIR/P/point.json.
+read by tools/summarize.py) and DIR/P/point.json; the local launcher adds a
+line to DIR/P/machines.jsonl each time it starts a run there (host, CPU
+model, a digest of its instruction-set flags, jax version): XLA's CPU code
+differs between CPUs, so one run's float results are reproducible on one
+machine, not across machines, and a paired comparison should know where its
+two sides ran.
 
 Launchers:
   local  runs the pending points here, `--jobs` at a time (one log per run,
@@ -37,10 +42,15 @@ Launchers:
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
+import importlib.metadata
 import json
 import os
+import platform
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -139,6 +149,30 @@ def write_manifest(module, scale: str, path: str, workdir: str, points: Sequence
     return manifest
 
 
+MACHINES_FILE = "machines.jsonl"
+
+
+def machine_record() -> dict:
+    """This machine: host, CPU model, a digest of the CPU's flags, jax version."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:  # not Linux
+        pass
+    try:
+        jax_version = importlib.metadata.version("jax")
+    except importlib.metadata.PackageNotFoundError:
+        jax_version = "?"
+    return {"host": socket.gethostname(),
+            "cpu": info.get("model name") or platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "cpu_flags_sha256": hashlib.sha256(info.get("flags", "").encode()).hexdigest()[:16],
+            "jax": jax_version}
+
+
 def command(path: str, scale: str, point: Point, workdir: str, python: str) -> list[str]:
     return [python, "-m", "nme_train.main", f"--config={path}:{scale}/{point.name}",
             f"--workdir={os.path.join(workdir, point.name)}"]
@@ -151,6 +185,7 @@ def run_local(path: str, scale: str, points: Sequence[Point], workdir: str, jobs
     if jobs > 1:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA}".strip()
     queue = list(points)
+    machine = machine_record()
     running: dict[subprocess.Popen, tuple[Point, float, object]] = {}
     failed, done, stopping = [], 0, False
 
@@ -168,6 +203,11 @@ def run_local(path: str, scale: str, points: Sequence[Point], workdir: str, jobs
         while queue or running:
             while queue and len(running) < jobs and not stopping:
                 point = queue.pop(0)
+                with open(os.path.join(workdir, point.name, MACHINES_FILE), "a",
+                          encoding="utf-8") as f:
+                    started = datetime.datetime.now(datetime.UTC)
+                    f.write(json.dumps({"started": started.isoformat(timespec="seconds"),
+                                        **machine}) + "\n")
                 log = open(os.path.join(workdir, point.name, "train.log"), "a",
                            encoding="utf-8")
                 proc = subprocess.Popen(command(path, scale, point, workdir, python), cwd=REPO,
