@@ -21,12 +21,17 @@ DEBUG_FLAG = "--debug"
 
 
 def _config_arg(argv: Sequence[str]) -> str | None:
+    """The --config value absl will use: the last one given (a script may append another
+    --config to a base command), up to a "--" that ends the flags."""
+    found = None
     for i, arg in enumerate(argv):
+        if arg == "--":
+            break
         if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
+            found = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            found = argv[i + 1]
+    return found
 
 
 def _overrides(argv: Sequence[str]) -> list[str]:

@@ -37,6 +37,18 @@ def test_cli_bad_config_fails_fast_with_the_field(data_dir, tmp_path):
     assert not os.path.exists(tmp_path / "bad")  # nothing was written
 
 
+def test_a_second_config_flag_is_the_one_diagnosed(tmp_path):
+    """A script appends --config to a base command: one error line for the file absl uses,
+    no traceback, and nothing written."""
+    result = run_main("--config=configs/default.py", f"--workdir={tmp_path / 'w'}",
+                      "--config=configs/nope.py")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: --config=configs/nope.py: no such file 'configs/nope.py'; give a config file with "
+        "get_config(), e.g. --config=configs/default.py"]
+    assert not os.path.exists(tmp_path / "w")
+
+
 def test_cli_unknown_field_is_rejected(tmp_path):
     result = run_main("--config=configs/default.py", f"--workdir={tmp_path}",
                       "--config.optimizer.learnin_rate=0.1")
@@ -52,6 +64,13 @@ def test_cli_unknown_field_is_rejected(tmp_path):
     (["--config=configs/default.py:foo"], "unknown variant 'foo'; choose one of"),
     (["--config=configs/paper/e1.py:nope"], "unknown scale 'nope'"),
     (["--config=configs/default.py"], None),
+    # given twice (a base command with another appended): absl uses the last one
+    (["--config=configs/default.py", "--config=configs/nope.py"],
+     "no such file 'configs/nope.py'"),
+    (["--config=configs/default.py", "--config", "configs/default.py:foo"],
+     "unknown variant 'foo'"),
+    (["--config=configs/nope.py", "--config=configs/default.py"], None),
+    (["--config=configs/default.py", "--", "--config=configs/nope.py"], None),
 ])
 def test_config_flag_mistakes_are_diagnosed(argv, message):
     cwd = os.getcwd()
