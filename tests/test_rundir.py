@@ -10,7 +10,7 @@ import os
 
 import jax
 import pytest
-from conftest import ROOT, run_command, with_overrides
+from conftest import ROOT, cli_args, finish, run_command, start, wait_for_checkpoint, with_overrides
 
 from configs import default
 from nme_train.train.checkpoint import CheckpointError
@@ -292,6 +292,72 @@ def test_cli_errors_are_one_line_and_leave_the_workdir_alone(finished, data_dir,
     debug = run_cli("nme_train.main", "--config=configs/default.py", "--config.optimizer.lr=1",
                     "--debug", *common)
     assert "Traceback" in debug.stderr  # --debug shows where it failed
+
+
+def test_workdir_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+    """The lock file names its holder; a second lock on the same workdir is refused while the
+    holder lives; a holder whose process is gone (this host) or whose heartbeat stopped
+    (another host) is replaced, saying why."""
+    import socket
+    import subprocess
+    import sys
+
+    from nme_train.train import lock as lk
+
+    workdir = str(tmp_path / "w")
+    os.makedirs(workdir)
+    held = lk.WorkdirLock(workdir).acquire()
+    holder = json.loads(open(os.path.join(workdir, lk.LOCK_FILE)).read())
+    assert (holder["host"], holder["pid"]) == (socket.gethostname(), os.getpid())
+    with pytest.raises(lk.WorkdirLocked, match=f"another trainer \\(pid {os.getpid()} on host"):
+        lk.WorkdirLock(workdir).acquire()
+    held.release()
+    assert not os.path.exists(os.path.join(workdir, lk.LOCK_FILE))
+    # a lock left by a process that has exited (this host): taken over at once
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    path = os.path.join(workdir, lk.LOCK_FILE)
+    with open(path, "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": int(gone), "started": "then"}, f)
+    again = lk.WorkdirLock(workdir).acquire()
+    assert f"process {gone} on this host is no longer running" in again.taken_over
+    again.release()
+    # another host's lock: live while its heartbeat is recent, stale once it is old
+    with open(path, "w") as f:
+        json.dump({"host": "elsewhere", "pid": 1, "started": "then"}, f)
+    with pytest.raises(lk.WorkdirLocked, match="pid 1 on host elsewhere"):
+        lk.WorkdirLock(workdir).acquire()
+    old = os.stat(path).st_mtime - lk.STALE_S - 5
+    os.utime(path, (old, old))
+    taken = lk.WorkdirLock(workdir).acquire()
+    assert "heartbeat is" in taken.taken_over
+    taken.release()
+    # a lock that created its workdir removes it when nothing else was written
+    fresh = lk.WorkdirLock(str(tmp_path / "fresh")).acquire()
+    fresh.release()
+    assert not os.path.exists(tmp_path / "fresh")
+
+
+@pytest.mark.slow
+def test_a_second_trainer_on_a_running_workdir_is_refused(data_dir, tmp_path):
+    """Two trainers on one workdir: the second stops in one line naming the first, and
+    writes nothing; after the first is killed (-9), the rerun takes its lock over."""
+    workdir = str(tmp_path / "run")
+    first = start(cli_args(data_dir, workdir, steps=10**6, every=50))
+    wait_for_checkpoint(workdir, first)
+    second = run_cli("nme_train.main", *cli_args(data_dir, workdir, steps=10**6, every=50))
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-2000:]
+    assert lines[-1].startswith(f"error: {workdir} is being written by another trainer (pid "
+                                f"{first.pid} on host"), lines
+    assert "resumed" not in second.stdout and "initialised" not in second.stdout
+    assert first.poll() is None  # the first goes on
+    first.kill()
+    first.wait()
+    rerun = start(cli_args(data_dir, workdir, steps=120, every=50))
+    out = finish(rerun)
+    assert "resumed from the checkpoint at step" in out
+    assert not os.path.exists(os.path.join(workdir, "writer.lock"))
 
 
 @pytest.mark.slow

@@ -3,6 +3,8 @@
     Trainer(config, workdir).run()
       plan          validate the config, size the run, apply the workdir
                     policy (nme_train.train.rundir) before anything is built
+      take_workdir  process 0 takes the workdir's writer lock
+                    (nme_train.train.lock): a second trainer refuses here
       build         data, mesh, model, optimizer, sharded state, compiled
                     steps (nme_train.train.program)
       restore       resume, warm-start or initialise, checking before writing
@@ -13,7 +15,8 @@
                     end the last save and probe
       finish        the final evaluation; final.json
 Whatever `open_outputs` started (TensorBoard writer, checkpoint executor,
-step watchdog) is closed in `finally`, on success, preemption or error.
+step watchdog) and the lock are closed in `finally`, on success, preemption or
+error.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from nme_train import logs
 from nme_train.data import DATASETS, default_data_dir, eval_batches, split_size, train_batches
 from nme_train.train.checkpoint import CheckpointError, abstract_with_shardings, open_checkpointer
 from nme_train.train.dry_run import model_flops, program_flops
+from nme_train.train.lock import WorkdirLock, WorkdirLocked
 from nme_train.train.metrics import (
     Diverged,
     MetricWriter,
@@ -89,7 +95,7 @@ class Trainer:
         self.config, self.workdir, self.extend = config, workdir, extend
         self.devices = jax.devices() if devices is None else list(devices)
         self.is_main = jax.process_index() == 0
-        self.ckpt = self.writer = self.watchdog = self.probes = None
+        self.ckpt = self.writer = self.watchdog = self.probes = self.lock = None
         self.pending = None  # (step, device metrics) of the step in flight
 
     def log(self, message: str) -> None:
@@ -103,9 +109,10 @@ class Trainer:
         if nothing_to_do:
             self.log(nothing_to_do)
             return {**read_final(self.workdir), "nothing_to_do": True}
-        self.build()
-        how = self.restore()
+        self.take_workdir()
         try:
+            self.build()
+            how = self.restore()
             self.open_outputs(how)
             preempted = self.loop()
             if preempted:
@@ -129,6 +136,25 @@ class Trainer:
         self.total_steps, self.steps_per_epoch = training_length(config, num_train)
         self.config_json = json.loads(config.to_json_best_effort())
         return check_rerun(self.workdir, self.config_json, self.total_steps, self.extend)
+
+    def take_workdir(self) -> None:
+        """One writer per workdir (nme_train.train.lock): process 0 takes the lock, and
+        every process stops with its error when it is held by another live trainer."""
+        error = None
+        if self.is_main:
+            try:
+                self.lock = WorkdirLock(self.workdir).acquire()
+                if self.lock.taken_over:
+                    logging.warning("warning: %s", self.lock.taken_over)
+            except WorkdirLocked as e:
+                error = e
+        if jax.process_count() > 1:
+            held = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+            if held and error is None:
+                error = WorkdirLocked(f"{self.workdir} is being written by another trainer "
+                                      "(process 0 says why)")
+        if error is not None:
+            raise error
 
     def build(self) -> None:
         self.eval_data = eval_batches(self.spec, self.data_config, self.config.eval_batch_size,
@@ -326,7 +352,7 @@ class Trainer:
         return {**self.metrics.last, **results}
 
     def close(self) -> None:
-        for resource in (self.watchdog, self.ckpt, self.writer):
+        for resource in (self.watchdog, self.ckpt, self.writer, self.lock):
             if resource is not None:
                 resource.close()
 

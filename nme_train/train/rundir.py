@@ -7,6 +7,7 @@ Files (written by process 0):
   checkpoints/<step>/  orbax checkpoints (nme_train.train.checkpoint)
   final.json           written once the run has finished: its final metrics
   diverged.json        written when the training loss became NaN/inf
+  writer.lock          held while a trainer runs (nme_train.train.lock)
 
 The policy (docs/checkpoints.md, "The workdir policy"):
 
