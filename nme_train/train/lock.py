@@ -72,7 +72,7 @@ def stale_reason(holder: dict, age: float) -> str | None:
     return None
 
 
-def describe(holder: dict, age: float) -> str:
+def describe_holder(holder: dict, age: float) -> str:
     return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started "
             f"{holder.get('started', '?')}, alive {age:.0f} s ago")
 
@@ -105,7 +105,7 @@ class WorkdirLock:
                 if reason is None:
                     raise WorkdirLocked(
                         f"{os.path.dirname(self.path)} is being written by another trainer "
-                        f"({describe(holder, age)}); wait for it to finish or stop it (a lock "
+                        f"({describe_holder(holder, age)}); wait for it to finish or stop it (a lock "
                         f"left by a killed trainer is taken over once its process is gone, "
                         f"or after {STALE_S:.0f} s without a heartbeat from another host)"
                     ) from None
@@ -115,7 +115,7 @@ class WorkdirLock:
                 except FileNotFoundError:
                     continue
                 os.remove(aside)
-                self.taken_over = f"took over the lock of {describe(holder, age)}: {reason}"
+                self.taken_over = f"took over the lock of {describe_holder(holder, age)}: {reason}"
                 continue
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(record, f)
