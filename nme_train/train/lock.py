@@ -105,9 +105,10 @@ class WorkdirLock:
                 if reason is None:
                     raise WorkdirLocked(
                         f"{os.path.dirname(self.path)} is being written by another trainer "
-                        f"({describe_holder(holder, age)}); wait for it to finish or stop it (a lock "
-                        f"left by a killed trainer is taken over once its process is gone, "
-                        f"or after {STALE_S:.0f} s without a heartbeat from another host)"
+                        f"({describe_holder(holder, age)}); wait for it to finish or stop "
+                        "it (a lock left by a killed trainer is taken over once its process "
+                        f"is gone, or after {STALE_S:.0f} s without a heartbeat from another "
+                        "host)"
                     ) from None
                 aside = f"{self.path}.stale.{os.getpid()}"
                 try:
@@ -115,7 +116,8 @@ class WorkdirLock:
                 except FileNotFoundError:
                     continue
                 os.remove(aside)
-                self.taken_over = f"took over the lock of {describe_holder(holder, age)}: {reason}"
+                self.taken_over = (f"took over the lock of {describe_holder(holder, age)}: "
+                                   f"{reason}")
                 continue
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(record, f)
