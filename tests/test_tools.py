@@ -136,7 +136,7 @@ def test_pack_runs_keeps_finished_runs_small_files_only(tmp_path):
         run = root / "grid" / name
         (run / "checkpoints" / "10").mkdir(parents=True)
         (run / "checkpoints" / "10" / "big").write_text("x")
-        for f in ("config.json", "metrics.jsonl", "point.json"):
+        for f in ("config.json", "metrics.jsonl", "point.json", "machines.jsonl"):
             (run / f).write_text("{}")
         if marker:
             (run / marker).write_text("{}")
@@ -146,9 +146,10 @@ def test_pack_runs_keeps_finished_runs_small_files_only(tmp_path):
                    check=True, capture_output=True)
     with tarfile.open(out) as tar:
         names = sorted(tar.getnames())
-    assert names == ["grid/a/config.json", "grid/a/final.json", "grid/a/metrics.jsonl",
-                     "grid/a/point.json", "grid/b/config.json", "grid/b/diverged.json",
-                     "grid/b/metrics.jsonl", "grid/b/point.json", "grid/sweep_e1.json"]
+    assert names == ["grid/a/config.json", "grid/a/final.json", "grid/a/machines.jsonl",
+                     "grid/a/metrics.jsonl", "grid/a/point.json", "grid/b/config.json",
+                     "grid/b/diverged.json", "grid/b/machines.jsonl", "grid/b/metrics.jsonl",
+                     "grid/b/point.json", "grid/sweep_e1.json"]
 
 
 def test_every_console_command_names_a_callable():

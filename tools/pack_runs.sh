@@ -11,7 +11,8 @@ list=$(mktemp)
 cd "$root"
 for dir in */*/; do
   [ -f "$dir/final.json" ] || [ -f "$dir/diverged.json" ] || continue
-  for f in config.json point.json final.json diverged.json metrics.jsonl probes.jsonl train.log; do
+  for f in config.json point.json machines.jsonl final.json diverged.json metrics.jsonl probes.jsonl \
+      train.log; do
     if [ -f "$dir/$f" ]; then echo "${dir%/}/$f" >> "$list"; fi
   done
 done
