@@ -49,6 +49,19 @@ def test_a_second_config_flag_is_the_one_diagnosed(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
+def test_an_object_storage_workdir_is_refused_in_one_line(data_dir):
+    """gs:// (and any URL) as --workdir: one error line before training, never a local
+    folder named "gs:"."""
+    result = run_main("--config=configs/default.py", "--workdir=gs://nme-bucket/r1",
+                      f"--config.data.data_dir={data_dir}", "--config.num_train_steps=20",
+                      "--config.num_epochs=-1")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: workdir gs://nme-bucket/r1: gs:// workdirs are not supported; give a local "
+        "path, or mount the bucket as a local directory (e.g. gcsfuse) and give its path"]
+    assert not os.path.exists(os.path.join(ROOT, "gs:"))
+
+
 def test_cli_unknown_field_is_rejected(tmp_path):
     result = run_main("--config=configs/default.py", f"--workdir={tmp_path}",
                       "--config.optimizer.learnin_rate=0.1")

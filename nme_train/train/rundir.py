@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -140,6 +141,16 @@ def describe(changes: dict[str, tuple[Any, Any]]) -> str:
     return "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
 
 
+def check_local(workdir: str) -> None:
+    """RunDirError for a workdir URL (gs://, s3://, ...): the run directory is written with
+    local file operations, and such a path would become a local folder named "gs:"."""
+    scheme = re.match(r"([A-Za-z][\w+.-]*)://", workdir)
+    if scheme:
+        raise RunDirError(f"workdir {workdir}: {scheme.group(1)}:// workdirs are not supported; "
+                          "give a local path, or mount the bucket as a local directory (e.g. "
+                          "gcsfuse) and give its path")
+
+
 def check_rerun(workdir: str, config_json: dict, total_steps: int, extend: bool) -> str | None:
     """Applies the policy for a finished or diverged run before anything is built.
 
@@ -147,6 +158,7 @@ def check_rerun(workdir: str, config_json: dict, total_steps: int, extend: bool)
     command, None when the run may (re)start, and raises RunDirError with
     the fix otherwise. Writes nothing.
     """
+    check_local(workdir)
     saved = read_json(os.path.join(workdir, CONFIG_FILE)) or {}
     changes = meaningful(config_changes(saved, config_json)) if saved else {}
     final = read_final(workdir)
