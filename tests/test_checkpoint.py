@@ -89,6 +89,9 @@ def test_kill_9_then_resume_is_bitwise_identical(data_dir, uninterrupted, tmp_pa
     assert killed_at < STEPS
     out = finish(start(cli_args(data_dir, workdir)))
     assert f"resumed from the checkpoint at step {killed_at}" in out
+    # the killed trainer's workdir lock (nme_train.train.lock) did not block the rerun
+    assert f"warning: took over the lock of pid {proc.pid} on host" in out
+    assert not os.path.exists(os.path.join(workdir, "writer.lock"))
     assert_same_params(uninterrupted, workdir, STEPS)
     assert_same_metric_lines(uninterrupted, workdir)
 

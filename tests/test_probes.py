@@ -162,7 +162,8 @@ def tree_digest(directory):
 
 
 def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
-    """tools/probe.py --watch on a job while it trains: both finish, checkpoints untouched.
+    """tools/probe.py --watch on a job while it trains: both finish, checkpoints untouched;
+    a second trainer started on that workdir meanwhile is refused.
 
     The job would run for long; once the tool has probed two of its
     checkpoints while it trains, the job is preempted (SIGTERM: it saves and
@@ -193,6 +194,13 @@ def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
                                  + job.communicate()[1][-2000:] + tool.communicate()[1][-3000:])
         time.sleep(0.2)
     probed_while_training = [r["step"] for r in read_probes(workdir, "probes_offline.jsonl")]
+    # a second trainer on the running job's workdir stops in one line, naming the first
+    second = subprocess.run([sys.executable, "-m", "nme_train.main",
+                             *cli_args(data_dir, workdir, steps=10**6, every=400)], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-2000:]
+    assert second.stderr.strip().splitlines()[-1].startswith(
+        f"error: {workdir} is being written by another trainer (pid {job.pid} on host")
     job.send_signal(signal.SIGTERM)
     job_out, job_err = job.communicate(timeout=120)
     assert job.returncode == 0, job_err[-3000:]

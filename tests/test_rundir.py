@@ -10,7 +10,7 @@ import os
 
 import jax
 import pytest
-from conftest import ROOT, cli_args, finish, run_command, start, wait_for_checkpoint, with_overrides
+from conftest import ROOT, run_command, with_overrides
 
 from configs import default
 from nme_train.train.checkpoint import CheckpointError
@@ -336,28 +336,6 @@ def test_workdir_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     fresh = lk.WorkdirLock(str(tmp_path / "fresh")).acquire()
     fresh.release()
     assert not os.path.exists(tmp_path / "fresh")
-
-
-@pytest.mark.slow
-def test_a_second_trainer_on_a_running_workdir_is_refused(data_dir, tmp_path):
-    """Two trainers on one workdir: the second stops in one line naming the first, and
-    writes nothing; after the first is killed (-9), the rerun takes its lock over."""
-    workdir = str(tmp_path / "run")
-    first = start(cli_args(data_dir, workdir, steps=10**6, every=50))
-    wait_for_checkpoint(workdir, first)
-    second = run_cli("nme_train.main", *cli_args(data_dir, workdir, steps=10**6, every=50))
-    lines = second.stderr.strip().splitlines()
-    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-2000:]
-    assert lines[-1].startswith(f"error: {workdir} is being written by another trainer (pid "
-                                f"{first.pid} on host"), lines
-    assert "resumed" not in second.stdout and "initialised" not in second.stdout
-    assert first.poll() is None  # the first goes on
-    first.kill()
-    first.wait()
-    rerun = start(cli_args(data_dir, workdir, steps=120, every=50))
-    out = finish(rerun)
-    assert "resumed from the checkpoint at step" in out
-    assert not os.path.exists(os.path.join(workdir, "writer.lock"))
 
 
 @pytest.mark.slow
