@@ -56,7 +56,8 @@ def test_orbax_saves_and_restores_exactly_through_the_emulator(gcs):
     path = f"gs://{BUCKET}/orbax/ck"
     with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=2)) as mgr:
         for step in (1, 2, 3):
-            mgr.save(step, args=ocp.args.StandardSave(jax.tree.map(lambda x: x * step, tree)))
+            scaled = jax.tree.map(lambda x, s=step: x * s, tree)
+            mgr.save(step, args=ocp.args.StandardSave(scaled))
         mgr.wait_until_finished()
         assert mgr.all_steps() == [2, 3]  # the oldest deleted in the bucket
         restored = mgr.restore(3, args=ocp.args.StandardRestore(tree))
