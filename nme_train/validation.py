@@ -8,6 +8,7 @@ minutes of compilation.
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 from nme_train.curvature.operators import OPERATORS
@@ -178,6 +179,12 @@ def _check_probes(problems: list[str], config: Any, num_devices: int,
               allow_zero=True)
 
 
+def url_scheme(path: Any) -> str | None:
+    """The scheme of a URL path ("gs" for gs://b/x), None for a local path."""
+    match = re.match(r"([A-Za-z][\w+.-]*)://", path) if isinstance(path, str) else None
+    return match.group(1) if match else None
+
+
 def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
     """Raises ConfigError listing every problem of `config` for `num_devices` devices."""
     problems: list[str] = []
@@ -190,6 +197,13 @@ def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
     noise = config.data.get("label_noise", 0.0)
     if not (isinstance(noise, (int, float)) and not isinstance(noise, bool) and 0 <= noise < 1):
         problems.append(f"config.data.label_noise={noise!r} must be a fraction in [0, 1)")
+    for field, value in (("data.data_dir", config.data.data_dir),
+                         ("init_from", config.get("init_from", ""))):
+        scheme = url_scheme(value)
+        if scheme:  # read with local file operations: it would become a folder named "gs:"
+            problems.append(f"config.{field}={value!r}: {scheme}:// paths are not supported; "
+                            "copy it to a local disk, or mount the bucket as a local directory "
+                            "(e.g. gcsfuse) and give its path")
     _check_model(problems, config.model)
     _check_optimizer(problems, config.optimizer)
 

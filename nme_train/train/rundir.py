@@ -34,9 +34,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Iterable
 from typing import Any
+
+from nme_train.validation import url_scheme
 
 FINAL_FILE = "final.json"  # written by the trainer when a run has finished
 DIVERGED_FILE = "diverged.json"  # written by the trainer when the training loss became NaN/inf
@@ -144,9 +145,9 @@ def describe(changes: dict[str, tuple[Any, Any]]) -> str:
 def check_local(workdir: str) -> None:
     """RunDirError for a workdir URL (gs://, s3://, ...): the run directory is written with
     local file operations, and such a path would become a local folder named "gs:"."""
-    scheme = re.match(r"([A-Za-z][\w+.-]*)://", workdir)
+    scheme = url_scheme(workdir)
     if scheme:
-        raise RunDirError(f"workdir {workdir}: {scheme.group(1)}:// workdirs are not supported; "
+        raise RunDirError(f"workdir {workdir}: {scheme}:// workdirs are not supported; "
                           "give a local path, or mount the bucket as a local directory (e.g. "
                           "gcsfuse) and give its path")
 
