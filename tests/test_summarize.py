@@ -53,6 +53,9 @@ def test_summarize_differences_tolerance_and_diverged_runs(tmp_path):
             tags = {"bn": False, "activation": act, "method": method, "rho": rho, "seed": seed}
             probes = [{"step": 0, "dead_units/mean": 0.1}, {"step": 5, "dead_units/mean": acc}]
             points.append(fake_run(w, f"{act}-{method}-{rho}-{seed}", tags, acc, probes))
+            cpu = "B" if (act, seed) == ("gelu", 2) else "A"  # one pair ran on two machines
+            (w / points[-1]["name"] / "machines.jsonl").write_text(json.dumps(
+                {"host": "h", "cpu": cpu, "cpu_flags_sha256": "f"}) + "\n")
     for act in ("relu", "gelu"):  # each rho=1 curve has a third seed that diverged
         tags = {"bn": False, "activation": act, "method": "gp", "rho": 1.0, "seed": 2}
         run = w / f"{act}-diverged"
@@ -73,11 +76,11 @@ def test_summarize_differences_tolerance_and_diverged_runs(tmp_path):
     assert "| false | relu | gp | 87.00 | 0.3 | 1 (-32.00, diverged 1) |" in table
     assert "| false | gelu | gp | 88.00 | 0.3 | 1 (-1.50, diverged 1) |" in table
     # gelu - relu at gp 0.3: +2 points, SE 0.816; paired: +2 on every seed, SE 0
-    assert "| false | gp | 0.3 | +2.00 ± 0.82 | 2.4 | 3 | +2.00 ± 0.00 | inf |" in table
+    assert "| false | gp | 0.3 | +2.00 ± 0.82 | 2.4 | 3 | +2.00 ± 0.00 | inf | 2/3 |" in table
     # each at its best rho: gp 0.3 on both sides (86 and 88 against 55 and 86.5); the plain
     # runs: per-seed differences 0, 1, 2, mean 1, SE 1 / sqrt(3)
-    assert "| false | gp | ρ 0.3 | ρ 0.3 | 3 | +2.00 ± 0.00 | inf |" in table
-    assert "| false | none | ρ 0 | ρ 0 | 3 | +1.00 ± 0.58 | 1.7 |" in table
+    assert "| false | gp | ρ 0.3 | ρ 0.3 | 3 | +2.00 ± 0.00 | inf | 2/3 |" in table
+    assert "| false | none | ρ 0 | ρ 0 | 3 | +1.00 ± 0.58 | 1.7 | 2/3 |" in table
     assert_plot(w / "summary_e1.png")
     assert_plot(w / "summary_e1_contrasts.png")
     assert_plot(w / "summary_e1_series.png")

@@ -36,8 +36,10 @@ The plot settings (each experiment file's PLOT) may add
                          between the groups that differ only in TAG (B None:
                          the group without TAG), with the standard error of the
                          difference, sqrt(s_A^2/n_A + s_B^2/n_B), and their ratio,
-                         then paired over shared seeds; a second table with each
-                         side at its best swept value (rho, sigma^2); and
+                         then paired over shared seeds, with how many of those
+                         pairs ran both runs on one machine (DIR/P/machines.jsonl:
+                         XLA's CPU results differ between CPUs); a second table
+                         with each side at its best swept value (rho, sigma^2); and
                          summary_<experiment>_contrasts.png, the paired
                          difference against the swept value, ± 1 SE
   "series": [FIELD, ...] summary_<experiment>_series.png: these probe figures
@@ -71,7 +73,7 @@ from collections.abc import Sequence
 from nme_train.curvature.operators import kind_label
 from nme_train.experiments import format_value
 from nme_train.train.probing import read_probes
-from nme_train.train.rundir import read_diverged, read_final
+from nme_train.train.rundir import machine_key, read_diverged, read_final, read_machines
 
 HYPERPARAMETERS = ("rho", "sigma2")
 SWEPT = HYPERPARAMETERS + ("probes",)  # tags a method carries with it
@@ -122,6 +124,18 @@ def paired_difference(a: dict, b: dict, field: str = "test_acc") -> tuple[float,
     return mean, se, len(diffs)
 
 
+def one_machine_pairs(a: dict, b: dict) -> str:
+    """"k/n": of the n seeds both rows ran, the k whose two runs each ran on one machine, the
+    same (DIR/P/machines.jsonl; XLA's CPU results differ between CPUs); "—" without
+    records."""
+    a_by, b_by = a.get("machines_by_seed", {}), b.get("machines_by_seed", {})
+    shared = set(a_by) & set(b_by)
+    if not shared or not any(a_by[s] or b_by[s] for s in shared):
+        return "—"
+    same = sum(1 for s in shared if len(a_by[s]) == 1 and a_by[s] == b_by[s])
+    return f"{same}/{len(shared)}"
+
+
 def fmt_difference(diff: float, se: float) -> list[str]:
     """[Δ ± SE in points, |Δ|/SE] cells."""
     if math.isnan(diff):
@@ -162,7 +176,8 @@ class ExperimentResults:
                     self.pending += 1
                 continue
             self.groups.setdefault(key, []).append(
-                {"seed": seed, "final": final, "dir": run_dir})
+                {"seed": seed, "final": final, "dir": run_dir,
+                 "machines": frozenset(map(machine_key, read_machines(run_dir)))})
         self.tag_names: list[str] = []  # in order of appearance: methods differ in their
         for point in self.manifest["points"]:  # hyperparameter's name (rho, sigma2)
             self.tag_names += [k for k in point["tags"] if k != "seed" and k not in
@@ -182,6 +197,7 @@ class ExperimentResults:
                 values = [r["final"].get(metric, math.nan) for r in runs]
                 row[f"{field}_mean"], row[f"{field}_std"] = mean_std(values)
                 row[f"{field}_by_seed"] = {r["seed"]: v for r, v in zip(runs, values)}
+            row["machines_by_seed"] = {r["seed"]: r["machines"] for r in runs}
             wall = [r["final"].get("train/wall_time_sec", math.nan) for r in runs]
             row["wall_s_mean"] = statistics.fmean(wall) if wall else math.nan
             if self.kind == "traces":
@@ -310,13 +326,14 @@ def contrast_table(exp: ExperimentResults, rows: list[dict]) -> list[str]:
                   "SE of the difference, unpaired and paired over shared seeds; |Δ|/SE > 2 is "
                   "a difference the seeds resolve)", "",
                   f"| {' | '.join(others)} | Δ ± SE | \\|Δ\\|/SE | paired seeds | "
-                  "paired Δ ± SE | paired \\|Δ\\|/SE |",
-                  "|" + "---|" * (len(others) + 5)]
+                  "paired Δ ± SE | paired \\|Δ\\|/SE | pairs on one machine |",
+                  "|" + "---|" * (len(others) + 6)]
         for ra, rb in sorted(pairs, key=lambda p: _sort_key(p[0], others)):
             diff, se, n = paired_difference(ra, rb)
             lines.append(f"| {' | '.join(tag_cells(ra, others))} | "
                          f"{' | '.join(fmt_difference(*difference(ra, rb)))} | {n} | "
-                         f"{' | '.join(fmt_difference(diff, se))} |")
+                         f"{' | '.join(fmt_difference(diff, se))} | "
+                         f"{one_machine_pairs(ra, rb)} |")
         best = [(ra, rb) for ra, rb in _best_pairs(exp, rows, tag, a, b)
                 if any(t in ra or t in rb for t in SWEPT)]
         if best:
@@ -324,13 +341,14 @@ def contrast_table(exp: ExperimentResults, rows: list[dict]) -> list[str]:
             lines += ["", "Each side at its best mean over the swept values (chosen on the "
                       "same seeds, which flatters each side a little)",
                       "", f"| {' | '.join(context)} | {format_value(a)} at | {b_name} at | "
-                      "paired seeds | paired Δ ± SE | paired \\|Δ\\|/SE |",
-                      "|" + "---|" * (len(context) + 5)]
+                      "paired seeds | paired Δ ± SE | paired \\|Δ\\|/SE | pairs on one machine |",
+                      "|" + "---|" * (len(context) + 6)]
             for ra, rb in sorted(best, key=lambda p: _sort_key(p[0], context)):
                 diff, se, n = paired_difference(ra, rb)
                 lines.append(f"| {' | '.join(tag_cells(ra, context))} | {_swept_value(ra)} | "
                              f"{_swept_value(rb)} | {n} | "
-                             f"{' | '.join(fmt_difference(diff, se))} |")
+                             f"{' | '.join(fmt_difference(diff, se))} | "
+                             f"{one_machine_pairs(ra, rb)} |")
     return lines
 
 

@@ -64,7 +64,13 @@ from nme_train.experiments import (
     apply_overrides,
     check_grid,
 )
-from nme_train.train.rundir import config_changes, read_diverged, read_final, write_json_atomic
+from nme_train.train.rundir import (
+    MACHINES_FILE,
+    config_changes,
+    read_diverged,
+    read_final,
+    write_json_atomic,
+)
 
 REPO = CHECKOUT  # runs start here: their config paths are relative to the checkout
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -147,9 +153,6 @@ def write_manifest(module, scale: str, path: str, workdir: str, points: Sequence
         write_json_atomic(os.path.join(workdir, p.name, POINT_FILE),
                           {"tags": p.tag_dict, "config": f"{path}:{scale}/{p.name}"})
     return manifest
-
-
-MACHINES_FILE = "machines.jsonl"
 
 
 def machine_record() -> dict:

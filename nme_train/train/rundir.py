@@ -8,6 +8,7 @@ Files (written by process 0):
   final.json           written once the run has finished: its final metrics
   diverged.json        written when the training loss became NaN/inf
   writer.lock          held while a trainer runs (nme_train.train.lock)
+  machines.jsonl       one line per start by tools/sweep.py: host, CPU, jax version
 
 The policy (docs/checkpoints.md, "The workdir policy"):
 
@@ -42,6 +43,7 @@ from nme_train.validation import url_scheme
 FINAL_FILE = "final.json"  # written by the trainer when a run has finished
 DIVERGED_FILE = "diverged.json"  # written by the trainer when the training loss became NaN/inf
 CONFIG_FILE = "config.json"
+MACHINES_FILE = "machines.jsonl"  # where a sweep started the run, one line per start
 
 # Config fields a resume must keep: they define what the checkpoint is a
 # state of (the data order derives from seed and batch size). A changed
@@ -69,6 +71,20 @@ def read_json(path: str) -> dict | None:
             return json.load(f)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def read_machines(workdir: str) -> list[dict]:
+    """The machines a sweep started the run on (DIR/machines.jsonl), oldest first."""
+    try:
+        with open(os.path.join(workdir, MACHINES_FILE), encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def machine_key(record: dict) -> str:
+    """What makes two machines' float results comparable: CPU model and instruction set."""
+    return f"{record.get('cpu', '?')}/{record.get('cpu_flags_sha256', '?')}"
 
 
 def read_final(workdir: str) -> dict | None:
