@@ -28,8 +28,8 @@ Scales:
             seed; the study then runs 3 rho around it)
   study     each arm at the rho of STUDY_RHOS (3 around its best in the
             bracket, shared between arms so that contrasts also compare at
-            fixed rho; 4 for the penalty without its NME, whose best lies at
-            or beyond the bracket's end) over seeds 0-7; seed 0's runs are the
+            fixed rho; 6 for the penalty without its NME, whose best lies
+            beyond the bracket's end) over seeds 0-7; seed 0's runs are the
             bracket's where the rho is one of RHOS (same config, same run
             directory)
   warmup    the schedule check: ReLU without BatchNorm at rho = 1 (SAM and the
@@ -62,12 +62,13 @@ STUDY_SEEDS = tuple(range(8))
 # activations (0.1 and 0.5 are 1-8 points lower): 0.1, 0.2, 0.3. Every penalty arm peaks at
 # 0.2 or 0.5 (0.1 is 2-5 points lower, 1 lower still or collapsed): one shared grid
 # 0.2, 0.3, 0.5, so that E1 (at 0.2, 0.3), E2, E3 and E10 also compare at fixed rho. The
-# penalty without its NME still improves up to 1, the bracket's end: 0.5 (shared), 1, 2, 4.
+# penalty without its NME still improves up to 1, the bracket's end, and at seed 0 still at 4
+# (78.95% at 2, 81.20% at 4): 0.5 (shared), 1, 2, 4, 8, 16.
 PENALTY_RHOS = (0.2, 0.3, 0.5)
 STUDY_RHOS = {
     ("relu", "sam"): (0.1, 0.2, 0.3), ("gelu", "sam"): (0.1, 0.2, 0.3),
     ("relu", "gp"): PENALTY_RHOS, ("gelu", "gp"): PENALTY_RHOS,
-    ("gelu", "gp_no_nme"): (0.5, 1.0, 2.0, 4.0),
+    ("gelu", "gp_no_nme"): (0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
     ("gelu_nme_ablated", "gp"): PENALTY_RHOS,
     ("relu_synthetic_nme", "gp"): PENALTY_RHOS, ("relu_spike_nme", "gp"): PENALTY_RHOS,
 }
