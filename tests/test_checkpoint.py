@@ -116,6 +116,36 @@ def test_sigterm_saves_at_its_step_exits_0_and_resumes_exactly(data_dir, uninter
     assert_same_metric_lines(uninterrupted, workdir)
 
 
+def test_sigterm_while_compiling_stops_before_the_first_step_and_reruns_cleanly(
+        data_dir, tmp_path, monkeypatch):
+    """SIGTERM during the build (a long compile, on a pod) or the step-0 probe: the run
+    stops at its first step boundary with nothing to save, instead of dying by the signal;
+    the rerun starts over and keeps one probe record of step 0."""
+    from nme_train.train.loop import Trainer
+    from nme_train.train.probing import read_probes
+
+    workdir = str(tmp_path / "early")
+    config = short_config(data_dir, **{"probes.every_steps": 5, "probes.lanczos_steps": 3,
+                                       "probes.trace_probes": 0, "probes.batch_size": 16,
+                                       "probes.kinds": ("hessian",)})
+    build = Trainer.build
+
+    def build_then_signal(self):
+        build(self)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the process is busy
+
+    monkeypatch.setattr(Trainer, "build", build_then_signal)
+    result = train_and_evaluate(config, workdir)
+    assert result["preempted"] and result["step"] == 0
+    assert saved_steps(os.path.join(workdir, "checkpoints")) == []
+    assert [r["step"] for r in read_probes(workdir)] == [0]  # the probe before the check
+    assert not os.path.exists(os.path.join(workdir, "writer.lock"))
+    monkeypatch.setattr(Trainer, "build", build)
+    final = train_and_evaluate(config, workdir)
+    assert read_final(workdir)["step"] == 10 and "preempted" not in final
+    assert [r["step"] for r in read_probes(workdir)] == [0, 5, 10]
+
+
 def short_config(data_dir, **overrides):
     """conftest's tiny config, 10 steps with a checkpoint every 5 and no evaluation."""
     return tiny_config(data_dir, **{"num_train_steps": 10, "log_every_steps": 5,

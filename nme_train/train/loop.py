@@ -110,18 +110,21 @@ class Trainer:
             self.log(nothing_to_do)
             return {**read_final(self.workdir), "nothing_to_do": True}
         self.take_workdir()
-        try:
-            self.build()
-            how = self.restore()
-            self.open_outputs(how)
-            preempted = self.loop()
-            if preempted:
-                return preempted
-            return self.finish()
-        except Diverged as e:  # mark the run (tools/sweep.py counts it) and stop cleanly
-            raise self.stop_diverged(e) from None
-        finally:
-            self.close()
+        # SIGTERM from here on (a long compile, the first probe) stops at the first step
+        # boundary instead of killing the process
+        with PreemptionGuard() as self.guard:
+            try:
+                self.build()
+                how = self.restore()
+                self.open_outputs(how)
+                preempted = self.loop()
+                if preempted:
+                    return preempted
+                return self.finish()
+            except Diverged as e:  # mark the run (tools/sweep.py counts it) and stop cleanly
+                raise self.stop_diverged(e) from None
+            finally:
+                self.close()
 
     def plan(self) -> str | None:
         """Validates and sizes the run; the message when there is nothing to do."""
@@ -218,7 +221,8 @@ class Trainer:
         workdir, start = self.workdir, self.start_step
         os.makedirs(workdir, exist_ok=True)
         discarded = truncate_metrics(workdir, start)
-        truncate_metrics(workdir, start, "probes")
+        # a fresh start probes step 0 again: an earlier attempt's record of it goes too
+        truncate_metrics(workdir, start if start else -1, "probes")
         if discarded:
             self.log(f"moved {discarded} metrics lines written after step {start} to "
                      "metrics.discarded.jsonl")
@@ -256,26 +260,31 @@ class Trainer:
         self.started = time.perf_counter()
         if self.probes and start == 0:
             self.probe(0)
-        with PreemptionGuard() as guard:
-            for step in range(start, self.total_steps):
-                batch = next(batches)
-                self.state, step_metrics = self.program.train_step(self.state, batch)
-                if step == start:  # the step's FLOPs (lowering and compiling are cached now)
-                    lowered = self.program.train_step.lower(self.state, batch)
-                    self.metrics.progress.set_flops(
-                        program_flops(lowered, lowered.compile()), self.devices,
-                        lambda b=batch: model_flops(self.program, self.state, b))
-                self.fetch()
-                self.ckpt.poll()  # a failed save stops the run now, not at the next save
-                self.pending = (step + 1, step_metrics)
-                if self.after_step(step + 1, guard):
-                    return {**self.metrics.last, "preempted": True, "step": step + 1}
+        guard = self.guard
+        if guard.signal_name is not None:  # before the first step: nothing new to save
+            self.log(f"preempted by {guard.signal_name} before the first step (at step "
+                     f"{start}); nothing to save; run the same command to "
+                     f"{'resume' if start else 'start'}")
+            return {**self.metrics.last, "preempted": True, "step": start}
+        for step in range(start, self.total_steps):
+            batch = next(batches)
+            self.state, step_metrics = self.program.train_step(self.state, batch)
+            if step == start:  # the step's FLOPs (lowering and compiling are cached now)
+                lowered = self.program.train_step.lower(self.state, batch)
+                self.metrics.progress.set_flops(
+                    program_flops(lowered, lowered.compile()), self.devices,
+                    lambda b=batch: model_flops(self.program, self.state, b))
             self.fetch()
-            self.watchdog.close()
-            if start < self.total_steps:  # the last save, still under the guard
-                self.save(self.total_steps)
-                if self.probes:
-                    self.probe(self.total_steps)
+            self.ckpt.poll()  # a failed save stops the run now, not at the next save
+            self.pending = (step + 1, step_metrics)
+            if self.after_step(step + 1, guard):
+                return {**self.metrics.last, "preempted": True, "step": step + 1}
+        self.fetch()
+        self.watchdog.close()
+        if start < self.total_steps:  # the last save, still under the guard
+            self.save(self.total_steps)
+            if self.probes:
+                self.probe(self.total_steps)
         return None
 
     def after_step(self, done: int, guard: PreemptionGuard) -> bool:
