@@ -526,22 +526,38 @@ def _plot_sparsity(exp: ExperimentResults, ax, rows: list[dict]) -> None:
     ax.set_ylabel("pre-activations with |σ''| > threshold (%)")
 
 
+def _plot_band(ax, runs: list[dict], name: str, label: str, alpha: float) -> None:
+    """The probe figure `name` of `runs` against the step: mean over runs, band ± std, at
+    the steps every run probed."""
+    series = [{p["step"]: p[name] for p in read_probes(r["dir"]) if name in p} for r in runs]
+    steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    if not steps:
+        return
+    values = [[s[t] for s in series] for t in steps]
+    mean = [statistics.fmean(v) for v in values]
+    std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+    line, = ax.plot(steps, mean, marker="o", ms=3, label=label)
+    ax.fill_between(steps, [m - s for m, s in zip(mean, std)],
+                    [m + s for m, s in zip(mean, std)], alpha=alpha, color=line.get_color())
+
+
+def _save(fig, path: str, title: str | None) -> str:
+    """Writes the figure (with its title) to `path` and closes it."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plot_traces(exp: ExperimentResults, axes) -> None:
     line_tags = exp.plot.get("lines", exp.tag_names)
     for ax, name in zip(axes, exp.plot["y"]):
         for key, runs in sorted(exp.groups.items(), key=lambda kv: str(kv[0])):
-            series = [{p["step"]: p[name] for p in read_probes(r["dir"]) if name in p}
-                      for r in runs]
-            steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
-            if not steps:
-                continue
-            values = [[s[t] for s in series] for t in steps]
-            mean = [statistics.fmean(v) for v in values]
-            std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-            line, = ax.plot(steps, mean, marker="o", ms=3, label=_label(dict(key), line_tags))
-            ax.fill_between(steps, [m - s for m, s in zip(mean, std)],
-                            [m + s for m, s in zip(mean, std)], alpha=0.2,
-                            color=line.get_color())
+            _plot_band(ax, runs, name, _label(dict(key), line_tags), alpha=0.2)
         ax.axhline(0.0, color="grey", lw=0.5)
         ax.set_xlabel("training step")
         ax.set_title(f"Tr {name.split('/')[0]}")
@@ -582,10 +598,7 @@ def plot(exp: ExperimentResults, rows: list[dict], out: str) -> str:
                         ax.set_ylim(min(plain) - zoom, max(plain) + zoom / 4)
                 ax.set_title(f"{panel}{' (zoom)' if zoomed else ''}", fontsize=9)
                 ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, title)
     if exp.kind == "traces":
         plot_layer_traces(exp, rows, out)
     if exp.kind == "final":
@@ -635,12 +648,8 @@ def plot_contrasts(exp: ExperimentResults, rows: list[dict], out: str) -> str | 
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(f"{exp.name}: paired contrasts", fontsize=9)
-    fig.tight_layout()
-    path = os.path.join(out, f"summary_{exp.name}_contrasts.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, os.path.join(out, f"summary_{exp.name}_contrasts.png"),
+                 f"{exp.name}: paired contrasts")
 
 
 def plot_probe_series(exp: ExperimentResults, rows: list[dict], out: str) -> str | None:
@@ -663,28 +672,13 @@ def plot_probe_series(exp: ExperimentResults, rows: list[dict], out: str) -> str
     names = [t for t in exp.tag_names if t not in (x,)] if at else exp.tag_names
     for ax, name in zip(axes[0], fields):
         for key, runs in sorted(groups, key=lambda kv: str(kv[0])):
-            series = [{p["step"]: p[name] for p in read_probes(r["dir"]) if name in p}
-                      for r in runs]
-            steps = sorted(set.intersection(*(set(s) for s in series)))
-            if not steps:
-                continue
-            values = [[s[t] for s in series] for t in steps]
-            mean = [statistics.fmean(v) for v in values]
-            std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-            line, = ax.plot(steps, mean, marker="o", ms=3, label=_label(dict(key), names))
-            ax.fill_between(steps, [m - s for m, s in zip(mean, std)],
-                            [m + s for m, s in zip(mean, std)], alpha=0.15,
-                            color=line.get_color())
+            _plot_band(ax, runs, name, _label(dict(key), names), alpha=0.15)
         ax.set_xlabel("training step")
         ax.set_title(name, fontsize=9)
     axes[0][0].legend(fontsize=6)
     suffix = f" at {LABELS.get(x, x)} {', '.join(map(format_value, sorted(at)))}" if at else ""
-    fig.suptitle(f"{exp.name}: probes over training{suffix}", fontsize=9)
-    fig.tight_layout()
-    path = os.path.join(out, f"summary_{exp.name}_series.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, os.path.join(out, f"summary_{exp.name}_series.png"),
+                 f"{exp.name}: probes over training{suffix}")
 
 
 def plot_layer_traces(exp: ExperimentResults, rows: list[dict], out: str) -> str | None:
@@ -715,11 +709,7 @@ def plot_layer_traces(exp: ExperimentResults, rows: list[dict], out: str) -> str
         ax.set_yscale("symlog", linthresh=1.0)
         ax.set_title(f"Tr {kind} by layer, last probe (± std over seeds)", fontsize=9)
     axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    path = os.path.join(out, f"summary_{exp.name}_layers.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, os.path.join(out, f"summary_{exp.name}_layers.png"), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
