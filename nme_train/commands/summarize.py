@@ -312,6 +312,12 @@ def _swept_value(row: dict) -> str:
     return ", ".join(values) or "—"
 
 
+def _paired_cells(a: dict, b: dict) -> str:
+    """"paired seeds | paired Δ ± SE | paired |Δ|/SE | pairs on one machine" of A - B."""
+    diff, se, n = paired_difference(a, b)
+    return f"{n} | {' | '.join(fmt_difference(diff, se))} | {one_machine_pairs(a, b)}"
+
+
 def contrast_table(exp: ExperimentResults, rows: list[dict]) -> list[str]:
     """Markdown lines of the PLOT's contrasts: A - B between groups differing in one tag, at
     each swept value and with each side at its best swept value."""
@@ -329,11 +335,9 @@ def contrast_table(exp: ExperimentResults, rows: list[dict]) -> list[str]:
                   "paired Δ ± SE | paired \\|Δ\\|/SE | pairs on one machine |",
                   "|" + "---|" * (len(others) + 6)]
         for ra, rb in sorted(pairs, key=lambda p: _sort_key(p[0], others)):
-            diff, se, n = paired_difference(ra, rb)
             lines.append(f"| {' | '.join(tag_cells(ra, others))} | "
-                         f"{' | '.join(fmt_difference(*difference(ra, rb)))} | {n} | "
-                         f"{' | '.join(fmt_difference(diff, se))} | "
-                         f"{one_machine_pairs(ra, rb)} |")
+                         f"{' | '.join(fmt_difference(*difference(ra, rb)))} | "
+                         f"{_paired_cells(ra, rb)} |")
         best = [(ra, rb) for ra, rb in _best_pairs(exp, rows, tag, a, b)
                 if any(t in ra or t in rb for t in SWEPT)]
         if best:
@@ -344,11 +348,8 @@ def contrast_table(exp: ExperimentResults, rows: list[dict]) -> list[str]:
                       "paired seeds | paired Δ ± SE | paired \\|Δ\\|/SE | pairs on one machine |",
                       "|" + "---|" * (len(context) + 6)]
             for ra, rb in sorted(best, key=lambda p: _sort_key(p[0], context)):
-                diff, se, n = paired_difference(ra, rb)
                 lines.append(f"| {' | '.join(tag_cells(ra, context))} | {_swept_value(ra)} | "
-                             f"{_swept_value(rb)} | {n} | "
-                             f"{' | '.join(fmt_difference(diff, se))} | "
-                             f"{one_machine_pairs(ra, rb)} |")
+                             f"{_swept_value(rb)} | {_paired_cells(ra, rb)} |")
     return lines
 
 
