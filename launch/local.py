@@ -11,7 +11,8 @@ Each process runs `python -m nme_train.main <trainer flags>` with
 NME_COORDINATOR=127.0.0.1:<free port>, NME_NUM_PROCESSES, NME_PROCESS_ID
 and, for CPU runs (the default; --platform=gpu leaves devices alone),
 `--devices` fake CPU devices. Process 0's output is shown; every process
-logs to <log_dir>/process_<i>.log (default: <workdir>/logs).
+logs to <log_dir>/process_<i>.log (default: <workdir>/logs; for a gs:// workdir,
+which a log stream cannot be written to, ./logs/<bucket>/<path> on this machine).
 
 Failure propagates: when one process exits non-zero, the others are
 stopped (SIGTERM, then SIGKILL after --grace seconds), the launcher prints
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=1, help="fake CPU devices per process")
     parser.add_argument("--platform", default="cpu", choices=["cpu", "gpu", "tpu"])
     parser.add_argument("--port", type=int, default=0, help="coordinator port (0: a free one)")
-    parser.add_argument("--log_dir", default="", help="default: <workdir>/logs")
+    parser.add_argument("--log_dir", default="",
+                        help="default: <workdir>/logs (./logs/<bucket>/<path> for gs://)")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds between SIGTERM and SIGKILL when stopping the others")
     parser.add_argument("trainer_args", nargs=argparse.REMAINDER,
@@ -73,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = workdir_of(trainer_args)
     if workdir is None:
         parser.error("give the trainer's --workdir=DIR after --")
-    log_dir = args.log_dir or os.path.join(workdir, "logs")
+    remote = "://" in workdir
+    log_dir = args.log_dir or (os.path.join("logs", workdir.split("://", 1)[1]) if remote
+                               else os.path.join(workdir, "logs"))
     os.makedirs(log_dir, exist_ok=True)
     port = args.port or free_port()
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # nme_train on a Cloud TPU VM slice (e.g. v4-32: 4 hosts), the same command on every worker.
 #
-# Needs: the gcloud CLI, authenticated, with a project and TPU quota; storage all workers
-# see at one path for the workdir and the TFDS data: a GCS bucket mounted with gcsfuse
-# (gs:// workdirs themselves are refused: the run directory is written with local file
-# operations).
+# Needs: the gcloud CLI, authenticated, with a project and TPU quota; a workdir every
+# worker reaches: a gs:// path (written through nme_train/storage.py with the VM's service
+# account) or a mounted bucket; the TFDS data at one local path on every worker (a bucket
+# mounted with gcsfuse, or a copy on each worker's disk: data_dir cannot be gs://).
 # Run:
 #   TPU_NAME=nme ZONE=us-central2-b ACCELERATOR=v4-32 \
-#   WORKDIR=/gcs/bucket/runs/r50 DATA_DIR=/gcs/bucket/tfds \
+#   WORKDIR=gs://bucket/runs/r50 DATA_DIR=/gcs/bucket/tfds \
 #     launch/tpu_vm.sh create            # make the slice
 #     launch/tpu_vm.sh setup             # copy this repository to every worker, install it
 #     launch/tpu_vm.sh run [trainer flags...]   # the job, on all workers at once
@@ -50,7 +50,7 @@ case "$cmd" in
         -f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
     ;;
   run)
-    : "${WORKDIR:?set WORKDIR (storage every worker sees at one path, e.g. a gcsfuse mount)}"
+    : "${WORKDIR:?set WORKDIR (gs://bucket/path, or storage every worker sees at one path)}"
     flags=""
     for arg in "$@"; do flags+=" $(printf '%q' "$arg")"; done
     on_all_workers "cd $REMOTE_DIR && .venv/bin/python -m nme_train.main \

@@ -8,7 +8,6 @@ minutes of compilation.
 from __future__ import annotations
 
 import inspect
-import re
 from typing import Any
 
 from nme_train.curvature.operators import OPERATORS
@@ -22,6 +21,7 @@ from nme_train.models.layers import BATCH_NORM_MODES
 from nme_train.optim import SCHEDULES, WEIGHT_DECAY_ON, optimizer_names
 from nme_train.regularizers import REGISTRY as REGULARIZERS
 from nme_train.sharding import AXES, mesh_shape
+from nme_train.storage import StorageError, check_scheme
 
 
 class ConfigError(ValueError):
@@ -179,12 +179,6 @@ def _check_probes(problems: list[str], config: Any, num_devices: int,
               allow_zero=True)
 
 
-def url_scheme(path: Any) -> str | None:
-    """The scheme of a URL path ("gs" for gs://b/x), None for a local path."""
-    match = re.match(r"([A-Za-z][\w+.-]*)://", path) if isinstance(path, str) else None
-    return match.group(1) if match else None
-
-
 def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
     """Raises ConfigError listing every problem of `config` for `num_devices` devices."""
     problems: list[str] = []
@@ -197,13 +191,14 @@ def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
     noise = config.data.get("label_noise", 0.0)
     if not (isinstance(noise, (int, float)) and not isinstance(noise, bool) and 0 <= noise < 1):
         problems.append(f"config.data.label_noise={noise!r} must be a fraction in [0, 1)")
-    for field, value in (("data.data_dir", config.data.data_dir),
-                         ("init_from", config.get("init_from", ""))):
-        scheme = url_scheme(value)
-        if scheme:  # read with local file operations: it would become a folder named "gs:"
-            problems.append(f"config.{field}={value!r}: {scheme}:// paths are not supported; "
-                            "copy it to a local disk, or mount the bucket as a local directory "
-                            "(e.g. gcsfuse) and give its path")
+    try:
+        check_scheme(config.get("init_from", ""), "config.init_from")
+    except StorageError as e:
+        problems.append(str(e))
+    try:  # gs:// is read through a local copy (nme_train.data.datasets._stage)
+        check_scheme(config.data.data_dir, "config.data.data_dir")
+    except StorageError as e:
+        problems.append(str(e))
     _check_model(problems, config.model)
     _check_optimizer(problems, config.optimizer)
 

@@ -159,6 +159,22 @@ def start(args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def start_probe_watch(workdir, idle_timeout):
+    """`tools/probe.py --watch` on `workdir` with a tiny probe suite, on one fake device
+    (beside a training job on 2 loaded cores, the CPU backend's in-process all-reduce
+    between fake devices can miss its 40 s rendezvous deadline and abort; sharded probes
+    are tested by test_training_writes_probes_on_8_devices)."""
+    return subprocess.Popen(
+        [sys.executable, "tools/probe.py", f"--workdir={workdir}", "--watch",
+         "--poll_seconds=0.5", f"--idle_timeout={idle_timeout}",
+         "--set", "probes.lanczos_steps=4", "--set", "probes.trace_probes=2",
+         "--set", "probes.batch_size=32", "--set", "probes.top_k=2",
+         "--set", "probes.bottom_k=2", "--set", "probes.density_runs=1",
+         "--set", "probes.density_steps=4"],
+        cwd=ROOT, env={**os.environ, "XLA_FLAGS": xla_flags(1)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+
+
 def finish(proc, timeout=300):
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err[-3000:]
@@ -242,3 +258,21 @@ def imagenet_dir(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("imagenet"))
     prepare_synthetic_imagenet(root, num_train=24, num_validation=10, short_side=(40, 90))
     return root
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A local GCS emulator with one bucket for the session (nme_train/gcs_emulator.py); the
+    environment points this process and the commands it starts at it, and is restored."""
+    from nme_train.gcs_emulator import Emulator
+
+    emulator = Emulator("nme-test-bucket").start()
+    before = {k: os.environ.get(k) for k in emulator.env}
+    os.environ.update(emulator.env)
+    yield emulator
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    emulator.stop()

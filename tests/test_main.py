@@ -49,17 +49,28 @@ def test_a_second_config_flag_is_the_one_diagnosed(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
-def test_an_object_storage_workdir_is_refused_in_one_line(data_dir):
-    """gs:// (and any URL) as --workdir: one error line before training, never a local
-    folder named "gs:"."""
-    result = run_main("--config=configs/default.py", "--workdir=gs://nme-bucket/r1",
-                      f"--config.data.data_dir={data_dir}", "--config.num_train_steps=20",
-                      "--config.num_epochs=-1")
+def test_an_unreachable_bucket_or_unknown_scheme_is_one_error_line(data_dir):
+    """A gs:// workdir whose bucket cannot be reached (here: nothing listens at the
+    storage address), or a scheme the layer does not serve: one error line naming the path
+    and the fix before anything is built, and never a local folder named "gs:"."""
+    unreachable = {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9",
+                   "NME_TRAIN_STORAGE_TIMEOUT": "2"}
+    common = (f"--config.data.data_dir={data_dir}", "--config.num_train_steps=20",
+              "--config.num_epochs=-1")
+    result = run_command("-m", "nme_train.main", "--config=configs/default.py",
+                         "--workdir=gs://nme-bucket/r1", *common, devices=2, env=unreachable)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("error: --workdir=gs://nme-bucket/r1: cannot use the bucket (")
+    assert "credentials" in lines[0]
+    result = run_main("--config=configs/default.py", "--workdir=s3://b/r1", *common)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: workdir gs://nme-bucket/r1: gs:// workdirs are not supported; give a local "
-        "path, or mount the bucket as a local directory (e.g. gcsfuse) and give its path"]
+        "error: --workdir=s3://b/r1: s3:// is not supported; give a local path or a "
+        "gs://bucket/path"]
     assert not os.path.exists(os.path.join(ROOT, "gs:"))
+    assert not os.path.exists(os.path.join(ROOT, "s3:"))
 
 
 def test_cli_unknown_field_is_rejected(tmp_path):

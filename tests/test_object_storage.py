@@ -1,52 +1,19 @@
-"""The object-storage stack the workdir layer builds on, against a local GCS emulator.
+"""Workdirs in a bucket, against a local GCS emulator (the `gcs` fixture, conftest.py)."""
 
-`gcs` starts gcp-storage-emulator (in memory) on the loopback address for the session
-and points the clients at it: STORAGE_EMULATOR_HOST for gcsfs (which etils.epath uses
-for gs:// paths), TENSORSTORE_GCS_HTTP_URL and GOOGLE_AUTH_TOKEN_FOR_TESTING for
-tensorstore (which writes orbax's arrays). Nothing outside this machine is reached.
-"""
-
-import logging
 import os
-import socket
+import re
+import signal
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "nme-test-bucket"
-
-
-@pytest.fixture(scope="session")
-def gcs():
-    """gs://BUCKET served by a local emulator; yields its URL, restores the environment."""
-    from gcp_storage_emulator.server import create_server
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    quiet = {name: logging.getLogger(name).level for name in ("gcp_storage_emulator", "gcsfs")}
-    for name in quiet:  # per-request logs, and gcsfs asking for a bucket type it cannot get
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x"}
-    before = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield url
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    for name, level in quiet.items():
-        logging.getLogger(name).setLevel(level)
-    server.stop()
 
 
 def test_orbax_saves_and_restores_exactly_through_the_emulator(gcs):
@@ -82,3 +49,238 @@ def test_epath_on_the_emulator_has_the_semantics_the_workdir_needs(gcs):
     assert sorted(p.name for p in root.iterdir()) == ["run", "run2"]
     (root / "run" / "config.json").unlink()
     assert not (root / "run" / "config.json").exists()
+
+
+# -- a run whose workdir is in the bucket -----------------------------------------------
+def _in_bucket(gcs, name):
+    return gcs.path("runs", name)
+
+
+def _save_started(gcs, workdir, after_step):
+    """The step of a checkpoint later than `after_step` whose first array data the emulator
+    has received (tensorstore's upload naming it, in its request log), or None."""
+    from urllib.parse import unquote
+
+    key = workdir.split(f"gs://{gcs.bucket}/", 1)[1] + "/checkpoints/"
+    steps = set()
+    for method, path, *_ in list(gcs.requests):
+        path = unquote(path)
+        if method == "POST" and "uploadType=media" in path and key in path:
+            head = path.split(key, 1)[1].split("/", 1)[0]
+            if head.isdigit() and int(head) > after_step:
+                steps.add(int(head))
+    return min(steps) if steps else None
+
+
+def test_a_bucket_run_killed_during_a_save_resumes_bitwise_and_keeps_the_policy(
+        gcs, data_dir, tmp_path):
+    """kill -9 while orbax writes a checkpoint into the bucket, rerun the same command:
+    the final parameters and metrics equal an uninterrupted local run bit for bit; the
+    killed trainer's lock is taken over. Then the workdir policy on the bucket: the
+    finished run is "nothing to do", and a damaged newest checkpoint is set aside (copy,
+    then delete) when the run is extended, which resumes from the one before."""
+    from conftest import cli_args, finish, start
+    from test_checkpoint import assert_same_metric_lines, assert_same_params
+
+    from nme_train import storage
+    from nme_train.train.checkpoint import saved_steps
+
+    steps, every = 300, 50
+    local = str(tmp_path / "local")
+    finish(start(cli_args(data_dir, local, steps, every)))
+    workdir = _in_bucket(gcs, "killed")
+    proc = start(cli_args(data_dir, workdir, steps, every))
+    deadline = time.time() + 240
+    while (started := _save_started(gcs, workdir, every)) is None:  # the second save
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = saved_steps(storage.join(workdir, "checkpoints"))
+    assert started not in finished, (started, finished)  # killed before it was committed
+    assert storage.listdir(storage.join(workdir, "checkpoints", str(started)))
+    out = finish(start(cli_args(data_dir, workdir, steps, every)))
+    assert f"resumed from the checkpoint at step {max(finished)}" in out
+    assert f"warning: took over the lock of pid {proc.pid} on host" in out
+    assert not storage.exists(storage.join(workdir, "writer.lock"))
+    assert_same_params(local, workdir, steps)
+    assert_same_metric_lines(local, workdir)
+    assert not os.path.exists(os.path.join(ROOT, "gs:"))
+
+    out = finish(start(cli_args(data_dir, workdir, steps, every)))
+    assert f"nothing to do: {workdir} holds a finished run (step {steps}" in out
+
+    state = storage.join(workdir, "checkpoints", str(steps), "state")
+    for name in storage.listdir(state):  # damage the newest checkpoint's arrays
+        if name.startswith("ocdbt"):
+            storage.rmtree(storage.join(state, name))
+    extended = [a.replace(f"num_train_steps={steps}", f"num_train_steps={steps + every}")
+                for a in cli_args(data_dir, workdir, steps, every)]
+    out = finish(start([*extended, "--extend"]))
+    assert f"resumed from the checkpoint at step {steps - every}" in out
+    names = storage.listdir(storage.join(workdir, "checkpoints"))
+    assert f"{steps}.unreadable" in names and str(steps + every) in names
+    assert storage.exists(storage.join(workdir, f"final.step{steps}.json"))
+
+
+def test_a_live_lock_in_the_bucket_refuses_a_second_trainer(gcs, data_dir):
+    """The lock object of a live trainer (this test's own pid and host) makes a second
+    trainer refuse in one line, before anything is built; the lock is left as it was."""
+    import json
+    import socket
+
+    from conftest import cli_args, run_command
+
+    from nme_train import storage
+
+    workdir = _in_bucket(gcs, "locked")
+    lock = storage.join(workdir, "writer.lock")
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "started": "now",
+              "time": time.time()}
+    generation = storage.create_object(lock, json.dumps(record).encode())
+    result = run_command("-m", "nme_train.main", *cli_args(data_dir, workdir, 20, 10))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert re.fullmatch(
+        rf"error: {re.escape(workdir)} is being written by another trainer \(pid "
+        rf"{os.getpid()} on host {re.escape(socket.gethostname())}, started now, alive \d+ s "
+        r"ago\); wait for it to finish or stop it \(a lock left by a killed trainer is taken "
+        r"over once its process is gone, or after 60 s without a heartbeat from another "
+        r"host\)", lines[0]), lines[0]
+    assert int(storage.object_info(lock)["generation"]) == generation
+    assert not storage.exists(storage.join(workdir, "config.json"))
+    assert storage.delete_object(lock, generation)
+
+
+def _download(gcs_path, local_dir):
+    """Copies the objects under `gcs_path` into `local_dir` (for readers that need files)."""
+    from nme_train import storage
+
+    for name in storage.listdir(gcs_path):
+        source, target = storage.join(gcs_path, name), os.path.join(local_dir, name)
+        if storage.isdir(source):
+            os.makedirs(target, exist_ok=True)
+            _download(source, target)
+        else:
+            with open(target, "wb") as f:
+                f.write(storage._fs(source).cat_file(source))
+
+
+def test_probe_watch_and_plots_follow_a_job_in_the_bucket(gcs, data_dir, tmp_path):
+    """tools/probe.py --watch beside a job whose workdir is in the bucket: it probes the
+    job's checkpoints and writes its records and TensorBoard events into the bucket;
+    tools/plot_curvature.py then reads them and writes its figures there."""
+    import subprocess
+    import sys
+
+    from conftest import (
+        assert_plot,
+        assert_probe_records_in_tensorboard,
+        cli_args,
+        finish,
+        read_tensorboard,
+        start,
+        start_probe_watch,
+        wait_for_checkpoint,
+    )
+
+    from nme_train import storage
+    from nme_train.train.checkpoint import saved_steps
+    from nme_train.train.probing import read_probes
+
+    workdir = _in_bucket(gcs, "watched")
+    job = start(cli_args(data_dir, workdir, steps=200, every=50))
+    wait_for_checkpoint(workdir, job)
+    tool = start_probe_watch(workdir, idle_timeout=6)
+    finish(job)
+    tool_out, tool_err = tool.communicate(timeout=300)
+    assert tool.returncode == 0, tool_err[-3000:]
+    records = read_probes(workdir, "probes_offline.jsonl")
+    steps = [r["step"] for r in records]
+    assert steps and steps == sorted(set(steps))
+    assert set(saved_steps(storage.join(workdir, "checkpoints"))) <= set(steps)
+    local = tmp_path / "tensorboard"
+    local.mkdir()
+    _download(storage.join(workdir, "tensorboard"), str(local))
+    runs = read_tensorboard(str(local))
+    assert set(runs) == {".", "probes_offline"} and "train/loss" in runs["."]["scalars"]
+    assert_probe_records_in_tensorboard(runs["probes_offline"], records)
+
+    out = subprocess.run([sys.executable, "tools/plot_curvature.py", workdir], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("curvature_spectra.png", "curvature_traces.png"):
+        target = tmp_path / name
+        target.write_bytes(storage._fs(workdir).cat_file(storage.join(workdir, name)))
+        assert_plot(str(target))
+
+
+def test_a_sweep_in_the_bucket_runs_resumes_and_summarizes_there(gcs, data_dir, tmp_path,
+                                                                 request):
+    """tools/sweep.py with a gs:// --workdir: every point's run, manifest and machine
+    record in the bucket, the console logs on this machine; a second sweep finds them
+    finished; tools/summarize.py reads the bucket and writes its tables and plot there."""
+    import shutil
+
+    from test_sweep import run_sweep, tiny_experiment
+
+    from nme_train import storage
+    from nme_train.commands import summarize
+    from nme_train.train.rundir import read_final, read_machines
+
+    config = tiny_experiment(tmp_path, data_dir)
+    workdir = _in_bucket(gcs, "sweep")
+    logs = os.path.join(ROOT, storage.local_logs(workdir))
+    request.addfinalizer(lambda: shutil.rmtree(os.path.join(ROOT, "logs", gcs.bucket),
+                                               ignore_errors=True))
+    out = run_sweep("--config", config, "--workdir", workdir, "--jobs", "2")
+    assert out.returncode == 0, out.stdout + out.stderr
+    names = ["method=none,rho=0,seed=0", "method=none,rho=0,seed=1",
+             "method=gp,rho=0.1,seed=0", "method=gp,rho=0.1,seed=1"]
+    for name in names:
+        assert read_final(storage.join(workdir, name))["step"] == 6
+        assert len(read_machines(storage.join(workdir, name))) == 1
+        with open(os.path.join(logs, name, "train.log"), encoding="utf-8") as f:
+            assert "final: step 6" in f.read()
+    assert storage.exists(storage.join(workdir, "sweep_tiny.json"))
+    again = run_sweep("--config", config, "--workdir", workdir)
+    assert again.returncode == 0 and "4 finished, 0 to run" in again.stdout
+    assert summarize.main([workdir]) == 0
+    table = storage.read_text(storage.join(workdir, "summary_tiny.md"))
+    assert "| gp | 0.1 | 2 |" in table
+    assert storage.exists(storage.join(workdir, "summary_tiny.csv"))
+    assert storage.exists(storage.join(workdir, "summary_tiny.png"))
+    assert not os.path.exists(os.path.join(ROOT, "gs:"))
+
+
+def test_a_gs_data_dir_is_copied_once_per_machine_and_trains_like_the_local_one(
+        gcs, data_dir, tmp_path, monkeypatch, capsys):
+    """config.data.data_dir=gs://...: the newest prepared version is copied to this
+    machine's staging directory once (a second run reuses it) and read from there; the
+    run equals one on the local data step for step."""
+    from conftest import tiny_config
+
+    from nme_train import storage
+    from nme_train.data import DATASETS, find_dataset_dir
+    from nme_train.train.loop import train_and_evaluate
+    from nme_train.train.metrics import read_metrics
+
+    local = find_dataset_dir(DATASETS["digits"], data_dir)
+    remote = storage.join(gcs.path("tfds"), "digits", os.path.basename(local))
+    for name in os.listdir(local):
+        with open(os.path.join(local, name), "rb") as f:
+            storage.write_text(storage.join(remote, name), f.read())
+    monkeypatch.setenv("NME_TRAIN_DATA_CACHE", str(tmp_path / "cache"))
+    runs = {}
+    for name, source in (("local", data_dir), ("bucket", gcs.path("tfds")),
+                         ("again", gcs.path("tfds"))):
+        train_and_evaluate(tiny_config(source), str(tmp_path / name))
+        runs[name] = [r for r in read_metrics(str(tmp_path / name)) if "train/loss" in r]
+    printed = capsys.readouterr().out
+    assert printed.count("data: copying gs://") == 1  # the second bucket run reuses the copy
+    staged = tmp_path / "cache" / gcs.bucket / "tfds" / "digits" / os.path.basename(local)
+    assert sorted(os.listdir(staged)) == sorted(os.listdir(local))
+    for a, b in zip(runs["local"], runs["bucket"], strict=True):
+        assert a["train/loss"] == b["train/loss"]
+    assert len(runs["again"]) == len(runs["local"])

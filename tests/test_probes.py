@@ -17,6 +17,7 @@ from conftest import (
     cli_args,
     read_tensorboard,
     start,
+    start_probe_watch,
     tiny_config,
     wait_for_checkpoint,
     with_overrides,
@@ -174,17 +175,8 @@ def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
     job = start(cli_args(data_dir, workdir, steps=10**6, every=400)
                 + ["--config.checkpoint.max_to_keep=2"])
     wait_for_checkpoint(workdir, job)
-    # One device: beside a training job on 2 loaded cores, the CPU backend's in-process
-    # all-reduce between fake devices can miss its 40 s rendezvous deadline and abort.
-    # (Sharded probes are tested by test_training_writes_probes_on_8_devices.)
+    tool = start_probe_watch(workdir, idle_timeout=8)
     env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
-    tool = subprocess.Popen(
-        [sys.executable, "tools/probe.py", f"--workdir={workdir}", "--watch",
-         "--poll_seconds=0.5", "--idle_timeout=8", "--set", "probes.lanczos_steps=4",
-         "--set", "probes.trace_probes=2", "--set", "probes.batch_size=32",
-         "--set", "probes.top_k=2", "--set", "probes.bottom_k=2",
-         "--set", "probes.density_runs=1", "--set", "probes.density_steps=4"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while len(read_probes(workdir, "probes_offline.jsonl")) < 2:
         if job.poll() is not None or tool.poll() is not None or time.time() > deadline:

@@ -377,7 +377,7 @@ def test_cli_divergence_is_one_line(data_dir, tmp_path):
 def test_save_that_cannot_fit_is_refused_before_writing(data_dir, tmp_path, monkeypatch):
     import shutil
 
-    from nme_train.train import checkpoint
+    from nme_train import storage
 
     workdir = tmp_path / "full"
     real = shutil.disk_usage
@@ -388,7 +388,7 @@ def test_save_that_cannot_fit_is_refused_before_writing(data_dir, tmp_path, monk
         free = 10**9 if len(saves) == 1 else 1000  # room for the first save only
         return real(path)._replace(free=free)
 
-    monkeypatch.setattr(checkpoint.shutil, "disk_usage", usage)
+    monkeypatch.setattr(storage.shutil, "disk_usage", usage)
     with pytest.raises(CheckpointError, match=r"not enough free space .* MiB are free\. "
                                               r"Older checkpoints were left in place"):
         run(mlp_config(data_dir), workdir)

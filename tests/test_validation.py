@@ -51,9 +51,10 @@ def test_default_config_is_valid_on_1_and_8_devices():
     ({"regularizers": [("sam", 0.05)]}, 1, r"must be a \(name, \{kwargs\}\) pair"),
     ({"regularizers": [("gauss_newton_trace_penalty", {"coef": 0.1, "estimator": "x"})]}, 1,
      r"estimator='x' must be one of"),
-    ({"data.data_dir": "gs://b/tfds"}, 1, r"config.data.data_dir='gs://b/tfds': gs:// paths "
-     r"are not supported; copy it to a local disk, or mount the bucket"),
-    ({"init_from": "s3://b/run"}, 1, r"config.init_from='s3://b/run': s3:// paths are not"),
+    ({"data.data_dir": "s3://b/tfds"}, 1, r"config.data.data_dir=s3://b/tfds: s3:// is not "
+     r"supported; give a local path or a gs://bucket/path"),
+    ({"init_from": "s3://b/run"}, 1, r"config.init_from=s3://b/run: s3:// is not supported; "
+     r"give a local path or a gs://bucket/path"),
 ])
 def test_bad_config_gives_a_clear_error(overrides, devices, message):
     with pytest.raises(ConfigError, match=message):

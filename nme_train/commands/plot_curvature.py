@@ -27,6 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from nme_train import storage
 from nme_train.curvature.operators import OPERATORS
 
 
@@ -109,7 +110,7 @@ def plot_layers(records, path) -> bool:
         ax.set_yscale("symlog", linthresh=1.0)
         _finish(ax, "trace of the layer's block (Hutchinson)", f"tr {label} by layer")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    storage.save_figure(fig, path, dpi=120)
     plt.close(fig)
     return True
 
@@ -125,7 +126,7 @@ def _save_over_steps(fig, ax, drawn: bool, path: str, ylabel: str, title: str) -
     if drawn:
         _finish(ax, ylabel, title)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        storage.save_figure(fig, path, dpi=120)
     plt.close(fig)
     return drawn
 
@@ -147,7 +148,7 @@ def plot_density(records, path) -> bool:
            title=f"Spectral densities at step {last['step']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    storage.save_figure(fig, path, dpi=120)
     plt.close(fig)
     return True
 
@@ -162,7 +163,7 @@ def plot_sparsity(records, path) -> bool:
     ax.set(xlabel="training step", ylabel=f"fraction with |σ''| > {threshold}",
            title="Activation second derivatives (mean over layers)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    storage.save_figure(fig, path, dpi=120)
     plt.close(fig)
     return True
 
@@ -184,7 +185,7 @@ def plot_run(argv=None) -> list[str]:
         raise SystemExit(f"plot_curvature: no probes.jsonl or probes_offline.jsonl in "
                          f"{args.workdir}")
     out = args.out or args.workdir
-    os.makedirs(out, exist_ok=True)
+    storage.makedirs(out)
     written = []
     for name, fn in (("curvature_spectra.png", plot_spectra), ("curvature_traces.png",
                      plot_traces), ("curvature_layers.png", plot_layers),

@@ -62,7 +62,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
+import fnmatch
+import io
 import json
 import math
 import os
@@ -70,6 +71,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 
+from nme_train import storage
 from nme_train.curvature.operators import kind_label
 from nme_train.experiments import format_value
 from nme_train.train.probing import read_probes
@@ -155,8 +157,7 @@ class ExperimentResults:
     """One sweep manifest and its runs, grouped by tags without the seed."""
 
     def __init__(self, workdir: str, manifest_path: str):
-        with open(manifest_path, encoding="utf-8") as f:
-            self.manifest = json.load(f)
+        self.manifest = json.loads(storage.read_text(manifest_path))
         self.name = self.manifest["experiment"]
         self.plot = self.manifest.get("plot", {"kind": "final"})
         self.groups: dict[tuple, list[dict]] = {}
@@ -416,10 +417,11 @@ def write_tables(exp: ExperimentResults, rows: list[dict], out: str) -> tuple[st
             for r in rows]
     columns = list(exp.tag_names) + [k for k in (flat[0] if flat else {})
                                      if k not in exp.tag_names]
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(flat)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(flat)
+    storage.write_text(csv_path, text.getvalue())
     kind = exp.kind
     any_diverged = any(r["diverged"] for r in rows)
     header = list(exp.tag_names) + ["seeds"] + (["diverged"] if any_diverged else []) + [
@@ -461,9 +463,9 @@ def write_tables(exp: ExperimentResults, rows: list[dict], out: str) -> tuple[st
     if kind == "traces":
         lines += layer_table(exp, rows)
     md_path = os.path.join(out, f"summary_{exp.name}.md")
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write(f"{exp.name} ({exp.manifest['config']}:{exp.manifest['scale']}); mean ± std "
-                "over seeds\n\n" + "\n".join(lines) + "\n")
+    storage.write_text(md_path, f"{exp.name} ({exp.manifest['config']}:"
+                       f"{exp.manifest['scale']}); mean ± std over seeds\n\n"
+                       + "\n".join(lines) + "\n")
     return md_path, csv_path
 
 
@@ -549,7 +551,7 @@ def _save(fig, path: str, title: str | None) -> str:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    storage.save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -720,13 +722,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="", help="output directory (default: the workdir)")
     args = parser.parse_args(argv)
     pattern = f"sweep_{args.experiment or '*'}.json"
-    manifests = sorted(glob.glob(os.path.join(args.workdir, pattern)))
+    manifests = [os.path.join(args.workdir, name) for name in storage.listdir(args.workdir)
+                 if fnmatch.fnmatch(name, pattern)]
     if not manifests:
         print(f"summarize: error: no {pattern} in {args.workdir} (run tools/sweep.py first)",
               file=sys.stderr)
         return 2
     out = args.out or args.workdir
-    os.makedirs(out, exist_ok=True)
+    storage.makedirs(out)
     for manifest in manifests:
         exp = ExperimentResults(args.workdir, manifest)
         rows = exp.rows()
@@ -738,8 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"summarize: {exp.name}: {sum(r['seeds'] for r in rows)} finished run(s) in "
               f"{len(rows)} group(s), {sum(exp.diverged.values())} diverged, {exp.pending} "
               f"pending -> {md}, {csv_path}, {png}")
-        with open(md, encoding="utf-8") as f:
-            print(f.read())
+        print(storage.read_text(md))
     return 0
 
 

@@ -56,6 +56,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from nme_train import storage
 from nme_train.cli import import_config_module
 from nme_train.commands import CHECKOUT
 from nme_train.experiments import (
@@ -69,6 +70,7 @@ from nme_train.train.rundir import (
     config_changes,
     read_diverged,
     read_final,
+    read_json,
     write_json_atomic,
 )
 
@@ -122,12 +124,10 @@ def plan(module, scale: str, path: str, workdir: str) -> tuple[list[Point], list
     finished, pending, conflicts = [], [], []
     for point in expand(module, scale):
         run_dir = os.path.join(workdir, point.name)
-        existing = os.path.join(run_dir, "config.json")
-        if os.path.exists(existing):
-            with open(existing, encoding="utf-8") as f:
-                if config_changes(json.load(f), point_config_json(module, scale, point)):
-                    conflicts.append(run_dir)
-                    continue
+        existing = read_json(os.path.join(run_dir, "config.json"))
+        if existing and config_changes(existing, point_config_json(module, scale, point)):
+            conflicts.append(run_dir)
+            continue
         done = read_final(run_dir) is not None or read_diverged(run_dir) is not None
         (finished if done else pending).append(point)
     if conflicts:
@@ -140,7 +140,7 @@ def plan(module, scale: str, path: str, workdir: str) -> tuple[list[Point], list
 
 
 def write_manifest(module, scale: str, path: str, workdir: str, points: Sequence[Point]) -> str:
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     name = experiment_name(path)
     manifest = os.path.join(workdir, f"sweep_{name}.json")
     write_json_atomic(manifest, {
@@ -149,10 +149,17 @@ def write_manifest(module, scale: str, path: str, workdir: str, points: Sequence
         "points": [{"name": p.name, "tags": p.tag_dict} for p in points],
     })
     for p in points:
-        os.makedirs(os.path.join(workdir, p.name), exist_ok=True)
+        storage.makedirs(os.path.join(workdir, p.name))
         write_json_atomic(os.path.join(workdir, p.name, POINT_FILE),
                           {"tags": p.tag_dict, "config": f"{path}:{scale}/{p.name}"})
     return manifest
+
+
+def log_path(workdir: str, point: Point) -> str:
+    """A run's console log: DIR/<point>/train.log, or ./logs/<bucket>/... for a gs:// DIR."""
+    directory = storage.local_logs(os.path.join(workdir, point.name))
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(directory, "train.log")
 
 
 def machine_record() -> dict:
@@ -206,13 +213,10 @@ def run_local(path: str, scale: str, points: Sequence[Point], workdir: str, jobs
         while queue or running:
             while queue and len(running) < jobs and not stopping:
                 point = queue.pop(0)
-                with open(os.path.join(workdir, point.name, MACHINES_FILE), "a",
-                          encoding="utf-8") as f:
-                    started = datetime.datetime.now(datetime.UTC)
-                    f.write(json.dumps({"started": started.isoformat(timespec="seconds"),
-                                        **machine}) + "\n")
-                log = open(os.path.join(workdir, point.name, "train.log"), "a",
-                           encoding="utf-8")
+                started = datetime.datetime.now(datetime.UTC)
+                storage.append_text(os.path.join(workdir, point.name, MACHINES_FILE), json.dumps(
+                    {"started": started.isoformat(timespec="seconds"), **machine}) + "\n")
+                log = open(log_path(workdir, point), "a", encoding="utf-8")
                 proc = subprocess.Popen(command(path, scale, point, workdir, python), cwd=REPO,
                                         env=env, stdout=log, stderr=subprocess.STDOUT)
                 running[proc] = (point, time.perf_counter(), log)
@@ -240,8 +244,7 @@ def run_local(path: str, scale: str, points: Sequence[Point], workdir: str, jobs
                 else:
                     failed.append(point.name)
                     print(f"sweep: [{done}/{len(points)}] {point.name}: FAILED (exit "
-                          f"{proc.returncode}); log: "
-                          f"{os.path.join(workdir, point.name, 'train.log')}", flush=True)
+                          f"{proc.returncode}); log: {log_path(workdir, point)}", flush=True)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -255,9 +258,10 @@ def run_slurm(path: str, scale: str, points: Sequence[Point], workdir: str,
     sbatch = os.environ.get("SBATCH", "sbatch")
     failed = 0
     for point in points:
-        run_dir = os.path.abspath(os.path.join(workdir, point.name))
+        run_dir = storage.absolute(os.path.join(workdir, point.name))
+        output = os.path.abspath(os.path.dirname(log_path(workdir, point)))
         cmd = [sbatch, *shlex.split(sbatch_args), f"--job-name={point.name}",
-               f"--output={run_dir}/slurm-%j.out",
+               f"--output={output}/slurm-%j.out",
                f"--export=ALL,CONFIG={path}:{scale}/{point.name},WORKDIR={run_dir}",
                os.path.join(REPO, "launch", "slurm.sbatch")]
         result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
@@ -284,8 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         module, scale, path = load_experiment(args.config)
+        storage.check_reachable(args.workdir, "--workdir")
         finished, pending = plan(module, scale, path, args.workdir)
-    except (SweepError, ValueError, KeyError) as e:
+    except (SweepError, ValueError, KeyError, storage.StorageError) as e:
         print(f"sweep: error: {e}", file=sys.stderr)
         return 2
     manifest = write_manifest(module, scale, path, args.workdir, expand(module, scale))

@@ -77,6 +77,92 @@ def _prepared_versions(root: str) -> list[tuple[int, ...]]:
     return versions
 
 
+def staging_dir(data_dir: str) -> str:
+    """The local copy of the gs:// data directory `data_dir` on this machine:
+    $NME_TRAIN_DATA_CACHE (default ~/.cache/nme_train/data)/<bucket>/<path>."""
+    cache = os.environ.get("NME_TRAIN_DATA_CACHE",
+                           os.path.expanduser("~/.cache/nme_train/data"))
+    return os.path.join(cache, data_dir.split("://", 1)[1].strip("/"))
+
+
+def _stage(spec: DatasetSpec, data_dir: str) -> str:
+    """The newest version of `spec` under the gs:// `data_dir`, copied to this machine's
+    staging directory once (the record readers open local files only); its local path.
+
+    The copy goes to a temporary directory renamed into place when complete, under the
+    same exclusive lock as a preparation, so the processes of one host copy it once and
+    an interrupted copy is never used. A copy already in place is reused when its
+    dataset_info.json equals the bucket's."""
+    from nme_train import storage
+
+    root = storage.join(data_dir, spec.tfds_name)
+    versions = sorted((tuple(int(p) for p in name.split(".")), name)
+                      for name in storage.listdir(root) if re.fullmatch(r"\d+\.\d+\.\d+", name)
+                      and storage.exists(storage.join(root, name, "dataset_info.json")))
+    if not versions:
+        raise FileNotFoundError(
+            f"dataset {spec.tfds_name!r} is not prepared under data_dir={data_dir!r} (no "
+            f"{root}/<version>/dataset_info.json). Prepare it on a disk (e.g. `{spec.how_to_get}`"
+            f") and copy it there (`gcloud storage cp -r DATA_DIR/{spec.tfds_name} {data_dir}/`)")
+    version = versions[-1][1]
+    source = storage.join(root, version)
+    local_root = os.path.join(staging_dir(data_dir), spec.tfds_name)
+    target = os.path.join(local_root, version)
+    info = storage.read_text(storage.join(source, "dataset_info.json"))
+
+    def current() -> bool:
+        try:
+            with open(os.path.join(target, "dataset_info.json"), encoding="utf-8") as f:
+                return f.read() == info
+        except FileNotFoundError:
+            return False
+
+    if current():
+        return target
+    with _exclusive(os.path.join(staging_dir(data_dir), f".{spec.tfds_name}.stage.lock"),
+                    f"another process to copy {spec.tfds_name!r} from {data_dir}"):
+        if current():
+            return target
+        import shutil
+
+        partial = f"{target}.partial{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        print(f"data: copying {source} to {target} (once per machine)", flush=True)
+        storage.copy_to_local(source, partial)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(partial, target)
+    return target
+
+
+class _exclusive:
+    """An exclusive lock on a local lock file (flock), waited for at most `timeout` s."""
+
+    def __init__(self, path: str, what: str, timeout: float = 600.0):
+        self.path, self.what, self.timeout = path, what, timeout
+
+    def __enter__(self):
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.file = open(self.path, "w")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self.file.close()
+                    raise TimeoutError(f"waited {self.timeout:.0f} s for {self.what}") from None
+                time.sleep(0.2)
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
 def _prepare_once(spec: DatasetSpec, data_dir: str, root: str, timeout: float = 600.0) -> str:
     """Prepares an offline dataset once, also when several processes ask at the same time.
 
@@ -85,35 +171,23 @@ def _prepare_once(spec: DatasetSpec, data_dir: str, root: str, timeout: float = 
     prepared (the processes of one machine, or of several sharing a file system
     with working locks).
     """
-    import fcntl
-
-    os.makedirs(data_dir, exist_ok=True)
-    with open(os.path.join(data_dir, f".{spec.tfds_name}.prepare.lock"), "w") as lock:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"waited {timeout:.0f} s for another process to prepare "
-                                       f"{spec.tfds_name!r} in {data_dir}") from None
-                time.sleep(0.2)
-        try:
-            versions = _prepared_versions(root)
-            if versions:
-                return os.path.join(root, ".".join(map(str, max(versions))))
-            return spec.prepare(data_dir)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with _exclusive(os.path.join(data_dir, f".{spec.tfds_name}.prepare.lock"),
+                    f"another process to prepare {spec.tfds_name!r} in {data_dir}", timeout):
+        versions = _prepared_versions(root)
+        if versions:
+            return os.path.join(root, ".".join(map(str, max(versions))))
+        return spec.prepare(data_dir)
 
 
 def find_dataset_dir(spec: DatasetSpec, data_dir: str) -> str:
     """The newest prepared version directory of `spec` under `data_dir`.
 
     Prepares the dataset first when it can be prepared offline. Raises
-    FileNotFoundError naming the command that builds it otherwise.
+    FileNotFoundError naming the command that builds it otherwise. A gs:// `data_dir`
+    is read through a local copy made once per machine (`_stage`).
     """
+    if "://" in data_dir:
+        return _stage(spec, data_dir)
     root = os.path.join(data_dir, spec.tfds_name)
     versions = _prepared_versions(root)
     if not versions:

@@ -26,13 +26,14 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import shutil
 import threading
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from nme_train import storage
 
 
 def _lower_thread_priority() -> None:
@@ -63,7 +64,7 @@ META_FILE = "metadata"  # meta/metadata: the JSON orbax's JsonCheckpointHandler 
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return storage.join(storage.absolute(workdir), "checkpoints")
 
 
 def state_path(checkpoint: str) -> str:
@@ -73,8 +74,7 @@ def state_path(checkpoint: str) -> str:
 
 def read_meta(checkpoint: str) -> dict:
     """The JSON summary of the checkpoint directory `checkpoint`, read without JAX."""
-    with open(os.path.join(checkpoint, META_ITEM, META_FILE), encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(storage.read_text(os.path.join(checkpoint, META_ITEM, META_FILE)))
 
 
 def restore_checkpoint(checkpoint: str, target: Any = None) -> tuple[Any, dict]:
@@ -89,10 +89,20 @@ def saved_steps(directory: str) -> list[int]:
     """Steps of the checkpoints orbax has finished writing in a checkpoints directory
     (a plain integer name with its meta/; set-aside `<step>.unreadable` ones are not),
     read from the file system without a checkpoint manager (tools, warm starts)."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(name) for name in os.listdir(directory)
-                  if name.isdigit() and os.path.isdir(os.path.join(directory, name, META_ITEM)))
+    return sorted(int(name) for name in storage.listdir(directory)
+                  if name.isdigit() and _finished(os.path.join(directory, name)))
+
+
+# orbax's marker of a finished checkpoint where there is no atomic rename (a bucket)
+COMMIT_FILE = "commit_success.txt"
+
+
+def _finished(checkpoint: str) -> bool:
+    """Whether orbax has finished writing the checkpoint directory `checkpoint`: locally
+    it renames a complete one into place; in a bucket it writes COMMIT_FILE last."""
+    if storage.is_remote(checkpoint):
+        return storage.exists(os.path.join(checkpoint, COMMIT_FILE))
+    return storage.isdir(os.path.join(checkpoint, META_ITEM))
 
 
 class Checkpointer:
@@ -138,10 +148,11 @@ class Checkpointer:
                 self.check()
 
     def _check_space(self, state: Any) -> None:
-        """Refuses a save that cannot fit on the disk before orbax starts writing it."""
+        """Refuses a save that cannot fit on the disk before orbax starts writing it (a
+        bucket has no free-space figure: nothing to check there)."""
         needed = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))
-        free = shutil.disk_usage(self.directory).free
-        if free < needed * 1.05 + 2**18:
+        free = storage.free_bytes(self.directory)
+        if free is not None and free < needed * 1.05 + 2**18:
             raise CheckpointError(
                 f"not enough free space in {self.directory} for a checkpoint: it needs about "
                 f"{needed / 2**20:.1f} MiB and {free / 2**20:.1f} MiB are free. Older "
@@ -247,11 +258,10 @@ def open_checkpointer(workdir: str, checkpoint_config: Any) -> Checkpointer:
     directory = checkpoint_dir(workdir)
     try:
         if jax.process_index() == 0:  # fail now, not at the first save after hours of training
-            os.makedirs(directory, exist_ok=True)
+            storage.makedirs(directory)
             probe = os.path.join(directory, f".write_test.{os.getpid()}")
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.remove(probe)
+            storage.write_text(probe, "ok")
+            storage.remove(probe)
         return Checkpointer(workdir, checkpoint_config.max_to_keep,
                             checkpoint_config.keep_every_steps)
     except (OSError, ValueError) as e:

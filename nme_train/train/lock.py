@@ -8,12 +8,17 @@ run ends; a second trainer refuses with one line naming the holder.
 
 The lock file is created exclusively (O_CREAT | O_EXCL) and holds the
 holder's host, pid and start time; a thread touches it every HEARTBEAT_S
-seconds while the holder lives. A lock is stale, and taken over with a
-warning, when its holder is gone: on the same host, its pid no longer runs;
-on another host (a shared file system), its heartbeat is older than STALE_S.
+seconds while the holder lives. In a bucket the same lock is an object created
+with a generation precondition (only if absent), its heartbeat a metadata field
+set only while the object keeps the holder's generation (_LockObject).
+A lock is stale, and taken over with a warning, when its holder is gone: on
+the same host, its pid no longer runs; on another host (a shared file system,
+a bucket), its heartbeat is older than STALE_S.
 A killed trainer (kill -9, a lost node) therefore never blocks its rerun for
 long. The take-over itself is exclusive: the stale file is renamed away
-first (one renamer wins), then the new lock is created exclusively.
+first (one renamer wins; in a bucket, deleted only if it still has the
+generation judged stale), then the new lock is created exclusively. Hosts'
+clocks are assumed to agree within seconds (NTP) for the heartbeat's age.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import socket
 import threading
 import time
 
+from nme_train import storage
 from nme_train.train.rundir import RunDirError
 
 LOCK_FILE = "writer.lock"
@@ -46,21 +52,6 @@ def _pid_running(pid: int) -> bool:
     return True
 
 
-def _read(path: str) -> tuple[dict, float] | None:
-    """(holder record, seconds since its last heartbeat), or None when there is no lock."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        age = time.time() - os.stat(path).st_mtime
-    except FileNotFoundError:
-        return None
-    try:
-        holder = json.loads(text)
-    except json.JSONDecodeError:  # being written this instant, or damaged
-        holder = {}
-    return holder, age
-
-
 def stale_reason(holder: dict, age: float) -> str | None:
     """Why the lock of `holder` (heartbeat `age` seconds ago) is stale, or None if it is
     live. The heartbeat also covers a pid reused by another process on the same host."""
@@ -77,11 +68,97 @@ def describe_holder(holder: dict, age: float) -> str:
             f"{holder.get('started', '?')}, alive {age:.0f} s ago")
 
 
+class _LockFile:
+    """The lock as a local file: exclusive create, mtime as the heartbeat."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def create(self, text: str) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return True
+
+    def read(self) -> tuple[str, float, object] | None:
+        """(text, seconds since the heartbeat, token for remove_stale), None when absent."""
+        try:
+            text = storage.read_text(self.path)
+            return text, time.time() - os.stat(self.path).st_mtime, None
+        except FileNotFoundError:
+            return None
+
+    def remove_stale(self, token: object) -> bool:
+        aside = f"{self.path}.stale.{os.getpid()}"
+        try:
+            os.rename(self.path, aside)  # one of several rerunners wins
+        except FileNotFoundError:
+            return False
+        os.remove(aside)
+        return True
+
+    def beat(self) -> bool:
+        try:
+            os.utime(self.path)
+            return True
+        except FileNotFoundError:  # removed by hand: nothing to keep alive
+            return False
+
+    def remove(self) -> None:
+        storage.remove(self.path)
+
+
+class _LockObject:
+    """The lock as an object in a bucket: created only if absent (ifGenerationMatch=0);
+    the heartbeat a metadata field set only while the object keeps our generation; a
+    stale lock deleted only if it still has the generation judged stale."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.generation: int | None = None
+
+    def create(self, text: str) -> bool:
+        try:
+            self.generation = storage.create_object(self.path, text.encode("utf-8"))
+            return True
+        except FileExistsError:
+            return False
+
+    def read(self) -> tuple[str, float, object] | None:
+        try:
+            info = storage.object_info(self.path)
+            text = storage.read_text(self.path)
+        except FileNotFoundError:
+            return None
+        beat = (info.get("metadata") or {}).get("heartbeat")
+        try:
+            last = float(beat) if beat else json.loads(text).get("time", 0.0)
+        except (ValueError, AttributeError):
+            last = 0.0
+        return text, time.time() - last, int(info["generation"])
+
+    def remove_stale(self, token: object) -> bool:
+        return storage.delete_object(self.path, int(token))
+
+    def beat(self) -> bool:
+        return storage.set_object_metadata(self.path, self.generation,
+                                           {"heartbeat": f"{time.time():.3f}"})
+
+    def remove(self) -> None:
+        if self.generation is not None:
+            storage.delete_object(self.path, self.generation)
+
+
 class WorkdirLock:
     """The writer's lock on `workdir` (see the module docstring)."""
 
     def __init__(self, workdir: str):
+        self.workdir = workdir
         self.path = os.path.join(workdir, LOCK_FILE)
+        self._file = (_LockObject if storage.is_remote(workdir) else _LockFile)(self.path)
         self.created_workdir = False  # removed again on release if the run wrote nothing
         self.taken_over: str | None = None  # why a stale lock was replaced, for the log
         self._stop = threading.Event()
@@ -89,50 +166,43 @@ class WorkdirLock:
 
     def acquire(self) -> WorkdirLock:
         """Takes the lock, replacing a stale one; WorkdirLocked when a live trainer has it."""
-        self.created_workdir = not os.path.exists(os.path.dirname(self.path))
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        record = {"host": socket.gethostname(), "pid": os.getpid(),
-                  "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        self.created_workdir = not storage.exists(self.workdir)
+        storage.makedirs(self.workdir)
+        now = datetime.datetime.now(datetime.UTC)
+        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                             "started": now.isoformat(timespec="seconds"),
+                             "time": now.timestamp()})
         for _ in range(3):
+            if self._file.create(record):
+                self._thread = threading.Thread(target=self._beat, name="workdir-lock",
+                                                daemon=True)
+                self._thread.start()
+                return self
+            found = self._file.read()
+            if found is None:  # released meanwhile: try again
+                continue
+            text, age, token = found
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                found = _read(self.path)
-                if found is None:  # released meanwhile: try again
-                    continue
-                holder, age = found
-                reason = stale_reason(holder, age)
-                if reason is None:
-                    raise WorkdirLocked(
-                        f"{os.path.dirname(self.path)} is being written by another trainer "
-                        f"({describe_holder(holder, age)}); wait for it to finish or stop "
-                        "it (a lock left by a killed trainer is taken over once its process "
-                        f"is gone, or after {STALE_S:.0f} s without a heartbeat from another "
-                        "host)"
-                    ) from None
-                aside = f"{self.path}.stale.{os.getpid()}"
-                try:
-                    os.rename(self.path, aside)  # one of several rerunners wins
-                except FileNotFoundError:
-                    continue
-                os.remove(aside)
+                holder = json.loads(text)
+            except json.JSONDecodeError:  # being written this instant, or damaged
+                holder = {}
+            reason = stale_reason(holder, age)
+            if reason is None:
+                raise WorkdirLocked(
+                    f"{self.workdir} is being written by another trainer "
+                    f"({describe_holder(holder, age)}); wait for it to finish or stop "
+                    "it (a lock left by a killed trainer is taken over once its process "
+                    f"is gone, or after {STALE_S:.0f} s without a heartbeat from another "
+                    "host)")
+            if self._file.remove_stale(token):
                 self.taken_over = (f"took over the lock of {describe_holder(holder, age)}: "
                                    f"{reason}")
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(record, f)
-            self._thread = threading.Thread(target=self._beat, name="workdir-lock",
-                                            daemon=True)
-            self._thread.start()
-            return self
         raise WorkdirLocked(f"{self.path}: could not take the lock (it changed hands three "
                             "times while trying); is another trainer starting on this workdir?")
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            try:
-                os.utime(self.path)
-            except FileNotFoundError:  # removed by hand: nothing to keep alive
+            if not self._file.beat():
                 return
 
     def release(self) -> None:
@@ -140,12 +210,8 @@ class WorkdirLock:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-            try:
-                os.remove(self.path)
-            except FileNotFoundError:
-                pass
-            workdir = os.path.dirname(self.path)
-            if self.created_workdir and not os.listdir(workdir):
-                os.rmdir(workdir)
+            self._file.remove()
+            if self.created_workdir:
+                storage.remove_empty_dir(self.workdir)
 
     close = release

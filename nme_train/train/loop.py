@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from nme_train import logs
+from nme_train import logs, storage
 from nme_train.data import DATASETS, default_data_dir, eval_batches, split_size, train_batches
 from nme_train.train.checkpoint import CheckpointError, abstract_with_shardings, open_checkpointer
 from nme_train.train.dry_run import model_flops, program_flops
@@ -169,7 +169,7 @@ class Trainer:
         """Resumes, warm-starts or initialises the state; says which. Writes nothing."""
         config, program = self.config, self.program
         created = [d for d in (os.path.join(self.workdir, "checkpoints"), self.workdir)
-                   if not os.path.exists(d)]
+                   if not storage.exists(d)]
         self.ckpt = open_checkpointer(self.workdir, config.checkpoint)
         self.meta, self.changes = {}, {}
         try:
@@ -193,8 +193,7 @@ class Trainer:
             self.ckpt.close()
             if self.is_main:  # the directories this start created, innermost first
                 for path in created:
-                    if os.path.isdir(path) and not os.listdir(path):
-                        os.rmdir(path)
+                    storage.remove_empty_dir(path)
             raise
 
     def open_outputs(self, how: str) -> None:
@@ -219,7 +218,7 @@ class Trainer:
     def _prepare_workdir(self) -> None:
         """Metrics past the restored step set aside; earlier results kept beside; config."""
         workdir, start = self.workdir, self.start_step
-        os.makedirs(workdir, exist_ok=True)
+        storage.makedirs(workdir)
         discarded = truncate_metrics(workdir, start)
         # a fresh start probes step 0 again: an earlier attempt's record of it goes too
         truncate_metrics(workdir, start if start else -1, "probes")
@@ -233,8 +232,8 @@ class Trainer:
                      f"are kept in {moved}")
         if diverged is not None:  # a changed config resumes a diverged run
             keep_aside(os.path.join(workdir, DIVERGED_FILE), f"step{diverged.get('step')}")
-        with open(os.path.join(workdir, CONFIG_FILE), "w", encoding="utf-8") as f:
-            f.write(self.config.to_json_best_effort(indent=2))
+        storage.write_text(os.path.join(workdir, CONFIG_FILE),
+                           self.config.to_json_best_effort(indent=2))
 
     def _announce(self, how: str) -> None:
         config, program, devices = self.config, self.program, self.devices
@@ -326,6 +325,7 @@ class Trainer:
         if not bool(checked["finite"]):
             raise Diverged(step, float("nan"), f"the parameters after step {step} are not finite")
         metrics = self.metrics
+        self.writer.flush()  # in a bucket: the lines up to `step` are stored before it
         self.ckpt.save(step, self.state, {
             "step": step, "data_step": step, "seed": self.config.seed,
             "total_steps": self.total_steps, "metrics": metrics.last,

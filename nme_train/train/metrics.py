@@ -1,9 +1,12 @@
 """Where metrics go: JSON lines, TensorBoard, and a progress line on the console.
 
 Only the main process (index 0) writes. `DIR/metrics.jsonl` holds one JSON
-object per line, each with `step` and keys such as `train/loss`; the file is
-opened in append mode and flushed after each line, so a crash loses nothing
-that was written.
+object per line, each with `step` and keys such as `train/loss`. In a local
+workdir the file is opened in append mode and flushed after each line, so a
+crash loses nothing that was written. In a bucket (no append) the object is
+rewritten whole at most every `flush_secs` and at every checkpoint save
+(`MetricWriter.flush`), so the lines up to a checkpoint are stored before it;
+TensorBoard's events files likewise (`ObjectRecordWriter`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from nme_train import storage
+from nme_train.train.rundir import read_jsonl
+
 
 def _plain(value: Any) -> Any:
     """numpy / jax scalars -> Python numbers for JSON."""
@@ -30,6 +36,87 @@ def _plain(value: Any) -> Any:
 
 
 HPARAM_METRICS = ("eval/accuracy", "eval/loss", "train/loss")  # the scalars hparams compare
+
+
+class LineLog:
+    """Appends lines to a file: locally each line at once (append, flush); in a bucket the
+    whole object is rewritten when `flush_secs` have passed since the last upload, and at
+    `flush()` and `close()`."""
+
+    def __init__(self, path: str, flush_secs: float):
+        self.path, self.flush_secs = path, flush_secs
+        self.remote = storage.is_remote(path)
+        self._file = None
+        if self.remote:
+            try:
+                self._text = storage.read_text(path)
+            except FileNotFoundError:
+                self._text = ""
+            self._dirty, self._uploaded = False, time.monotonic()
+        else:
+            self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, line: str) -> None:
+        if self._file is not None:
+            self._file.write(line)
+            self._file.flush()
+            return
+        self._text += line
+        self._dirty = True
+        if time.monotonic() - self._uploaded >= self.flush_secs:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.remote and self._dirty:
+            storage.write_text(self.path, self._text)
+            self._dirty, self._uploaded = False, time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+
+
+class ObjectRecordWriter:
+    """tensorboardX's record writer for an events file in a bucket: the records are kept
+    and the object rewritten whole at each flush (tensorboardX flushes every flush_secs;
+    its own gs:// writer needs google-cloud-storage credentials at import and fails)."""
+
+    def __init__(self, path: str):
+        self.path, self._data, self._dirty = path, bytearray(), False
+
+    def write(self, data: bytes) -> None:
+        self._data += data
+        self._dirty = True
+
+    def flush(self) -> None:
+        if self._dirty:
+            storage.write_text(self.path, self._data)
+            self._dirty = False
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _ObjectWriterFactory:
+    def open(self, path: str) -> ObjectRecordWriter:
+        return ObjectRecordWriter(path)
+
+    def directory_check(self, path: str) -> None:
+        pass  # a bucket needs no directories
+
+
+def _tensorboard_writer(logdir: str, flush_secs: int):
+    """tensorboardX's SummaryWriter for `logdir` (local or in a bucket), or None when
+    tensorboardX is missing (TensorBoard output is optional)."""
+    try:
+        from tensorboardX import SummaryWriter, record_writer
+    except ImportError:
+        return None
+    scheme = storage.url_scheme(logdir)
+    if scheme:
+        record_writer.register_writer_factory(scheme, _ObjectWriterFactory())
+    return SummaryWriter(logdir, flush_secs=flush_secs)
 
 
 class MetricWriter:
@@ -48,17 +135,12 @@ class MetricWriter:
         self._probe_layout = False
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
+        storage.makedirs(workdir)
         self.path = os.path.join(workdir, "metrics.jsonl")
         if jsonl:
-            self._file = open(self.path, "a", encoding="utf-8")
-        try:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard", tensorboard_subdir),
-                                     flush_secs=flush_secs)
-        except ImportError:  # TensorBoard output is optional
-            self._tb = None
+            self._file = LineLog(self.path, flush_secs)
+        self._tb = _tensorboard_writer(os.path.join(workdir, "tensorboard", tensorboard_subdir),
+                                       flush_secs)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -66,7 +148,6 @@ class MetricWriter:
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -119,19 +200,18 @@ class MetricWriter:
                 self._probe_layout = True
         self._tb.flush()
 
+    def flush(self) -> None:
+        """Stores every line and event written so far (before a checkpoint is saved)."""
+        if self._file is not None:
+            self._file.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """The records of a JSON-lines file (metrics, probes, sweeps); [] when it is missing."""
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def read_metrics(workdir: str, name: str = "metrics") -> list[dict]:
@@ -235,20 +315,15 @@ def truncate_metrics(workdir: str, step: int, name: str = "metrics") -> int:
     moved to DIR/<name>.discarded.jsonl, not deleted. Returns how many moved.
     """
     path = os.path.join(workdir, f"{name}.jsonl")
-    if not os.path.exists(path):
+    try:
+        lines = [line + "\n" for line in storage.read_text(path).splitlines() if line.strip()]
+    except FileNotFoundError:
         return 0
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
     keep = [line for line in lines if json.loads(line)["step"] <= step]
     drop = [line for line in lines if json.loads(line)["step"] > step]
     if drop:
-        with open(os.path.join(workdir, f"{name}.discarded.jsonl"), "a",
-                  encoding="utf-8") as f:
-            f.writelines(drop)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
+        storage.append_text(os.path.join(workdir, f"{name}.discarded.jsonl"), "".join(drop))
+        storage.write_text(path, "".join(keep))
     return len(drop)
 
 

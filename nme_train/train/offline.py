@@ -20,6 +20,7 @@ import shutil
 
 import jax
 
+from nme_train import storage
 from nme_train.base_config import base_config
 from nme_train.config_fields import parse_assignments, set_fields
 from nme_train.data import DATASETS, default_data_dir, split_size
@@ -55,6 +56,9 @@ def snapshot(source: str, target: str):
     impossible (another filesystem, object storage) the checkpoint is read in
     place. The run's files are never modified either way.
     """
+    if storage.is_remote(source):
+        yield source
+        return
     try:
         for root, _, files in os.walk(source):
             os.makedirs(os.path.join(target, os.path.relpath(root, source)), exist_ok=True)
@@ -80,10 +84,13 @@ def snapshot(source: str, target: str):
 def load_run_config(workdir: str, overrides: list[str]):
     """The run's config (DIR/config.json) over the current defaults, with `overrides`."""
     path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise ProbeError(f"{path} not found; --workdir must be a run's workdir")
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+    try:
+        storage.check_reachable(workdir, "--workdir", writable=False)
+        saved = json.loads(storage.read_text(path))
+    except storage.StorageError as e:
+        raise ProbeError(str(e)) from None
+    except FileNotFoundError:
+        raise ProbeError(f"{path} not found; --workdir must be a run's workdir") from None
     config = base_config()
 
     def merge(target, values, prefix):

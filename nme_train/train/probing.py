@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 
+from nme_train import storage
 from nme_train.curvature import Curvature, softmax_cross_entropy
 from nme_train.curvature.operators import OPERATORS
 from nme_train.curvature.probes import ProbeSettings, ProbeSuite, record_kinds
@@ -33,7 +34,7 @@ from nme_train.models.activations import ablated_twin
 from nme_train.models.sparsity import activation_probe
 from nme_train.optim import stability_threshold
 from nme_train.sharding import global_batch
-from nme_train.train.metrics import read_jsonl
+from nme_train.train.rundir import read_jsonl
 from nme_train.train.step import make_normalize
 
 PROBES_FILE = "probes.jsonl"
@@ -140,8 +141,7 @@ def write_record(workdir: str, record: dict, filename: str = PROBES_FILE,
     """Appends `record` to DIR/`filename` (main process only) and its scalars to `writer`."""
     if jax.process_index() != 0:
         return
-    with open(os.path.join(workdir, filename), "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    storage.append_text(os.path.join(workdir, filename), json.dumps(record) + "\n")
     if writer is not None:
         writer.probe_record(record)
 

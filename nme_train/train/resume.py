@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from nme_train import storage
 from nme_train.train.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -150,7 +151,7 @@ def restore_latest(workdir: str, config: Any, ckpt: Checkpointer, abstract_state
 
 def _resolve_init_from(path: str) -> tuple[str, int]:
     """(checkpoints dir, step) from a workdir, a checkpoints dir or one step's dir."""
-    path = os.path.abspath(path)
+    path = storage.absolute(path)
     match = re.fullmatch(r"(.*)/(\d+)/?", path)
     if match and os.path.basename(match.group(1)) == "checkpoints":
         return match.group(1), int(match.group(2))

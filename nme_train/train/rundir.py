@@ -38,7 +38,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from nme_train.validation import url_scheme
+from nme_train import storage
 
 FINAL_FILE = "final.json"  # written by the trainer when a run has finished
 DIVERGED_FILE = "diverged.json"  # written by the trainer when the training loss became NaN/inf
@@ -65,21 +65,25 @@ class RunDirError(RuntimeError):
 
 
 def read_json(path: str) -> dict | None:
-    """The JSON object in `path`, or None when it is missing or unreadable."""
+    """The JSON object in `path` (local or gs://), or None when it is missing or unreadable."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(storage.read_text(path))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
-def read_machines(workdir: str) -> list[dict]:
-    """The machines a sweep started the run on (DIR/machines.jsonl), oldest first."""
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSON-lines file (metrics, probes, sweeps); [] when it is missing."""
     try:
-        with open(os.path.join(workdir, MACHINES_FILE), encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        text = storage.read_text(path)
     except FileNotFoundError:
         return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def read_machines(workdir: str) -> list[dict]:
+    """The machines a sweep started the run on (DIR/machines.jsonl), oldest first."""
+    return read_jsonl(os.path.join(workdir, MACHINES_FILE))
 
 
 def machine_key(record: dict) -> str:
@@ -98,21 +102,18 @@ def read_diverged(workdir: str) -> dict | None:
 
 
 def write_json_atomic(path: str, payload: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Writes a marker or record whole: readers see it complete or not at all."""
+    storage.write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def keep_aside(path: str, suffix: str) -> str:
     """Renames `path` to `path.suffix` (`name.suffix.json` for a JSON file; `.N` added when
-    taken) and returns the new name."""
+    taken) and returns the new name. In a bucket: copied, then deleted."""
     stem, ext = (path[:-5], ".json") if path.endswith(".json") else (path, "")
     target, n = f"{stem}.{suffix}{ext}", 1
-    while os.path.exists(target):
+    while storage.exists(target):
         target, n = f"{stem}.{suffix}.{n}{ext}", n + 1
-    os.replace(path, target)
+    storage.move(path, target)
     return target
 
 
@@ -158,14 +159,13 @@ def describe(changes: dict[str, tuple[Any, Any]]) -> str:
     return "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
 
 
-def check_local(workdir: str) -> None:
-    """RunDirError for a workdir URL (gs://, s3://, ...): the run directory is written with
-    local file operations, and such a path would become a local folder named "gs:"."""
-    scheme = url_scheme(workdir)
-    if scheme:
-        raise RunDirError(f"workdir {workdir}: {scheme}:// workdirs are not supported; "
-                          "give a local path, or mount the bucket as a local directory (e.g. "
-                          "gcsfuse) and give its path")
+def check_workdir(workdir: str) -> None:
+    """RunDirError naming the fix when the workdir cannot be used: an unsupported URL
+    scheme, or a bucket this machine cannot reach or write."""
+    try:
+        storage.check_reachable(workdir, "--workdir")
+    except storage.StorageError as e:
+        raise RunDirError(str(e)) from None
 
 
 def check_rerun(workdir: str, config_json: dict, total_steps: int, extend: bool) -> str | None:
@@ -175,7 +175,7 @@ def check_rerun(workdir: str, config_json: dict, total_steps: int, extend: bool)
     command, None when the run may (re)start, and raises RunDirError with
     the fix otherwise. Writes nothing.
     """
-    check_local(workdir)
+    check_workdir(workdir)
     saved = read_json(os.path.join(workdir, CONFIG_FILE)) or {}
     changes = meaningful(config_changes(saved, config_json)) if saved else {}
     final = read_final(workdir)
