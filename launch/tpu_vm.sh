@@ -3,8 +3,8 @@
 #
 # Needs: the gcloud CLI, authenticated, with a project and TPU quota; a workdir every
 # worker reaches: a gs:// path (written through nme_train/storage.py with the VM's service
-# account) or a mounted bucket; the TFDS data at one local path on every worker (a bucket
-# mounted with gcsfuse, or a copy on each worker's disk: data_dir cannot be gs://).
+# account) or a mounted bucket; the TFDS data as gs:// (each worker copies it to its disk
+# once) or at one local path on every worker (e.g. a bucket mounted with gcsfuse).
 # Run:
 #   TPU_NAME=nme ZONE=us-central2-b ACCELERATOR=v4-32 \
 #   WORKDIR=gs://bucket/runs/r50 DATA_DIR=/gcs/bucket/tfds \

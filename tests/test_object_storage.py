@@ -284,3 +284,48 @@ def test_a_gs_data_dir_is_copied_once_per_machine_and_trains_like_the_local_one(
     for a, b in zip(runs["local"], runs["bucket"], strict=True):
         assert a["train/loss"] == b["train/loss"]
     assert len(runs["again"]) == len(runs["local"])
+
+
+def test_a_2_process_job_shares_a_bucket_workdir_and_resumes_on_1_process(
+        gcs, data_dir, request):
+    """Two processes (jax.distributed over loopback) train with one gs:// workdir; one is
+    killed with SIGKILL after a checkpoint, the launcher stops the job; the same command on
+    1 process x 2 devices resumes from that checkpoint in the bucket and finishes."""
+    import shutil
+    import subprocess
+    import sys
+
+    import psutil
+    from conftest import xla_flags
+    from test_launch import LAUNCH, launch, trainer_flags
+
+    from nme_train import storage
+    from nme_train.train.checkpoint import saved_steps
+    from nme_train.train.rundir import read_final
+
+    workdir = _in_bucket(gcs, "two")
+    request.addfinalizer(lambda: shutil.rmtree(os.path.join(ROOT, "logs", gcs.bucket),
+                                               ignore_errors=True))
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["XLA_FLAGS"] = xla_flags()
+    launcher = subprocess.Popen(
+        [sys.executable, os.path.join(LAUNCH, "local.py"), "--processes=2", "--devices=1",
+         "--", *trainer_flags(data_dir, workdir, 10**6)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = storage.join(workdir, "checkpoints")
+    deadline = time.time() + 240
+    while not saved_steps(checkpoints):
+        assert launcher.poll() is None and time.time() < deadline, launcher.communicate()
+        time.sleep(0.2)
+    victim = next(p for p in psutil.Process(launcher.pid).children()
+                  if p.environ().get("NME_PROCESS_ID") == "1")
+    victim.kill()
+    launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    saved = max(saved_steps(checkpoints))
+    total = saved + 20
+    out = launch(1, 2, trainer_flags(data_dir, workdir, total))
+    assert f"resumed from the checkpoint at step {saved}" in out
+    assert read_final(workdir)["step"] == total
+    assert os.path.exists(os.path.join(ROOT, "logs", gcs.bucket, "runs", "two",
+                                       "process_0.log"))
