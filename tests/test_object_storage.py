@@ -329,3 +329,49 @@ def test_a_2_process_job_shares_a_bucket_workdir_and_resumes_on_1_process(
     assert read_final(workdir)["step"] == total
     assert os.path.exists(os.path.join(ROOT, "logs", gcs.bucket, "runs", "two",
                                        "process_0.log"))
+
+
+def test_divergence_in_the_bucket_sets_checkpoints_aside_and_warm_starts_from_it(
+        gcs, data_dir):
+    """A run in the bucket that diverges: diverged.json names the last sane checkpoint,
+    later ones are set aside (copied, then deleted) as <step>.diverged, the metrics up to
+    the divergence are stored; the same config again is refused. A new run warm-starts
+    from that bucket workdir (config.init_from=gs://...)."""
+    from test_rundir import mlp_config, run
+
+    from nme_train import storage
+    from nme_train.train.metrics import Diverged, read_metrics
+    from nme_train.train.rundir import RunDirError, read_diverged
+
+    workdir = _in_bucket(gcs, "diverging")
+    run(mlp_config(data_dir), workdir)  # 10 sane steps, a checkpoint at 5 and 10
+    explode = mlp_config(data_dir, num_train_steps=30, **{
+        "optimizer.learning_rate": 1e6, "optimizer.warmup_epochs": 0.0,
+        "checkpoint.every_steps": 1, "checkpoint.max_to_keep": 0, "log_every_steps": 1})
+    with pytest.raises(Diverged) as info:
+        run(explode, workdir, extend=True)
+    step = info.value.step
+    marker = read_diverged(workdir)
+    assert marker["step"] == step and marker["last_sane_checkpoint"] == 10
+    names = storage.listdir(storage.join(workdir, "checkpoints"))
+    assert "10" in names and f"{step - 1}.diverged" in names
+    assert not any(n.isdigit() and int(n) > 10 for n in names)
+    assert [r["step"] for r in read_metrics(workdir) if "train/loss" in r][-1] == step - 1
+    with pytest.raises(RunDirError, match="would diverge again"):
+        run(explode, workdir)
+    warm = _in_bucket(gcs, "warm")
+    run(mlp_config(data_dir, init_from=workdir), warm)
+    first = [r for r in read_metrics(warm) if "train/loss" in r][0]["train/loss"]
+    cold = [r for r in read_metrics(workdir) if "train/loss" in r][0]["train/loss"]
+    assert first < cold  # trained weights (from the bucket) start lower than random ones
+
+
+def test_a_missing_gcs_client_is_one_line(monkeypatch):
+    import sys
+
+    from nme_train import storage
+
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # as if it were not installed
+    with pytest.raises(storage.StorageError, match=r"^--workdir=gs://b/r: reading and writing "
+                       r"gs:// needs gcsfs; pip install gcsfs"):
+        storage.check_reachable("gs://b/r", "--workdir")
