@@ -17,7 +17,8 @@ Additions to the emulator, made here:
   send the object's generation in the `x-goog-generation` header, as GCS does:
   tensorstore re-reads an OCDBT manifest that way, and a checkpoint with several
   commits fails ("Malformed StorageGeneration") without them.
-- a request log: method, path, bytes received, bytes sent and status of every request
+- a request log: method, path (an upload's object name after `#`), bytes received,
+  bytes sent and status of every request
   (`requests`), for the measurements of what a run writes.
 """
 
@@ -47,6 +48,7 @@ def _with_precondition(handler, object_name):
     """`handler` failing with 412 when ifGenerationMatch does not hold for the object."""
 
     def wrapped(request, response, storage, *args, **kwargs):
+        request._request_handler.nme_object = object_name(request)  # for the request log
         wanted = request.query.get("ifGenerationMatch")
         if wanted is not None:
             bucket = request.params["bucket_name"]
@@ -144,9 +146,10 @@ def _patch_emulator() -> None:
                 pass  # the client went away (a killed process): nothing to answer
             finally:
                 received = int(raw.headers.get("Content-Length") or 0)
+                name = getattr(raw, "nme_object", "")  # an upload names its object in the body
                 for log in _LOGS:
-                    log.append((method, raw.path, received, counter.sent,
-                                status[0] if status else 0))
+                    log.append((method, f"{raw.path}#{name}" if name else raw.path, received,
+                                counter.sent, status[0] if status else 0))
 
         server.Router.handle = logged
         server._nme_patched = True

@@ -83,7 +83,8 @@ def main() -> None:
     config = load_config_file(os.path.join(CHECKOUT, "configs", "default.py"))
     every, log_every = config.checkpoint.every_steps, config.log_every_steps
     emulator = Emulator("nme-bench").start()
-    env = {**os.environ, **emulator.env}
+    os.environ.update(emulator.env)  # this process reads the bucket run's metrics too
+    env = dict(os.environ)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, "run")
