@@ -375,3 +375,30 @@ def test_a_missing_gcs_client_is_one_line(monkeypatch):
     with pytest.raises(storage.StorageError, match=r"^--workdir=gs://b/r: reading and writing "
                        r"gs:// needs gcsfs; pip install gcsfs"):
         storage.check_reachable("gs://b/r", "--workdir")
+
+
+def test_a_stale_lock_from_another_host_is_taken_over_once(gcs):
+    """A lock object whose holder is on another host and whose heartbeat is older than
+    60 s is taken over with the reason; of two rerunners that both judged the same
+    generation stale, only the first deletes it (the second's conditional delete fails)."""
+    import json
+
+    from nme_train import storage
+    from nme_train.train.lock import WorkdirLock, _LockObject
+
+    workdir = _in_bucket(gcs, "stale")
+    lock = storage.join(workdir, "writer.lock")
+    old = {"host": "elsewhere", "pid": 1, "started": "then", "time": time.time() - 3600}
+    generation = storage.create_object(lock, json.dumps(old).encode())
+    assert storage.set_object_metadata(lock, generation, {"heartbeat": str(old["time"])})
+    other = _LockObject(lock)
+    held = WorkdirLock(workdir).acquire()
+    try:
+        assert held.taken_over.startswith("took over the lock of pid 1 on host elsewhere")
+        assert "its heartbeat is 360" in held.taken_over  # about 3600 s old
+        assert not other.remove_stale(generation)  # that generation is gone: refused
+        assert json.loads(storage.read_text(lock))["pid"] == os.getpid()
+        assert held._file.beat()  # the holder's heartbeat: its own generation
+    finally:
+        held.release()
+    assert not storage.exists(lock)
