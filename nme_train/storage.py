@@ -103,7 +103,8 @@ def check_reachable(path: str, what: str, writable: bool = True) -> None:
 
     bucket = path.split("://", 1)[1].split("/", 1)[0]
     fix = ("check the bucket name, the network, and that this machine's credentials may "
-           "write it (`gcloud auth application-default login`, or the VM's service account)")
+           f"{'write' if writable else 'read'} it (`gcloud auth application-default login`, "
+           "or the VM's service account)")
     timeout = float(os.environ.get("NME_TRAIN_STORAGE_TIMEOUT", 30))
     try:
         fs = _fs(path)

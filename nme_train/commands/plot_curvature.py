@@ -180,6 +180,10 @@ def plot_run(argv=None) -> list[str]:
     parser.add_argument("workdir")
     parser.add_argument("--out", default="", help="output directory (default: the workdir)")
     args = parser.parse_args(argv)
+    try:
+        storage.check_reachable(args.workdir, "workdir", writable=False)
+    except storage.StorageError as e:
+        raise SystemExit(f"plot_curvature: error: {e}") from None
     records = read_records(args.workdir)
     if not records:
         raise SystemExit(f"plot_curvature: no probes.jsonl or probes_offline.jsonl in "

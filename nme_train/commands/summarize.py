@@ -722,6 +722,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="", help="output directory (default: the workdir)")
     args = parser.parse_args(argv)
     pattern = f"sweep_{args.experiment or '*'}.json"
+    try:
+        storage.check_reachable(args.workdir, "workdir", writable=False)
+        if args.out:
+            storage.check_scheme(args.out, "--out")
+    except storage.StorageError as e:
+        print(f"summarize: error: {e}", file=sys.stderr)
+        return 2
     manifests = [os.path.join(args.workdir, name) for name in storage.listdir(args.workdir)
                  if fnmatch.fnmatch(name, pattern)]
     if not manifests:
