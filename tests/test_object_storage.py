@@ -101,6 +101,7 @@ def test_a_bucket_run_killed_during_a_save_resumes_bitwise_and_keeps_the_policy(
     assert storage.listdir(storage.join(workdir, "checkpoints", str(started)))
     out = finish(start(cli_args(data_dir, workdir, steps, every)))
     assert f"resumed from the checkpoint at step {max(finished)}" in out
+    assert "the workdir is in a bucket: metrics and TensorBoard events are stored" in out
     assert f"warning: took over the lock of pid {proc.pid} on host" in out
     assert not storage.exists(storage.join(workdir, "writer.lock"))
     assert_same_params(local, workdir, steps)

@@ -244,6 +244,10 @@ class Trainer:
                  f"({self.steps_per_epoch} steps/epoch); mesh {dict(program.mesh.shape)} over "
                  f"{len(devices)} {devices[0].platform} device(s); workdir {self.workdir}; "
                  f"{how}")
+        if storage.is_remote(self.workdir):
+            self.log("the workdir is in a bucket: metrics and TensorBoard events are stored "
+                     "every 30 s and before each checkpoint; saves are not checked against "
+                     "free space (a bucket has no such figure)")
         if self.changes:
             self.log("config changes since the checkpoint: " + "; ".join(
                 f"{k}: {a!r} -> {b!r}" for k, (a, b) in self.changes.items()))
