@@ -28,6 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 4  # batches read ahead by those threads
     c.data.num_workers = 0  # worker processes for decoding (use > 0 for ImageNet)
     c.data.decoder = "auto"  # JPEGs: auto | pil | simplejpeg (same pixels; docs/imagenet.md)
+    c.data.crop_decode = True  # JPEGs: pick the crop from the header, decode at the smallest
+    #                            DCT scale that covers it; False = decode in full, then crop
 
     # -- model -----------------------------------------------------------
     c.model = ml_collections.ConfigDict()

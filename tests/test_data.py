@@ -5,14 +5,22 @@ import io
 import os
 import struct
 
-import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
 from conftest import decode_index, run_command
 
-from nme_train.data import DATASETS, eval_batches, split_size, train_batches
-from nme_train.data.decode import DECODERS, jpeg_decoder
+from nme_train.base_config import base_config
+from nme_train.data import DATASETS, augment, eval_batches, split_size, train_batches
+from nme_train.data import decode as decode_module
+from nme_train.data.decode import (
+    DCT_SCALES,
+    DECODERS,
+    as_array,
+    dct_scale,
+    decode_window,
+    jpeg_decoder,
+)
 from nme_train.data.prepare import (
     prepare_fashion_mnist,
     prepare_synthetic_imagenet,
@@ -23,10 +31,8 @@ from nme_train.data.tfds_writer import registered_features
 
 
 def data_config(data_dir, **overrides):
-    c = ml_collections.ConfigDict(dict(
-        name="cifar10", data_dir=data_dir, train_split="", eval_split="", augment="none",
-        image_size=0, cache=True, num_threads=2, prefetch=2, num_workers=0, decoder="auto"))
-    c.update(overrides)
+    c = base_config().data  # every field the pipeline reads, with the trainer's defaults
+    c.update(dict(name="cifar10", data_dir=data_dir, prefetch=2), **overrides)
     return c
 
 
@@ -230,19 +236,104 @@ def test_synthetic_imagenet_tool_refuses_bad_input(tmp_path):
     assert "Traceback" not in out.stderr and not os.listdir(tmp_path)
 
 
-def test_decoders_give_the_same_pixels(imagenet_dir):
+def _jpeg_source(imagenet_dir, split="validation"):
     import tensorflow_datasets as tfds
 
-    source = tfds.builder_from_directory(f"{imagenet_dir}/imagenet2012/5.1.0").as_data_source(
-        "validation", decoders={"image": tfds.decode.SkipDecoding()})
-    decoded = tfds.builder_from_directory(f"{imagenet_dir}/imagenet2012/5.1.0").as_data_source(
-        "validation")
+    builder = tfds.builder_from_directory(f"{imagenet_dir}/imagenet2012/5.1.0")
+    return (builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()}),
+            builder.as_data_source(split))
+
+
+def test_decoders_give_the_same_pixels(imagenet_dir):
+    source, decoded = _jpeg_source(imagenet_dir)
+    decoders = [jpeg_decoder(name) for name in DECODERS]
     for i in range(10):
-        reference = decoded[i]["image"]  # TFDS's own decoding
-        for name in DECODERS:
-            np.testing.assert_array_equal(jpeg_decoder(name)(source[i]["image"]), reference)
+        data, reference = source[i]["image"], decoded[i]["image"]  # TFDS's own decoding
+        for decoder in decoders:
+            np.testing.assert_array_equal(as_array(decoder.decode(data)), reference)
+            assert decoder.size(data) == reference.shape[:2]
+        for scale in DCT_SCALES:  # libjpeg rounds each side up: ceil(side / scale)
+            scaled = [as_array(d.decode(data, scale)) for d in decoders]
+            assert scaled[0].shape == (-(-reference.shape[0] // scale),
+                                       -(-reference.shape[1] // scale), 3)
+            for other in scaled[1:]:
+                np.testing.assert_array_equal(other, scaled[0])
     with pytest.raises(ValueError, match="choose one of"):
         jpeg_decoder("turbo")
+
+
+def test_dct_scale_is_the_smallest_that_keeps_the_output_resolution():
+    assert dct_scale((0, 0, 448, 500), 224, DCT_SCALES) == 2  # 224 x 250 at 1/2
+    assert dct_scale((0, 0, 447, 900), 224, DCT_SCALES) == 1  # 1/2 would give 223 rows
+    assert dct_scale((0, 0, 1800, 1792), 224, DCT_SCALES) == 8
+    assert dct_scale((0, 0, 100, 120), 224, DCT_SCALES) == 1  # upsampled at full scale
+    assert dct_scale((0, 0, 1800, 1792), 224, (1,)) == 1  # a decoder without scaling
+
+
+class _Unscaled:
+    """A decoder without scaled decoding: PIL's, limited to scale 1."""
+
+    name, scales = "unscaled", (1,)
+
+    def __init__(self):
+        self._pil = jpeg_decoder("pil")
+
+    def size(self, data):
+        return self._pil.size(data)
+
+    def decode(self, data, scale=1):
+        assert scale == 1
+        return self._pil.decode(data)
+
+
+def test_decode_window_against_full_decode_crop_and_resize(imagenet_dir):
+    """Whole-pixel windows at scale 1 give exactly the pixels of decoding in full, cropping and
+    resizing; at a DCT scale they stay close. The reference is the full-decode path."""
+    source, decoded = _jpeg_source(imagenet_dir, "train")
+    rng = np.random.default_rng(0)
+    params = augment.draw("inception_crop_flip", rng, 24)
+    size, scaled, differences = 24, 0, []
+    for i in range(24):
+        data, full = source[i]["image"], decoded[i]["image"]
+        window = augment.inception_window(*full.shape[:2], params["area"][i],
+                                          params["log_aspect"][i], params["corner"][i])
+        top, left, h, w = window
+        reference = augment.resize(full[top:top + h, left:left + w], (size, size))
+        np.testing.assert_array_equal(decode_window(_Unscaled(), data, window, size), reference)
+        for name in ("pil", "simplejpeg"):
+            out = decode_window(jpeg_decoder(name), data, window, size)
+            assert out.shape == (size, size, 3) and out.dtype == np.uint8
+            if dct_scale(window, size, DCT_SCALES) == 1:
+                np.testing.assert_array_equal(out, reference)
+            else:
+                scaled += 1
+                differences.append(np.abs(out.astype(float) - reference).mean())
+    assert scaled >= 4 and max(differences) < 3.0  # of 255: smooth content, a few levels
+
+
+def test_crop_decode_keeps_the_crops_of_the_full_decode(imagenet_dir, monkeypatch):
+    """Same (seed, step): the same examples, windows and flips with and without crop_decode;
+    pixels equal where no DCT scale applies, close where one does, in training and evaluation."""
+    spec = DATASETS["imagenet2012"]
+    config = dict(name="imagenet2012", augment="inception_crop_flip", image_size=24)
+    old = data_config(imagenet_dir, crop_decode=False, **config)
+    new = data_config(imagenet_dir, **config)
+    full = take(train_batches(spec, old, 12, 3, 0, 0, 1), 4)
+    crop = take(train_batches(spec, new, 12, 3, 0, 0, 1), 4)
+    gaps = []
+    for a, b in zip(full, crop):
+        np.testing.assert_array_equal(a["label"], b["label"])
+        gaps.append(np.abs(a["image"].astype(float) - b["image"]).mean())
+    assert 0 < np.mean(gaps) < 1.5
+    evals = [[b["image"].astype(float) for b in eval_batches(spec, c, 5, 0, 1)]
+             for c in (old, new)]
+    assert 0 < np.mean([np.abs(a - b).mean() for a, b in zip(*evals)]) < 2.0
+    # a decoder without scaled decoding falls back to scale 1: the very same crops and pixels
+    monkeypatch.setattr(decode_module.PilDecoder, "scales", (1,))
+    unscaled = take(train_batches(spec, data_config(imagenet_dir, decoder="pil", **config), 12,
+                                  3, 0, 0, 1), 4)
+    for a, b in zip(full, unscaled):
+        np.testing.assert_array_equal(a["image"], b["image"])
 
 
 @pytest.mark.parametrize("process_count", [2, 3])

@@ -48,15 +48,30 @@ def test_bench_regularizers_reports_each_method():
 def test_bench_pipeline_measures_each_setting(imagenet_dir, tmp_path):
     out = tmp_path / "rows.jsonl"
     result = run_command("tools/bench_pipeline.py", "--data_dir", imagenet_dir, "--workers",
-                         "0", "--decoders", "pil,simplejpeg", "--batch", "4", "--steps", "12",
-                         "--warmup", "8", "--rounds", "2", "--out", str(out))
+                         "0", "--paths", "full,crop", "--decoders", "pil,simplejpeg", "--batch",
+                         "4", "--steps", "12", "--warmup", "8", "--rounds", "2",
+                         "--profile_images", "12", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(r["decoder"], r["workers"], r["rounds"]) for r in rows] == [
-        ("pil", 0, 2), ("simplejpeg", 0, 2)]
-    for r in rows:  # the read-ahead buffer drained (8 batches), decoding takes some cores,
+    rates, profiles = rows[:4], rows[4:]
+    assert [(r["path"], r["decoder"], r["workers"], r["rounds"]) for r in rates] == [
+        ("full", "pil", 0, 2), ("full", "simplejpeg", 0, 2), ("crop", "pil", 0, 2),
+        ("crop", "simplejpeg", 0, 2)]
+    for r in rates:  # the read-ahead buffer drained (8 batches), decoding takes some cores,
         assert 0 < r["busy_cores"] <= os.cpu_count() + 0.5  # at most the machine's
-    assert "best:" in result.stdout
+    assert [p["decoder"] for p in profiles] == ["pil", "simplejpeg"]
+    for p in profiles:
+        for path in ("full", "crop"):
+            stages = {k: v for k, v in p[path].items() if k not in ("sum", "transform")}
+            assert all(v > 0 for v in stages.values())
+            assert p[path]["sum"] == pytest.approx(sum(stages.values()))
+        # 40-90 px images and 224 px crops: no DCT scale applies, the training crops are
+        # those of the full path exactly; evaluation resamples once instead of twice
+        assert p["scale_shares"] == [1.0, 0.0, 0.0, 0.0] and p["train_mad"] == 0
+        assert 0 < p["eval_mad"] < 2
+    assert "best:" in result.stdout and "crops decoded at scale" in result.stdout
+    bad = run_command("tools/bench_pipeline.py", "--data_dir", imagenet_dir, "--paths", "roi")
+    assert bad.returncode == 1 and "--paths 'roi'" in bad.stderr
 
 
 def test_bench_probes_costs_the_e6_probe(tmp_path):

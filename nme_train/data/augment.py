@@ -31,14 +31,25 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out[..., None] if squeeze else out
 
 
+def _center_geometry(h: int, w: int, size: int, crop_fraction: float):
+    scale = round(size / crop_fraction) / min(h, w)
+    rh, rw = max(size, round(h * scale)), max(size, round(w * scale))
+    return rh, rw, (rh - size) // 2, (rw - size) // 2
+
+
 def resize_center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> np.ndarray:
     """Resizes the shorter side to size / crop_fraction (256 for 224), then centre-crops."""
-    h, w = image.shape[:2]
-    scale = round(size / crop_fraction) / min(h, w)
-    image = resize(image, (max(size, round(h * scale)), max(size, round(w * scale))))
-    h, w = image.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    return image[top : top + size, left : left + size]
+    rh, rw, top, left = _center_geometry(*image.shape[:2], size, crop_fraction)
+    return resize(image, (rh, rw))[top : top + size, left : left + size]
+
+
+def center_window(h: int, w: int, size: int, crop_fraction: float = 0.875
+                  ) -> tuple[float, float, float, float]:
+    """(top, left, height, width), in the h x w image's pixels, of what `resize_center_crop`
+    keeps: resampling this window to size x size in one step gives nearly its pixels."""
+    rh, rw, top, left = _center_geometry(h, w, size, crop_fraction)
+    fy, fx = h / rh, w / rw
+    return top * fy, left * fx, size * fy, size * fx
 
 
 def pad_crop(image: np.ndarray, top: int, left: int, pad: int = PAD) -> np.ndarray:
@@ -48,25 +59,31 @@ def pad_crop(image: np.ndarray, top: int, left: int, pad: int = PAD) -> np.ndarr
     return padded[top : top + h, left : left + w]
 
 
-def inception_crop(
-    image: np.ndarray, size: int, area: np.ndarray, log_aspect: np.ndarray, corner: np.ndarray
-) -> np.ndarray:
-    """The Inception-style random-resized crop (Szegedy et al., 2015).
+def inception_window(h: int, w: int, area: np.ndarray, log_aspect: np.ndarray,
+                     corner: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the Inception-style random-resized crop (Szegedy et al.,
+    2015) of an h x w image.
 
     Attempt k takes area fraction `area[k]` and aspect ratio exp(log_aspect[k]);
     the first crop that fits is placed at the fractional corner `corner[k]`.
-    If none fits, the central square is used. The crop is resized to `size`.
+    If none fits, the central square is used. Only the image's size enters,
+    so the window can be chosen from a JPEG's header before decoding.
     """
-    h, w = image.shape[:2]
     for a, la, (ft, fl) in zip(area, log_aspect, corner):
         target, aspect = h * w * a, math.exp(la)
         cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < cw <= w and 0 < ch <= h:
-            top, left = int(ft * (h - ch + 1)), int(fl * (w - cw + 1))
-            return resize(image[top : top + ch, left : left + cw], (size, size))
+            return int(ft * (h - ch + 1)), int(fl * (w - cw + 1)), ch, cw
     side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    return resize(image[top : top + side, left : left + side], (size, size))
+    return (h - side) // 2, (w - side) // 2, side, side
+
+
+def inception_crop(
+    image: np.ndarray, size: int, area: np.ndarray, log_aspect: np.ndarray, corner: np.ndarray
+) -> np.ndarray:
+    """The crop of `inception_window`, cut from a decoded image and resized to `size`."""
+    top, left, ch, cw = inception_window(*image.shape[:2], area, log_aspect, corner)
+    return resize(image[top : top + ch, left : left + cw], (size, size))
 
 
 def draw(name: str, rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:

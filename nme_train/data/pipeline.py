@@ -35,7 +35,7 @@ from absl import flags
 
 from nme_train.data import augment
 from nme_train.data.datasets import DatasetSpec, find_dataset_dir
-from nme_train.data.decode import jpeg_decoder
+from nme_train.data.decode import as_array, decode_window, jpeg_decoder
 
 Batch = dict[str, np.ndarray]
 
@@ -62,25 +62,21 @@ class _InMemory:
 
 
 class _OnDisk:
-    """A TFDS array_record data source, read and decoded record by record.
+    """A TFDS array_record data source, read record by record.
 
-    With `decode` (JPEG datasets) images are read as bytes and decoded by it;
-    otherwise TFDS decodes them.
+    JPEG datasets are read as bytes (the transform decodes them: `_JpegTransform`);
+    otherwise TFDS decodes the images.
     """
 
-    def __init__(self, source: Any, decode: Callable[[bytes], np.ndarray] | None = None):
+    def __init__(self, source: Any):
         self._source = source
-        self._decode = decode
 
     def __len__(self) -> int:
         return len(self._source)
 
-    def take(self, keys: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    def take(self, keys: np.ndarray) -> tuple[list[Any], np.ndarray]:
         records = self._source.__getitems__([int(k) for k in keys])
-        images = [r["image"] for r in records]
-        if self._decode is not None:
-            images = [self._decode(image) for image in images]
-        return images, np.asarray([r["label"] for r in records], np.int32)
+        return [r["image"] for r in records], np.asarray([r["label"] for r in records], np.int32)
 
 
 def _open_split(spec: DatasetSpec, split: str, data_config: Any):
@@ -89,9 +85,8 @@ def _open_split(spec: DatasetSpec, split: str, data_config: Any):
     if data_config.cache and spec.cacheable:
         return _InMemory(builder.as_data_source(split=split))
     if spec.jpeg:
-        source = builder.as_data_source(split=split,
-                                        decoders={"image": tfds.decode.SkipDecoding()})
-        return _OnDisk(source, jpeg_decoder(data_config.decoder))
+        return _OnDisk(builder.as_data_source(split=split,
+                                              decoders={"image": tfds.decode.SkipDecoding()}))
     return _OnDisk(builder.as_data_source(split=split))
 
 
@@ -238,8 +233,12 @@ def label_noise(fraction: float, seed: int, num_examples: int, num_classes: int
     return relabel
 
 
-def _transform(spec: DatasetSpec, name: str, image_size: int):
-    """(image, params, row) -> image: geometry fix-up, then augmentation `name`."""
+def _transform(spec: DatasetSpec, name: str, image_size: int, data_config: Any):
+    """(image, params, row) -> image: decoding (JPEG datasets), geometry fix-up, then
+    augmentation `name`."""
+    if spec.jpeg:
+        return _JpegTransform(jpeg_decoder(data_config.decoder), name, image_size,
+                              data_config.crop_decode)
     crop = name == "inception_crop_flip"
     if spec.variable_size and not crop:
         def fit(im):
@@ -260,6 +259,47 @@ def _transform(spec: DatasetSpec, name: str, image_size: int):
     return apply
 
 
+class _JpegTransform:
+    """JPEG bytes -> the augmented image_size x image_size crop (a class, so that grain's
+    worker processes can unpickle it).
+
+    The crop window (the Inception crop of the row's draws in training, the
+    evaluation's centre crop otherwise) is chosen from the header's size and
+    decoded by `decode_window`, at the smallest DCT scale that covers it,
+    which also flips unless a pad-crop comes first; `crop_decode=False`
+    decodes in full first and crops the array, the older path, kept for
+    comparison (the same windows and flips either way). Pad-crop acts on
+    the result.
+    """
+
+    def __init__(self, decoder, name: str, image_size: int, crop_decode: bool):
+        self.decoder, self.name, self.size, self.crop_decode = (decoder, name, image_size,
+                                                                crop_decode)
+
+    def __call__(self, data: bytes, params: dict, row: int) -> np.ndarray:
+        inception = "area" in params
+        rest = {k: v for k, v in params.items() if k in ("offset", "flip")}
+        if self.crop_decode:
+            height, width = self.decoder.size(data)
+            if inception:
+                window = augment.inception_window(height, width, params["area"][row],
+                                                  params["log_aspect"][row],
+                                                  params["corner"][row])
+            else:
+                window = augment.center_window(height, width, self.size)
+            flip = "flip" in rest and "offset" not in rest and bool(rest.pop("flip")[row])
+            image = decode_window(self.decoder, data, window, self.size, (height, width), flip)
+        else:
+            image = as_array(self.decoder.decode(data))
+            if inception:
+                image = augment.inception_crop(image, self.size, params["area"][row],
+                                               params["log_aspect"][row],
+                                               params["corner"][row])
+            else:
+                image = augment.resize_center_crop(image, self.size)
+        return augment.augment_image(self.name, image, rest, row, self.size) if rest else image
+
+
 def train_batches(
     spec: DatasetSpec,
     data_config: Any,
@@ -275,7 +315,7 @@ def train_batches(
     augment.draw(c.augment, np.random.default_rng(0), 1)  # validates the name early
     records = _open_split(spec, c.train_split or spec.train_split, c)
     ds = ProcessBatches(records, global_batch, process_index, process_count, shuffle_seed=seed,
-                        transform=_transform(spec, c.augment, image_size),
+                        transform=_transform(spec, c.augment, image_size, c),
                         augmentation=c.augment,
                         noisy_labels=label_noise(c.get("label_noise", 0.0),
                                                  c.get("label_noise_seed", 0), len(records),
@@ -302,4 +342,4 @@ def eval_batches(
     image_size = c.image_size or spec.image_size
     records = _open_split(spec, c.eval_split or spec.eval_split, c)
     return ProcessBatches(records, global_batch, process_index, process_count,
-                          transform=_transform(spec, "none", image_size))
+                          transform=_transform(spec, "none", image_size, c))
