@@ -22,7 +22,8 @@ def get_config(variant: str = "relu"):
     c.data.augment = "inception_crop_flip"
     c.data.image_size = 224
     c.data.cache = False
-    c.data.num_threads = 8  # grain uses at most prefetch threads
+    c.data.num_threads = 2  # per worker process: 8 threads cost 10-17% more CPU per image
+    #                         than 1-2 (docs/imagenet.md)
     c.data.prefetch = 8
     c.data.num_workers = 8  # per process; JPEG decoding dominates the host work
     c.model.name = "resnet"
