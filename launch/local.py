@@ -111,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     while True:
         shown = echo(logs[0], shown)
         codes = [p.poll() for p in procs]
-        failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
+        # a process killed by a signal is the cause when others have exited since (their
+        # collectives lost a peer): name it first, whichever poll saw them together
+        failures = [i for i, c in enumerate(codes) if c not in (None, 0)]
+        failed = min(failures, key=lambda i: (codes[i] > 0, i)) if failures else None
         if failed is not None or all(c == 0 for c in codes):
             break
         time.sleep(0.2)
