@@ -270,6 +270,18 @@ def test_dct_scale_is_the_smallest_that_keeps_the_output_resolution():
     assert dct_scale((0, 0, 1800, 1792), 224, (1,)) == 1  # a decoder without scaling
 
 
+def test_decode_window_of_a_grayscale_jpeg_is_rgb_in_both_decoders():
+    gray = (np.random.default_rng(0).random((300, 400)) * 255).astype(np.uint8)
+    blob = io.BytesIO()
+    PIL.Image.fromarray(gray).save(blob, "JPEG")
+    window = (10, 20, 280, 300)  # at 64 px: scale 4
+    out = [decode_window(jpeg_decoder(n), blob.getvalue(), window, 64) for n in ("pil",
+                                                                               "simplejpeg")]
+    assert dct_scale(window, 64, DCT_SCALES) == 4 and out[0].shape == (64, 64, 3)
+    np.testing.assert_array_equal(out[0], out[1])
+    np.testing.assert_array_equal(out[0][..., 0], out[0][..., 2])  # grey stays grey
+
+
 class _Unscaled:
     """A decoder without scaled decoding: PIL's, limited to scale 1."""
 
