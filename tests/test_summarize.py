@@ -81,6 +81,13 @@ def test_summarize_differences_tolerance_and_diverged_runs(tmp_path):
     # runs: per-seed differences 0, 1, 2, mean 1, SE 1 / sqrt(3)
     assert "| false | gp | ρ 0.3 | ρ 0.3 | 3 | +2.00 ± 0.00 | inf | 2/3 |" in table
     assert "| false | none | ρ 0 | ρ 0 | 3 | +1.00 ± 0.58 | 1.7 | 2/3 |" in table
+    # the series' numbers, at rho 0.3 and for the plain runs only: hand-computed means, stds
+    series = table.split("**Probes over training** at ρ 0.3")[1]
+    assert "| false | relu | gp | 0 | 0.100 ± 0.000 |" in series
+    assert "| false | relu | gp | 5 | 0.860 ± 0.010 |" in series
+    assert "| false | gelu | none | 5 | 0.880 ± 0.020 |" in series
+    # 4 groups (gp at 0.3 and none, for each activation) x 2 steps: rho 1's are left out
+    assert len([line for line in series.splitlines() if line.startswith("| false |")]) == 8
     assert_plot(w / "summary_e1.png")
     assert_plot(w / "summary_e1_contrasts.png")
     assert_plot(w / "summary_e1_series.png")

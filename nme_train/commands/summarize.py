@@ -462,6 +462,8 @@ def write_tables(exp: ExperimentResults, rows: list[dict], out: str) -> tuple[st
     lines += contrast_table(exp, rows)
     if kind == "traces":
         lines += layer_table(exp, rows)
+    if kind == "final":
+        lines += series_table(exp)
     md_path = os.path.join(out, f"summary_{exp.name}.md")
     storage.write_text(md_path, f"{exp.name} ({exp.manifest['config']}:"
                        f"{exp.manifest['scale']}); mean ± std over seeds\n\n"
@@ -529,16 +531,60 @@ def _plot_sparsity(exp: ExperimentResults, ax, rows: list[dict]) -> None:
     ax.set_ylabel("pre-activations with |σ''| > threshold (%)")
 
 
+def probe_series(runs: list[dict], name: str) -> dict[int, tuple[float, float]]:
+    """The probe figure `name` of `runs` by step: {step: (mean, std) over runs}, at the
+    steps every run probed."""
+    series = [{p["step"]: p[name] for p in read_probes(r["dir"]) if name in p} for r in runs]
+    steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    return {t: mean_std([s[t] for s in series]) for t in steps}
+
+
+def _series_groups(exp: ExperimentResults) -> tuple[list, list[str]]:
+    """The groups PLOT["series"] covers (at PLOT["series_at"]'s swept values, and the
+    unregularized ones) and the tags that name them."""
+    at = set(exp.plot.get("series_at", ()))
+    x = exp.plot.get("x")
+    groups = [(key, runs) for key, runs in exp.groups.items() if runs and (
+        not at or dict(key).get("method") == "none" or dict(key).get(x) in at)]
+    names = [t for t in exp.tag_names if t not in (x,)] if at else list(exp.tag_names)
+    return sorted(groups, key=lambda kv: str(kv[0])), names
+
+
+def series_table(exp: ExperimentResults) -> list[str]:
+    """PLOT["series"]'s probe figures per group and probed step, mean ± std over seeds (the
+    numbers behind summary_<experiment>_series.png)."""
+    fields = exp.plot.get("series", ())
+    groups, names = _series_groups(exp)
+    if not fields or not groups:
+        return []
+    x = exp.plot.get("x")
+    at = exp.plot.get("series_at", ())
+    where = f" at {LABELS.get(x, x)} {', '.join(map(format_value, at))}" if at else ""
+    header = names + ["step"] + list(fields)
+    lines = ["", f"**Probes over training**{where} (mean ± std over seeds; — where a "
+             "figure is undefined at that step)", "",
+             f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
+    for key, runs in groups:
+        tags = dict(key)
+        per_field = [probe_series(runs, name) for name in fields]
+        for step in sorted(set().union(*per_field)):
+            cells = [format_value(tags[n]) if n in tags else "—" for n in names]
+            cells.append(str(step))
+            cells += [fmt(*series[step], digits=3) if step in series else "—"
+                      for series in per_field]
+            lines.append(f"| {' | '.join(cells)} |")
+    return lines
+
+
 def _plot_band(ax, runs: list[dict], name: str, label: str, alpha: float) -> None:
     """The probe figure `name` of `runs` against the step: mean over runs, band ± std, at
     the steps every run probed."""
-    series = [{p["step"]: p[name] for p in read_probes(r["dir"]) if name in p} for r in runs]
-    steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
-    if not steps:
+    stats = probe_series(runs, name)
+    if not stats:
         return
-    values = [[s[t] for s in series] for t in steps]
-    mean = [statistics.fmean(v) for v in values]
-    std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+    steps = sorted(stats)
+    mean = [stats[t][0] for t in steps]
+    std = [0.0 if math.isnan(stats[t][1]) else stats[t][1] for t in steps]
     line, = ax.plot(steps, mean, marker="o", ms=3, label=label)
     ax.fill_between(steps, [m - s for m, s in zip(mean, std)],
                     [m + s for m, s in zip(mean, std)], alpha=alpha, color=line.get_color())
@@ -662,8 +708,7 @@ def plot_probe_series(exp: ExperimentResults, rows: list[dict], out: str) -> str
     fields = exp.plot.get("series", ())
     at = set(exp.plot.get("series_at", ()))
     x = exp.plot.get("x")
-    groups = [(key, runs) for key, runs in exp.groups.items() if runs and (
-        not at or dict(key).get("method") == "none" or dict(key).get(x) in at)]
+    groups, names = _series_groups(exp)
     if not fields or not groups:
         return None
     import matplotlib
@@ -672,9 +717,8 @@ def plot_probe_series(exp: ExperimentResults, rows: list[dict], out: str) -> str
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(fields), figsize=(5.2 * len(fields), 4.2), squeeze=False)
-    names = [t for t in exp.tag_names if t not in (x,)] if at else exp.tag_names
     for ax, name in zip(axes[0], fields):
-        for key, runs in sorted(groups, key=lambda kv: str(kv[0])):
+        for key, runs in groups:
             _plot_band(ax, runs, name, _label(dict(key), names), alpha=0.15)
         ax.set_xlabel("training step")
         ax.set_title(name, fontsize=9)
