@@ -119,7 +119,7 @@ def test_contrasts_run_in_the_pilots_label_noise_regime_with_the_study_probes():
     # the study: each arm's rho x 8 seeds; its seed-0 runs at a bracket rho are the
     # bracket's (the same config, so the sweep finds them finished)
     study = sweep.expand(m, "study")
-    assert len(study) == 8 * (2 + sum(map(len, m.STUDY_RHOS.values()))) == 264
+    assert len(study) == 8 * (2 + sum(map(len, m.STUDY_RHOS.values()))) == 272
     names = {p.name for p in bracket}
     shared = [p for p in study if p.name in names]
     assert shared and all(p.tag_dict["seed"] == 0 for p in shared)
