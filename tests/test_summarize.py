@@ -25,8 +25,8 @@ def test_summarize_mean_and_std_over_seeds_on_fake_runs(tmp_path):
     points.append({"name": "pending", "tags": {**tags, "seed": 1}})  # never ran
     points.append(fake_run(w, "gn-0", {"activation": "relu", "method": "gn_trace",
                                        "sigma2": 0.01, "seed": 0}, 0.7))  # another tag
-    write_manifest(w, "e1", {"kind": "final", "x": "rho", "lines": ("method", "activation")},
-                   points)
+    write_manifest(w, "e1", {"kind": "final", "x": "rho", "lines": ("method", "activation"),
+                             "zoom_range": [60, 90], "zoom_x": [0.05, 0.2]}, points)
     assert summarize.main([str(w)]) == 0
     table = (w / "summary_e1.md").read_text()
     assert "| relu | gp | 0.1 | — | 2 | 85.00 ± 7.07 |" in table  # std with ddof 1

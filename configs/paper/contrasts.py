@@ -84,6 +84,7 @@ SURROGATES = ("relu_synthetic_nme", "relu_spike_nme")
 SURROGATE_BETA = 1.0
 PROBE_EPOCHS = 10  # probes at steps 0, 310, 620, 930: about 60 s of a 3-minute run
 PLOT = {"kind": "final", "x": "rho", "lines": ("activation", "method"), "symlog_x": 0.05,
+        "zoom_range": (81.5, 85.5), "zoom_x": (0.08, 0.6),  # the arms' best, far above plain
         "contrasts": [["method", "gp", "sam"], ["method", "gp", "gp_no_nme"],
                       ["activation", "gelu", "gelu_nme_ablated"],
                       ["activation", "relu_synthetic_nme", "relu"],

@@ -31,6 +31,9 @@ The plot settings (each experiment file's PLOT) may add
   "symlog_x": T          an x axis linear up to T and logarithmic above
   "zoom": P              a second row of panels showing P points below the
                          unregularized runs' accuracy (collapsed runs hide the rest)
+  "zoom_range": [LO, HI] a second row of panels showing accuracies LO-HI (%), where
+                         the regularized runs sit far above the unregularized ones
+  "zoom_x": [LO, HI]     the zoomed row's range of the swept value
   "contrasts": [[TAG, A, B], ...]
                          a table of the difference A - B in mean test accuracy
                          between the groups that differ only in TAG (B None:
@@ -627,7 +630,8 @@ def plot(exp: ExperimentResults, rows: list[dict], out: str) -> str:
         _plot_traces(exp, axes)
     else:
         panels = _panels(exp, rows)
-        zoom = exp.plot.get("zoom") if exp.kind == "final" else None
+        zoom_range = exp.plot.get("zoom_range") if exp.kind == "final" else None
+        zoom = (exp.plot.get("zoom") or zoom_range) if exp.kind == "final" else None
         fig, axes = plt.subplots(2 if zoom else 1, len(panels),
                                  figsize=(6.5 * len(panels), 8.6 if zoom else 4.8),
                                  sharey="row", squeeze=False)
@@ -641,7 +645,11 @@ def plot(exp: ExperimentResults, rows: list[dict], out: str) -> str:
                 elif exp.plot.get("symlog_x"):  # linear near 0 (the plain run), log above
                     ax.set_xscale("symlog", linthresh=exp.plot["symlog_x"])
                     ax.set_xlim(left=-0.02 * exp.plot["symlog_x"])
-                if zoomed:  # around the unregularized runs: the differences that matter
+                if zoomed and exp.plot.get("zoom_x"):
+                    ax.set_xlim(*exp.plot["zoom_x"])
+                if zoomed and zoom_range:
+                    ax.set_ylim(*zoom_range)
+                elif zoomed:  # around the unregularized runs: the differences that matter
                     plain = [100 * r["test_acc_mean"] for r in rows if r.get("method") == "none"]
                     if plain:
                         ax.set_ylim(min(plain) - zoom, max(plain) + zoom / 4)
