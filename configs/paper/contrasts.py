@@ -92,7 +92,7 @@ PLOT = {"kind": "final", "x": "rho", "lines": ("activation", "method"), "symlog_
                       ["activation", "gelu", "relu"]],
         "series": ["nme_split/activation_norm_share", "nme_split/gauss_newton_to_nme_norm",
                    "dead_units/mean", "stability/ratio"],
-        "series_at": [0.3]}  # the penalty's best rho for every arm but the beta-GELU surrogate
+        "series_at": [0.3]}  # at or next to each arm's best (0.2-0.4; not gp_no_nme's)
 
 
 def surrogate(name: str) -> list[Point]:
