@@ -49,9 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
     # -- regularizers ----------------------------------------------------
     # A list of (name, {kwargs}) applied to the objective in order, innermost
     # first (nme_train.regularizers): sam(rho, adaptive, m), gradient_penalty(rho,
-    # power, nme, mode), weight_noise(sigma), hessian_trace_penalty(coef,
-    # num_probes), gauss_newton_trace_penalty(coef, num_samples, estimator: hutchinson |
-    # sampled_labels (the paper's; biased gradient) | sampled_labels_score).
+    # power, nme, mode, update: H | G | G+NME_act | G+NME_rest), weight_noise(sigma),
+    # hessian_trace_penalty(coef, num_probes), gauss_newton_trace_penalty(coef,
+    # num_samples, estimator: hutchinson | sampled_labels (the paper's; biased gradient) |
+    # sampled_labels_score).
     # E.g. (("gradient_penalty", {"rho": 0.1}),); () = plain training. On the command
     # line: --config.regularizers="(('sam', {'rho': 0.05}),)"
     c.regularizers = ()

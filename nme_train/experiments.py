@@ -119,6 +119,12 @@ METHODS = {
     "sam": ("rho", lambda h, **kw: ("sam", {"rho": h, **kw})),
     "gp": ("rho", lambda h, **kw: ("gradient_penalty", {"rho": h, **kw})),
     "gp_no_nme": ("rho", lambda h, **kw: ("gradient_penalty", {"rho": h, "nme": False, **kw})),
+    # the penalty whose update keeps one source of the NME: the activations' sigma''
+    # (G + NME_act) or the rest (G + NME_rest, the penalty on the sigma''-ablated network)
+    "gp_nme_act": ("rho", lambda h, **kw: ("gradient_penalty",
+                                            {"rho": h, "update": "G+NME_act", **kw})),
+    "gp_nme_rest": ("rho", lambda h, **kw: ("gradient_penalty",
+                                             {"rho": h, "update": "G+NME_rest", **kw})),
     "weight_noise": ("sigma2", lambda h, **kw: ("weight_noise", {"sigma": math.sqrt(h), **kw})),
     "hessian_trace": ("sigma2", lambda h, **kw: ("hessian_trace_penalty",
                                                   {"coef": h / 2, **kw})),

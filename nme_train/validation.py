@@ -20,6 +20,7 @@ from nme_train.models.activations import ablated_twin, activation_params
 from nme_train.models.layers import BATCH_NORM_MODES
 from nme_train.optim import SCHEDULES, WEIGHT_DECAY_ON, optimizer_names
 from nme_train.regularizers import REGISTRY as REGULARIZERS
+from nme_train.regularizers.gradient_penalty import NEEDS_TWIN as PENALTY_NEEDS_TWIN
 from nme_train.sharding import AXES, mesh_shape
 from nme_train.storage import StorageError, check_scheme
 
@@ -130,6 +131,14 @@ def _check_regularizers(problems: list[str], config: Any, num_devices: int) -> N
         except (TypeError, ValueError) as e:
             problems.append(f"{field}: {e}")
             continue
+        update = kwargs.get("update", "H")
+        activation = config.model.activation
+        if (name == "gradient_penalty" and update in PENALTY_NEEDS_TWIN
+                and activation in activation_names() and ablated_twin(activation) is None):
+            problems.append(f"{field}: gradient_penalty update={update!r} splits the NME "
+                            "with the activation's ablated twin, and config.model.activation="
+                            f"{activation!r} has none; use update 'H' or 'G', or register one "
+                            "(register_activation(..., ablated_twin=))")
         m = kwargs.get("m")
         if name == "sam" and m and isinstance(config.batch_size, int):
             per_device = config.batch_size // max(num_devices, 1)

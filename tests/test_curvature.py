@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 from nme_train import curvature as cv
 from nme_train.models import get_activation
 from nme_train.models.activations import gelu
+from tests.dense_split import dense_split, split_model
 
 pytestmark = pytest.mark.usefixtures("float64")  # double precision (tests/conftest.py)
 
@@ -403,56 +404,6 @@ def test_empirical_fisher_and_every_figure_on_it_match_the_dense_matrix(name):
     assert record["matvecs"] == settings.matvecs_per_kind()
 
 
-def split_model(kind, batch_norm):
-    """A tiny MLP or CNN written out, with each activation's pre-activation returned and an
-    optional perturbation `delta` added to each activation's output (to read the
-    backpropagated signal at every unit); BatchNorm with the batch's statistics."""
-    def norm(p, name, a, axes):
-        if not batch_norm:
-            return a
-        mean = jnp.mean(a, axis=axes, keepdims=True)
-        var = jnp.mean((a - mean) ** 2, axis=axes, keepdims=True)
-        return (a - mean) / jnp.sqrt(var + 1e-5) * p[f"{name}_scale"] + p[f"{name}_offset"]
-
-    def apply(params, x, act, delta=None):
-        pre = []
-
-        def unit(a, i):
-            pre.append(a)
-            h = act(a)
-            return h if delta is None else h + delta[i]
-
-        if kind == "mlp":
-            h = unit(norm(params, "n1", x @ params["w1"] + params["b1"], (0,)), 0)
-            h = unit(norm(params, "n2", h @ params["w2"] + params["b2"], (0,)), 1)
-            z = h @ params["w3"] + params["b3"]
-        else:
-            y = jax.lax.conv_general_dilated(x, params["k"], (1, 1), "VALID",
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-            h = unit(norm(params, "n1", y + params["c"], (0, 1, 2)), 0)
-            z = jnp.mean(h, axis=(1, 2)) @ params["w"] + params["b"]
-        return z, pre
-
-    rng = np.random.default_rng(7)
-    if kind == "mlp":
-        params = {"w1": rng.normal(size=(D, 4)), "b1": rng.normal(size=4) * 0.3,
-                  "w2": rng.normal(size=(4, 4)) * 0.7, "b2": rng.normal(size=4) * 0.3,
-                  "w3": rng.normal(size=(4, C)), "b3": rng.normal(size=C) * 0.1}
-        widths = {"n1": 4, "n2": 4}
-        x = rng.normal(size=(6, D))
-    else:
-        params = {"k": rng.normal(size=(3, 3, 1, 2)), "c": rng.normal(size=2) * 0.3,
-                  "w": rng.normal(size=(2, C)), "b": rng.normal(size=C) * 0.1}
-        widths = {"n1": 2}
-        x = rng.normal(size=(6, 5, 5, 1))
-    if batch_norm:
-        for name, width in widths.items():
-            params[f"{name}_scale"] = 1.0 + 0.2 * rng.normal(size=width)
-            params[f"{name}_offset"] = 0.2 * rng.normal(size=width)
-    batch = {"inputs": jnp.asarray(x), "targets": jnp.asarray(rng.integers(0, C, 6))}
-    return apply, jax.tree.map(jnp.asarray, params), batch
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,batch_norm", [("mlp", False), ("mlp", True), ("cnn", False),
                                              ("cnn", True)])
@@ -469,20 +420,9 @@ def test_nme_split_by_source_matches_the_activation_second_derivative_terms(kind
     curv = cv.Curvature(lambda p, x: apply(p, x, act)[0], loss,
                         ablated_apply_fn=lambda p, x: apply(p, x, twin)[0])
     flat, unravel = ravel_pytree(params)
-    z, pre = apply(params, batch["inputs"], act)
-    r = loss.residual(z, batch["targets"])  # dL/dz of the batch mean, held fixed
-    nme = np.asarray(jax.hessian(lambda f: jnp.sum(r * apply(unravel(f), batch["inputs"],
-                                                             act)[0]))(flat))
-    zeros = [jnp.zeros_like(a) for a in pre]
-    signal = jax.grad(lambda d: jnp.sum(r * apply(params, batch["inputs"], act, d)[0]))(zeros)
-    second = jax.vmap(jax.grad(jax.grad(act)))
-    nme_act = 0.0
-    for i, a in enumerate(pre):
-        J = jax.jacfwd(lambda f, i=i: apply(unravel(f), batch["inputs"], act)[1][i]
-                       .reshape(-1))(flat)  # [units, P]
-        weight = (signal[i] * second(a.reshape(-1)).reshape(a.shape)).reshape(-1)
-        nme_act = nme_act + np.asarray(J.T @ (weight[:, None] * J))
-    dense = {"nme": nme, "nme_activation": nme_act, "nme_rest": nme - nme_act}
+    dense = {k: v for k, v in dense_split(apply, params, batch, act, loss).items()
+             if k in ("nme", "nme_activation", "nme_rest")}
+    nme, nme_act = dense["nme"], dense["nme_activation"]
     assert np.abs(nme_act).max() > 1e-2 and np.abs(nme - nme_act).max() > 1e-2
     v = jnp.asarray(np.random.default_rng(1).normal(size=flat.shape))
     for name in ("nme_activation", "nme_rest"):

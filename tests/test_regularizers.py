@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nme_train import regularizers as reg
-from nme_train.models.activations import gelu
+from nme_train.models.activations import gelu, gelu_nme_ablated
 from nme_train.regularizers.dense_reference import mlp_references, penalty_gradients
 from nme_train.regularizers.dense_reference import problem as tiny_problem
 from nme_train.regularizers.trace_penalties import sample_labels
@@ -101,6 +101,132 @@ def test_gradient_penalty_power2_and_without_nme(problem):
     obj = reg.gradient_penalty(rho, nme=False)(reg.objective(mlp, ce))
     np.testing.assert_allclose(obj(params, batch, jax.random.PRNGKey(0))[0], value, rtol=1e-12)
     assert not np.allclose(d["H"] @ g, d["G"] @ g)  # the NME is not zero here
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,batch_norm", [("mlp", False), ("mlp", True), ("cnn", True)])
+@pytest.mark.parametrize("power", [1, 2])
+def test_gradient_penalty_update_by_source_matches_dense_matrices(kind, batch_norm, power):
+    """g + rho ||g||^(power-2) M g for M = H, G, G + NME_act, G + NME_rest, with every M
+    built from dense float64 matrices and NME_act from the sigma'' terms (no twin), on a
+    tiny GELU network with and without BatchNorm (batch statistics)."""
+    from nme_train.curvature import softmax_cross_entropy
+    from tests.dense_split import dense_split, split_model
+
+    apply, params, batch = split_model(kind, batch_norm)
+    loss = softmax_cross_entropy()
+    d = dense_split(apply, params, batch, gelu, loss)
+    g, rho = d["grad"], 0.3
+    scale = 1.0 / np.linalg.norm(g) if power == 1 else 1.0
+    matrices = {"H": d["hessian"], "G": d["gauss_newton"],
+                "G+NME_act": d["gauss_newton"] + d["nme_activation"],
+                "G+NME_rest": d["gauss_newton"] + d["nme_rest"]}
+    # the four updates differ: each source moves the update here
+    products = [m @ g for m in matrices.values()]
+    assert min(np.linalg.norm(a - b) for i, a in enumerate(products)
+               for b in products[i + 1:]) > 1e-3 * np.linalg.norm(products[0])
+    obj = reg.objective(lambda p, x: apply(p, x, gelu)[0], loss,
+                        ablated_apply_fn=lambda p, x: apply(p, x, gelu_nme_ablated)[0])
+    for update, matrix in matrices.items():
+        penalized = reg.gradient_penalty(rho, power=power, update=update)(obj)
+        (value, _), grads = jax.jit(jax.value_and_grad(penalized, has_aux=True))(
+            params, batch, jax.random.PRNGKey(0))
+        np.testing.assert_allclose(ravel_pytree(grads)[0], g + rho * scale * matrix @ g,
+                                   rtol=1e-9, atol=1e-12, err_msg=update)
+        norm = np.linalg.norm(g)  # the value is the penalized loss whatever the update
+        np.testing.assert_allclose(
+            value, loss(apply(params, batch["inputs"], gelu)[0], batch["targets"])
+            + rho * (norm if power == 1 else 0.5 * norm**2), rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_gradient_penalty_g_plus_nme_rest_is_the_penalty_on_the_ablated_network():
+    """update="G+NME_rest" on GELU equals the plain penalty (update H) on the network whose
+    activations are GELU's sigma''-ablated twins; with ReLU (no sigma'') G+NME_act equals G
+    and G+NME_rest equals H."""
+    from nme_train.curvature import softmax_cross_entropy
+    from tests.dense_split import split_model
+
+    apply, params, batch = split_model("mlp", True)
+    loss = softmax_cross_entropy()
+    key = jax.random.PRNGKey(0)
+
+    def update(act, twin, which):
+        obj = reg.objective(lambda p, x: apply(p, x, act)[0], loss,
+                            ablated_apply_fn=lambda p, x: apply(p, x, twin)[0])
+        grads = jax.grad(lambda p: reg.gradient_penalty(0.4, update=which)(obj)(
+            p, batch, key)[0])(params)
+        return ravel_pytree(grads)[0]
+
+    np.testing.assert_allclose(update(gelu, gelu_nme_ablated, "G+NME_rest"),
+                               update(gelu_nme_ablated, gelu_nme_ablated, "H"), rtol=1e-11,
+                               atol=1e-13)
+    assert not np.allclose(update(gelu, gelu_nme_ablated, "G+NME_rest"),
+                           update(gelu, gelu_nme_ablated, "H"), rtol=1e-4)
+    relu = jax.nn.relu
+    np.testing.assert_allclose(update(relu, relu, "G+NME_act"), update(relu, relu, "G"),
+                               rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(update(relu, relu, "G+NME_rest"), update(relu, relu, "H"),
+                               rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.slow
+def test_trainer_objective_carries_the_ablated_twin_of_a_batch_norm_cnn():
+    """The trainer's objective (flax CNN with BatchNorm in training mode, GELU) updates by
+    g + rho (G + NME_act) g^ with the probes' operators on the same model (themselves
+    checked against dense matrices in tests/test_curvature.py), and keeps the running
+    statistics of the clean pass."""
+    import ml_collections
+
+    from nme_train.curvature import Curvature, softmax_cross_entropy
+    from nme_train.models import build_ablated_model, build_model
+    from nme_train.train.step import make_loss_fn, make_objective
+
+    m = ml_collections.ConfigDict({"name": "cnn", "activation": "gelu", "beta": 1.0,
+                                   "batch_norm": True, "features": (2,), "hidden": (4,),
+                                   "pool": "avg", "dtype": "float64",
+                                   "param_dtype": "float64"})
+    model, twin = build_model(m, 3), build_ablated_model(m, 3)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 4, 4, 1)))
+    y = jnp.asarray([0, 1, 2, 0, 1, 2])
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+    rho = 0.5
+    obj = make_objective(model, state, make_loss_fn(), reg.gradient_penalty(
+        rho, update="G+NME_act"), twin)
+    grads, aux = jax.grad(obj, has_aux=True)(params, {"inputs": x, "targets": y},
+                                             jax.random.PRNGKey(0))
+
+    def applied(module):
+        return lambda p, inputs: module.apply({"params": p, **state}, inputs, train=True,
+                                              mutable=["batch_stats"])[0]
+
+    curv = Curvature(applied(model), softmax_cross_entropy(), ablated_apply_fn=applied(twin))
+    batches = [{"inputs": x, "targets": y}]
+    g = curv.gradient(params, batches)
+    ghat = jax.tree.map(lambda a: a / float(ravel_pytree(g)[0] @ ravel_pytree(g)[0]) ** 0.5, g)
+    mg = [ravel_pytree(curv.operator(k, params, batches)(ghat))[0]
+          for k in ("gauss_newton", "nme_activation")]
+    expected = ravel_pytree(g)[0] + rho * (mg[0] + mg[1])
+    np.testing.assert_allclose(ravel_pytree(grads)[0], expected, rtol=1e-9, atol=1e-12)
+    assert np.linalg.norm(mg[1]) > 1e-3 * np.linalg.norm(mg[0])  # NME_act moves it
+    _, new_state = model.apply({"params": params, **state}, x, train=True,
+                               mutable=["batch_stats"])
+    np.testing.assert_allclose(ravel_pytree(aux["state"])[0], ravel_pytree(new_state)[0],
+                               rtol=1e-12)
+
+
+def test_gradient_penalty_update_arguments_are_checked(problem):
+    params, batch = problem
+    with pytest.raises(ValueError, match="update='NME'"):
+        reg.gradient_penalty(0.1, update="NME")
+    with pytest.raises(ValueError, match="nme=False .* contradicts update='G\\+NME_act'"):
+        reg.gradient_penalty(0.1, nme=False, update="G+NME_act")
+    with pytest.raises(ValueError, match="needs mode='hvp'"):
+        reg.gradient_penalty(0.1, mode="double_backprop", update="G")
+    obj = reg.gradient_penalty(0.1, update="G+NME_act")(reg.objective(mlp, ce))  # no twin
+    with pytest.raises(ValueError, match="ablated_apply_fn"):
+        jax.grad(lambda p: obj(p, batch, jax.random.PRNGKey(0))[0])(params)
 
 
 def test_gradient_penalty_with_mse(problem):

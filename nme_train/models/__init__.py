@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 # the architectures: importing a module registers it
 from nme_train.models import cnn, mlp, resnet, wide_resnet  # noqa: F401
-from nme_train.models.activations import activation_names, get_activation
+from nme_train.models.activations import ablated_twin, activation_names, get_activation
 from nme_train.models.cnn import CNN
 from nme_train.models.mlp import MLP
 from nme_train.models.registry import MODELS, register_model
@@ -27,7 +27,8 @@ from nme_train.models.wide_resnet import WideResNet
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
           "float64": jnp.float64}
 
-__all__ = ["MODELS", "DTYPES", "build_model", "register_model", "get_activation",
+__all__ = ["MODELS", "DTYPES", "build_model", "build_ablated_model", "register_model",
+           "get_activation",
            "activation_names", "CNN", "MLP", "ResNet", "WideResNet"]
 
 
@@ -40,3 +41,19 @@ def build_model(model_config: Any, num_classes: int) -> nn.Module:
         c, num_classes=num_classes,
         activation=get_activation(c.activation, beta=c.get("beta", 1.0)),
         batch_norm=c.batch_norm, dtype=DTYPES[c.dtype], param_dtype=DTYPES[c.param_dtype])
+
+
+def build_ablated_model(model_config: Any, num_classes: int) -> nn.Module | None:
+    """The same model with its activation replaced by the activation's ablated twin (same
+    value and slope, sigma'' = 0; models/activations.py), or None when it has none.
+
+    It takes the same variables as `build_model`'s module and computes the same outputs;
+    only its second derivatives lack the activations' part (the NME split by source).
+    """
+    twin = ablated_twin(model_config.activation)
+    if twin is None:
+        return None
+    twin_config = model_config.copy_and_resolve_references()
+    with twin_config.unlocked():
+        twin_config.activation = twin
+    return build_model(twin_config, num_classes)

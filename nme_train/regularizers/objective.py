@@ -48,13 +48,18 @@ class Objective:
     # value is loss_fn(aux["outputs"], targets) with aux["outputs"] = apply_fn(params):
     # true for `objective(...)`, false once a transform has wrapped it.
     plain: bool = False
+    # The same network with each activation replaced by its ablated twin (same value and
+    # slope, sigma'' = 0), called like apply_fn: the gradient penalty's updates by source
+    # (G + NME_rest, G + NME_act) use it. None: the model has no such twin.
+    ablated_apply_fn: Callable[[Params, Any], Any] | None = None
 
     def __call__(self, params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Aux]:
         return self.value(params, batch, rng)
 
-    def outputs(self, params: Params, inputs: Any) -> Any:
-        """Model outputs only (the state update, if any, is dropped)."""
-        out = self.apply_fn(params, inputs)
+    def outputs(self, params: Params, inputs: Any, ablated: bool = False) -> Any:
+        """Model outputs only (the state update, if any, is dropped); of the ablated twin
+        with `ablated=True`."""
+        out = (self.ablated_apply_fn if ablated else self.apply_fn)(params, inputs)
         return out[0] if self.has_state else out
 
     def with_value(self, value: ValueFn) -> Objective:
@@ -64,11 +69,13 @@ class Objective:
 Transform = Callable[[Objective], Objective]
 
 
-def objective(apply_fn: Callable, loss_fn: Callable, has_state: bool = False) -> Objective:
+def objective(apply_fn: Callable, loss_fn: Callable, has_state: bool = False,
+              ablated_apply_fn: Callable | None = None) -> Objective:
     """The plain objective loss_fn(apply_fn(params, inputs), targets).
 
     With `has_state=True`, apply_fn returns (outputs, new_model_state), as a
-    flax model with BatchNorm does under `mutable=["batch_stats"]`.
+    flax model with BatchNorm does under `mutable=["batch_stats"]` (and so
+    does `ablated_apply_fn`, the network with its activations' ablated twins).
     """
 
     def value(params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Aux]:
@@ -78,7 +85,8 @@ def objective(apply_fn: Callable, loss_fn: Callable, has_state: bool = False) ->
         loss = loss_fn(outputs, batch["targets"])
         return loss, {"metrics": {"loss": loss}, "outputs": outputs, "state": state}
 
-    return Objective(value, apply_fn, loss_fn, has_state, plain=True)
+    return Objective(value, apply_fn, loss_fn, has_state, plain=True,
+                     ablated_apply_fn=ablated_apply_fn)
 
 
 def chain(*transforms: Transform) -> Transform:

@@ -29,8 +29,7 @@ from nme_train.curvature import Curvature, softmax_cross_entropy
 from nme_train.curvature.operators import OPERATORS
 from nme_train.curvature.probes import ProbeSettings, ProbeSuite, record_kinds
 from nme_train.data import train_batches
-from nme_train.models import build_model, get_activation
-from nme_train.models.activations import ablated_twin
+from nme_train.models import build_ablated_model, get_activation
 from nme_train.models.sparsity import activation_probe
 from nme_train.optim import stability_threshold
 from nme_train.sharding import global_batch
@@ -56,15 +55,9 @@ def probe_curvature(config: Any, spec: Any, model: Any) -> Curvature:
             return module.apply(variables, x, train=train)
         return apply_fn
 
-    twin = ablated_twin(config.model.activation)
-    ablated = None
-    if twin is not None:
-        twin_config = config.model.copy_and_resolve_references()
-        with twin_config.unlocked():
-            twin_config.activation = twin
-        ablated = applied(build_model(twin_config, spec.num_classes))
+    twin = build_ablated_model(config.model, spec.num_classes)
     return Curvature(applied(model), softmax_cross_entropy(config.label_smoothing),
-                     ablated_apply_fn=ablated)
+                     ablated_apply_fn=None if twin is None else applied(twin))
 
 
 class RunProbes:

@@ -21,7 +21,7 @@ import optax.tree_utils as otu
 from nme_train import regularizers
 from nme_train import sharding as shd
 from nme_train.data import DatasetSpec
-from nme_train.models import build_model
+from nme_train.models import build_ablated_model, build_model
 from nme_train.optim import learning_rate_schedule, make_optimizer
 from nme_train.train.step import (
     init_state,
@@ -75,7 +75,8 @@ def build_program(
     abstract_state = jax.eval_shape(init_fn)
     state_sharding = shd.tree_shardings(abstract_state, mesh, config.sharding.fsdp_min_size)
     train_step = jax.jit(
-        make_train_step(model, loss_fn, transform, tx, schedule, normalize),
+        make_train_step(model, loss_fn, transform, tx, schedule, normalize,
+                        build_ablated_model(config.model, spec.num_classes)),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, shd.replicated(mesh)),
         donate_argnums=0,

@@ -47,23 +47,28 @@ def make_loss_fn(label_smoothing: float = 0.0) -> Callable[[jax.Array, jax.Array
 
 
 def make_objective(model: nn.Module, model_state: Any, loss_fn: Callable,
-                   transform: reg.Transform) -> reg.Objective:
+                   transform: reg.Transform, twin: nn.Module | None = None) -> reg.Objective:
     """The (regularized) training objective of a flax model, as nme_train.regularizers sees it.
 
     In training mode BatchNorm normalises with the batch's own statistics, so
     the outputs are a function of the parameters alone; `model_state` only
     gives the collections to update. The objective's aux carries the new
     state from the clean pass (see each regularizer for which pass that is).
+    `twin` is the model with its activations' ablated twins (models.build_ablated_model),
+    for the regularizers that split the curvature by source.
     """
-    if model_state:
-        def apply_fn(params, inputs):
-            return model.apply({"params": params, **model_state}, inputs, train=True,
-                               mutable=list(model_state))
-    else:
-        def apply_fn(params, inputs):
-            return model.apply({"params": params}, inputs, train=True)
+    def applied(module):
+        if model_state:
+            def apply_fn(params, inputs):
+                return module.apply({"params": params, **model_state}, inputs, train=True,
+                                    mutable=list(model_state))
+        else:
+            def apply_fn(params, inputs):
+                return module.apply({"params": params}, inputs, train=True)
+        return apply_fn
 
-    return transform(reg.objective(apply_fn, loss_fn, has_state=bool(model_state)))
+    return transform(reg.objective(applied(model), loss_fn, has_state=bool(model_state),
+                                   ablated_apply_fn=None if twin is None else applied(twin)))
 
 
 def init_state(
@@ -92,6 +97,7 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     normalize: Callable[[jax.Array], jax.Array],
+    twin: nn.Module | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """train_step(state, batch) -> (new_state, metrics of this step).
 
@@ -102,7 +108,7 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
-        obj = make_objective(model, state.model_state, loss_fn, transform)
+        obj = make_objective(model, state.model_state, loss_fn, transform, twin)
         data = {"inputs": normalize(batch["image"]), "targets": batch["label"]}
         (value, aux), grads = jax.value_and_grad(obj, has_aux=True)(state.params, data, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
