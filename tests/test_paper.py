@@ -102,8 +102,9 @@ def test_contrasts_run_in_the_pilots_label_noise_regime_with_the_study_probes():
     m, pilot = module("contrasts"), module("regime")
     plain = pilot.get_config("pilot/regime=l4k,method=none,rho=0,seed=3")
     bracket = sweep.expand(m, "bracket")
-    # relu (none + SAM + GP), gelu (none + SAM + GP + GP without NME), three GP-only arms
-    assert len(bracket) == (1 + 2 * 5) + (1 + 3 * 5) + 3 * 5
+    # relu (none + SAM + GP; GP without NME over 8 rho), gelu (none + SAM + GP + GP without
+    # NME; GP with G + NME_act over 8 rho), three GP-only arms
+    assert len(bracket) == (1 + 2 * 5 + 8) + (1 + 3 * 5 + 8) + 3 * 5
     for point in bracket:
         config = m.get_config(f"bracket/{point.name}")
         validate(config, 8)
@@ -119,7 +120,7 @@ def test_contrasts_run_in_the_pilots_label_noise_regime_with_the_study_probes():
     # the study: each arm's rho x 8 seeds; its seed-0 runs at a bracket rho are the
     # bracket's (the same config, so the sweep finds them finished)
     study = sweep.expand(m, "study")
-    assert len(study) == 8 * (2 + sum(map(len, m.STUDY_RHOS.values()))) == 272
+    assert len(study) == 8 * (2 + sum(map(len, m.STUDY_RHOS.values()))) == 272 + 8 * 4 + 8 * 8
     names = {p.name for p in bracket}
     shared = [p for p in study if p.name in names]
     assert shared and all(p.tag_dict["seed"] == 0 for p in shared)
