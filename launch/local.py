@@ -14,11 +14,14 @@ and, for CPU runs (the default; --platform=gpu leaves devices alone),
 logs to <log_dir>/process_<i>.log (default: <workdir>/logs; for a gs:// workdir,
 which a log stream cannot be written to, ./logs/<bucket>/<path> on this machine).
 
-Failure propagates: when one process exits non-zero, the others are
-stopped (SIGTERM, then SIGKILL after --grace seconds), the launcher prints
-the dead process's log tail and exits with its code (1 if it was killed by
-a signal). SIGTERM/SIGINT to the launcher are forwarded to every process,
-which then save a checkpoint and exit 0 (the trainer's preemption path).
+Failure propagates: when one process fails (exits non-zero, other than 75), the
+others are stopped (SIGTERM, then SIGKILL after --grace seconds), the launcher
+prints the dead process's log tail and exits with its code (1 if it was killed
+by a signal). SIGTERM and SIGINT (Ctrl-C) to the launcher reach every process
+as SIGTERM (the processes run in their own sessions, so a Ctrl-C at the
+terminal reaches the launcher alone): they stop at one step, save a
+checkpoint and exit 75 (the trainer's preemption path), and so does the
+launcher: run the same command to resume.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import time
 
+PREEMPTED = 75  # nme_train.train.preemption.PREEMPTED_EXIT_CODE: saved, not finished
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -93,15 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         log_path = os.path.join(log_dir, f"process_{i}.log")
         log = open(log_path, "w", encoding="utf-8")
         procs.append(subprocess.Popen([sys.executable, "-m", "nme_train.main", *trainer_args],
-                                      cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+                                      cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
         logs.append(log_path)
     print(f"launch/local: {args.processes} process(es) x {args.devices} device(s), "
           f"coordinator 127.0.0.1:{port}, logs in {log_dir}", flush=True)
 
-    def forward(signum, frame):
+    def forward(signum, frame):  # the trainer's preemption signal, whichever arrived
         for p in procs:
             if p.poll() is None:
-                p.send_signal(signum)
+                p.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -113,12 +118,16 @@ def main(argv: list[str] | None = None) -> int:
         codes = [p.poll() for p in procs]
         # a process killed by a signal is the cause when others have exited since (their
         # collectives lost a peer): name it first, whichever poll saw them together
-        failures = [i for i, c in enumerate(codes) if c not in (None, 0)]
+        failures = [i for i, c in enumerate(codes) if c not in (None, 0, PREEMPTED)]
         failed = min(failures, key=lambda i: (codes[i] > 0, i)) if failures else None
-        if failed is not None or all(c == 0 for c in codes):
+        if failed is not None or all(c in (0, PREEMPTED) for c in codes):
             break
         time.sleep(0.2)
     echo(logs[0], shown)
+    if failed is None and PREEMPTED in codes:
+        print(f"launch/local: stopped at a checkpoint (exit {PREEMPTED}); run the same command "
+              "to resume", flush=True)
+        return PREEMPTED
     if failed is None:
         print("launch/local: all processes finished", flush=True)
         return 0

@@ -6,6 +6,11 @@
 In a multi-process job every process runs the same command; the job's
 layout comes from the environment (launch/, nme_train.distributed) or from
 --coordinator_address, --num_processes and --process_id.
+
+Exit codes: 0 finished (or nothing to do); 1 an `error:` line (bad config,
+workdir policy, ...); 3 the step watchdog; 75 stopped by SIGTERM/SIGINT
+before the last step, after saving a checkpoint (run the same command to
+resume; nme_train.train.preemption).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from nme_train import cli, distributed, logs
 from nme_train.train.checkpoint import CheckpointError
 from nme_train.train.loop import train_and_evaluate
 from nme_train.train.metrics import Diverged
+from nme_train.train.preemption import PREEMPTED_EXIT_CODE
 from nme_train.train.rundir import RunDirError
 from nme_train.validation import ConfigError
 
@@ -68,7 +74,7 @@ def main(argv: list[str]) -> None:
         _exit_error(f"unexpected arguments: {argv[1:]}; flags take the form --name=value")
     logs.setup(debug=flags.FLAGS.debug)  # plain lines; library chatter hidden unless --debug
 
-    def run() -> None:
+    def run() -> dict | None:
         try:
             distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         except ValueError as e:
@@ -77,10 +83,12 @@ def main(argv: list[str]) -> None:
             from nme_train.train.dry_run import dry_run, print_report
 
             print_report(dry_run(_CONFIG.value))
-            return
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value, extend=_EXTEND.value)
+            return None
+        return train_and_evaluate(_CONFIG.value, _WORKDIR.value, extend=_EXTEND.value)
 
-    cli.run_with_errors(run, USER_ERRORS)
+    result = cli.run_with_errors(run, USER_ERRORS)
+    if result and result.get("preempted"):  # saved, not finished: a scheduler restarts it
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 def run() -> None:

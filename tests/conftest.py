@@ -40,6 +40,39 @@ from configs import default  # noqa: E402
 from nme_train.config_fields import set_fields  # noqa: E402
 from nme_train.train.checkpoint import saved_steps  # noqa: E402
 
+SLURM_HINT = ("the checks against a real one-node SLURM cluster (tests/test_slurm.py, marker "
+              "`slurm`) were not selected: run them with `python -m pytest --slurm -m slurm "
+              "tests` as root where Debian's slurm-wlm and munge are installed (.ci/run does)")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slurm", action="store_true",
+                     help="also run the checks against a real SLURM cluster started on this "
+                          "machine (tests/test_slurm.py; needs Debian's slurm-wlm and munge)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without --slurm the SLURM checks are deselected (and the summary says so); with it, a
+    machine without SLURM is an error, not a skip."""
+    if config.getoption("--slurm"):
+        from tests.slurm_cluster import available
+
+        missing = available()
+        if missing:
+            raise pytest.UsageError(f"--slurm: {', '.join(missing)} not found; install "
+                                    "Debian's slurm-wlm and munge (apt-get install slurm-wlm "
+                                    "munge)")
+        return
+    slurm = [item for item in items if item.get_closest_marker("slurm")]
+    if slurm:
+        config.hook.pytest_deselected(items=slurm)
+        items[:] = [item for item in items if not item.get_closest_marker("slurm")]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not config.getoption("--slurm"):
+        terminalreporter.write_line(SLURM_HINT, yellow=True)
+
 
 @pytest.fixture(scope="module")
 def float64():

@@ -96,7 +96,7 @@ def test_kill_9_then_resume_is_bitwise_identical(data_dir, uninterrupted, tmp_pa
     assert_same_metric_lines(uninterrupted, workdir)
 
 
-def test_sigterm_saves_at_its_step_exits_0_and_resumes_exactly(data_dir, uninterrupted,
+def test_sigterm_saves_at_its_step_exits_75_and_resumes_exactly(data_dir, uninterrupted,
                                                                 tmp_path):
     workdir = str(tmp_path / "terminated")
     proc = start(cli_args(data_dir, workdir))
@@ -104,7 +104,7 @@ def test_sigterm_saves_at_its_step_exits_0_and_resumes_exactly(data_dir, uninter
     time.sleep(kill_delay("SIGTERM", 0.5))
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 75, err[-3000:]  # saved, not finished (preemption.py)
     line = [x for x in out.splitlines() if x.startswith("preempted by SIGTERM at step ")]
     assert len(line) == 1, out[-2000:]
     step = int(line[0].split("at step ")[1].split(";")[0])
@@ -248,6 +248,16 @@ def test_failed_save_is_reported_and_keeps_older_checkpoints(data_dir, tmp_path,
         train_and_evaluate(config, workdir, devices=jax.devices()[:1])
     state, meta = load_checkpoint(workdir)
     assert meta["step"] == 5 and "params" in state
+
+
+def test_a_failed_save_names_what_to_check_for_a_disk_or_a_bucket():
+    from nme_train.train.checkpoint import save_failure_fix
+
+    assert save_failure_fix("/runs/r50/checkpoints") == ("free disk space or fix the "
+                                                         "permissions of the workdir")
+    fix = save_failure_fix("gs://nme-runs/r50/checkpoints")
+    assert "bucket nme-runs exists" in fix and "roles/storage.objectAdmin" in fix
+    assert "disk" not in fix
 
 
 def test_unusable_checkpoint_dir_is_reported_before_training(data_dir, tmp_path):

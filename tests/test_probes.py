@@ -168,7 +168,7 @@ def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
 
     The job would run for long; once the tool has probed two of its
     checkpoints while it trains, the job is preempted (SIGTERM: it saves and
-    exits 0), and the tool probes that last checkpoint and stops when no new
+    exits 75), and the tool probes that last checkpoint and stops when no new
     one comes.
     """
     workdir = str(tmp_path / "job")
@@ -195,7 +195,7 @@ def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
         f"error: {workdir} is being written by another trainer (pid {job.pid} on host")
     job.send_signal(signal.SIGTERM)
     job_out, job_err = job.communicate(timeout=120)
-    assert job.returncode == 0, job_err[-3000:]
+    assert job.returncode == 75, job_err[-3000:]
     last = int(job_out.split("preempted by SIGTERM at step ")[1].split(";")[0])
     after_job = tree_digest(os.path.join(workdir, "checkpoints"))
     tool_out, tool_err = tool.communicate(timeout=300)

@@ -338,6 +338,49 @@ def test_workdir_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     assert not os.path.exists(tmp_path / "fresh")
 
 
+def test_workdir_lock_tells_a_restarted_holder_from_a_live_one(tmp_path, monkeypatch):
+    """A restarted Kubernetes pod has the same host name and the same pid 1 as the pod it
+    replaces, whose lock's heartbeat is seconds old: its new instance name (NME_INSTANCE,
+    the pod's name in launch/k8s) shows the holder is gone, and the lock is taken at once.
+    In one process table, a holder's pid reused by a later process is stale too; a lock
+    of the same host name from another process table without instance names stays live
+    until its heartbeat is old (nothing tells it is gone)."""
+    import socket
+
+    from nme_train.train import lock as lk
+
+    workdir = str(tmp_path / "w")
+    os.makedirs(workdir)
+    path = os.path.join(workdir, lk.LOCK_FILE)
+    other_table = {"host": socket.gethostname(), "pid": 1, "started": "then",
+                   "boot_id": "another-node", "pid_namespace": "pid:[1]", "start_ticks": 7}
+
+    def leave_lock(**fields):
+        with open(path, "w") as f:
+            json.dump({**other_table, **fields}, f)
+
+    monkeypatch.setenv("NME_INSTANCE", "nme-train-workers-0-0-bbbbb")
+    leave_lock(instance="nme-train-workers-0-0-aaaaa")
+    taken = lk.WorkdirLock(workdir).acquire()
+    assert ("its instance nme-train-workers-0-0-aaaaa was replaced by "
+            "nme-train-workers-0-0-bbbbb under the same host name") in taken.taken_over
+    assert json.loads(open(path).read())["instance"] == "nme-train-workers-0-0-bbbbb"
+    taken.release()
+    leave_lock(instance="nme-train-workers-0-0-bbbbb")  # the same instance: live
+    with pytest.raises(lk.WorkdirLocked, match=r"pid 1 on host .* \(nme-train-workers-0-0-bbbbb"):
+        lk.WorkdirLock(workdir).acquire()
+    monkeypatch.delenv("NME_INSTANCE")
+    leave_lock()  # no instance names: nothing tells, the heartbeat decides
+    with pytest.raises(lk.WorkdirLocked):
+        lk.WorkdirLock(workdir).acquire()
+    # this process table: a live pid that started after the holder is not the holder
+    leave_lock(pid=os.getpid(), **{k: v for k, v in lk.process_identity().items()
+                                  if k != "start_ticks"}, start_ticks=1)
+    taken = lk.WorkdirLock(workdir).acquire()
+    assert f"process {os.getpid()} on this host is another process" in taken.taken_over
+    taken.release()
+
+
 @pytest.mark.slow
 def test_probe_tool_reports_a_damaged_checkpoint_in_one_line(finished, data_dir, tmp_path):
     workdir = copy_of(finished, tmp_path)

@@ -91,7 +91,7 @@ def test_sigterm_stops_a_local_sweep_at_a_checkpoint_and_the_next_sweep_resumes(
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 1, out
+    assert proc.returncode == 75, out  # stopped, its runs saved: run it again to resume
     assert "stopping the runs" in out and "stopped at a checkpoint" in out
     assert "started method=none,rho=0,seed=1" not in out  # nothing new starts
     assert not (first / FINAL_FILE).exists() and os.listdir(first / "checkpoints")
@@ -126,10 +126,33 @@ def test_sweep_only_runs_the_points_with_a_tag(tmp_path, capsys):
     assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 18 + 18
 
 
+# sbatch stand-in: records the environment a job would start with, as sbatch(1) builds it
+# from --export: "ALL" (also the default) passes the submitting environment; further
+# entries are NAME or NAME=value, separated by commas (so a value cannot hold one: seen
+# with SLURM 22.05, a point name after CONFIG= was cut at its first comma). The real sbatch
+# is used by tests/test_slurm.py (--slurm).
+FAKE_SBATCH = """#!{python}
+import json, os, sys
+args, export = sys.argv[1:], "ALL"
+for arg in args:
+    if arg.startswith("--export="):
+        export = arg.split("=", 1)[1]
+items = export.split(",")
+env = dict(os.environ) if items[0] == "ALL" else {{}}
+for item in items[1:] if items[0] in ("ALL", "NONE") else items:
+    name, eq, value = item.partition("=")
+    env[name] = value if eq else os.environ.get(name, "")
+with open({log!r}, "a") as f:
+    f.write(json.dumps({{"args": args, "CONFIG": env.get("CONFIG"),
+                        "WORKDIR": env.get("WORKDIR")}}) + "\\n")
+print("Submitted batch job", os.getpid())
+"""
+
+
 def test_slurm_launcher_submits_one_job_per_pending_point(tmp_path):
     fake = tmp_path / "sbatch"
     log = tmp_path / "sbatch.log"
-    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\necho Submitted batch job $$\n")
+    fake.write_text(FAKE_SBATCH.format(python=sys.executable, log=str(log)))
     fake.chmod(0o755)
     workdir = tmp_path / "runs"
     finished = workdir / "activation=gelu,method=none,rho=0,seed=0"
@@ -139,16 +162,18 @@ def test_slurm_launcher_submits_one_job_per_pending_point(tmp_path):
                     "--launcher", "slurm", "--sbatch_args=--nodes=4 --time=24:00:00",
                     env={"SBATCH": str(fake)})
     assert out.returncode == 0, out.stderr
-    calls = log.read_text().splitlines()
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(calls) == 2 * 13 - 1  # (none + 6 GP + 6 GP without NME) x 2 seeds, one done
-    first = calls[0].split()
+    first = calls[0]["args"]
     assert first[:2] == ["--nodes=4", "--time=24:00:00"]
     assert first[-1].endswith("launch/slurm.sbatch")
     point = "activation=gelu,method=gp,rho=0.01,seed=0"  # seed 0 first: none,seed=0 is done
-    seeds_in_order = [int(c.split("seed=")[1].split(",")[0].split()[0]) for c in calls]
+    seeds_in_order = [int(c["CONFIG"].split("seed=")[1]) for c in calls]
     assert seeds_in_order == sorted(seeds_in_order)
-    assert f"--export=ALL,CONFIG=configs/paper/e10.py:imagenet/{point}," \
-        f"WORKDIR={workdir}/{point}" in calls[0]
+    # each job sees its whole point, commas and all
+    assert calls[0]["CONFIG"] == f"configs/paper/e10.py:imagenet/{point}"
+    assert calls[0]["WORKDIR"] == f"{workdir}/{point}"
+    assert len({c["CONFIG"] for c in calls}) == len(calls)
     assert out.stdout.count("Submitted batch job") == 25
 
 

@@ -32,10 +32,13 @@ Launchers:
   local  runs the pending points here, `--jobs` at a time (one log per run,
          DIR/P/train.log). With --jobs > 1 each run's XLA CPU backend is
          single-threaded (on a 2-core CPU two such runs gave 1.25x the
-         throughput of one multi-threaded run). SIGINT/SIGTERM are forwarded:
-         the runs checkpoint and stop, and the next sweep resumes them.
+         throughput of one multi-threaded run). SIGINT/SIGTERM reach the runs
+         as SIGTERM: they checkpoint and stop, the sweep exits 75, and the
+         next sweep resumes them.
   slurm  submits one job per pending point with launch/slurm.sbatch
-         (`sbatch [--sbatch_args] --export=ALL,CONFIG=..,WORKDIR=..`).
+         (`sbatch [--sbatch_args] --export=ALL launch/slurm.sbatch`, with CONFIG,
+         WORKDIR and REPO in sbatch's environment; checked against a real SLURM
+         in tests/test_slurm.py).
   print  prints the command of each pending point (for any other scheduler).
 """
 
@@ -65,6 +68,7 @@ from nme_train.experiments import (
     apply_overrides,
     check_grid,
 )
+from nme_train.train.preemption import PREEMPTED_EXIT_CODE
 from nme_train.train.rundir import (
     MACHINES_FILE,
     config_changes,
@@ -190,7 +194,8 @@ def command(path: str, scale: str, point: Point, workdir: str, python: str) -> l
 
 def run_local(path: str, scale: str, points: Sequence[Point], workdir: str, jobs: int,
               python: str) -> int:
-    """Runs the points `jobs` at a time; returns the number that failed."""
+    """Runs the points `jobs` at a time; returns the sweep's exit code: 1 when a run
+    failed, PREEMPTED_EXIT_CODE when a signal stopped the sweep (its runs saved), else 0."""
     env = dict(os.environ)
     if jobs > 1:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA}".strip()
@@ -218,7 +223,8 @@ def run_local(path: str, scale: str, points: Sequence[Point], workdir: str, jobs
                     {"started": started.isoformat(timespec="seconds"), **machine}) + "\n")
                 log = open(log_path(workdir, point), "a", encoding="utf-8")
                 proc = subprocess.Popen(command(path, scale, point, workdir, python), cwd=REPO,
-                                        env=env, stdout=log, stderr=subprocess.STDOUT)
+                                        env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)  # Ctrl-C: the sweep alone
                 running[proc] = (point, time.perf_counter(), log)
                 print(f"sweep: started {point.name}", flush=True)
             if not running:
@@ -234,7 +240,7 @@ def run_local(path: str, scale: str, points: Sequence[Point], workdir: str, jobs
                     print(f"sweep: [{done}/{len(points)}] {point.name}: eval accuracy "
                           f"{final.get('eval/accuracy', float('nan')):.4f} in {seconds:.0f} s",
                           flush=True)
-                elif proc.returncode == 0:  # stopped by a signal after checkpointing
+                elif proc.returncode == PREEMPTED_EXIT_CODE:  # stopped by a signal, saved
                     print(f"sweep: [{done}/{len(points)}] {point.name}: stopped at a "
                           "checkpoint", flush=True)
                 elif read_diverged(os.path.join(workdir, point.name)) is not None:
@@ -250,21 +256,30 @@ def run_local(path: str, scale: str, points: Sequence[Point], workdir: str, jobs
             signal.signal(s, handler)
     print(f"sweep: {done} run(s) in {time.perf_counter() - sweep_start:.0f} s; "
           f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}", flush=True)
-    return len(failed) + (1 if stopping else 0)
+    return 1 if failed else PREEMPTED_EXIT_CODE if stopping else 0
 
 
 def run_slurm(path: str, scale: str, points: Sequence[Point], workdir: str,
               sbatch_args: str) -> int:
+    """Submits one launch/slurm.sbatch job per point; returns the number refused.
+
+    The point reaches its job through sbatch's environment: sbatch copies the submitting
+    environment into the job with --export=ALL (sbatch(1), "--export"), while the
+    variables listed in an --export value are split at every comma, which a point's name
+    and config string contain.
+    """
     sbatch = os.environ.get("SBATCH", "sbatch")
     failed = 0
     for point in points:
         run_dir = storage.absolute(os.path.join(workdir, point.name))
         output = os.path.abspath(os.path.dirname(log_path(workdir, point)))
         cmd = [sbatch, *shlex.split(sbatch_args), f"--job-name={point.name}",
-               f"--output={output}/slurm-%j.out",
-               f"--export=ALL,CONFIG={path}:{scale}/{point.name},WORKDIR={run_dir}",
+               f"--output={output}/slurm-%j.out", "--export=ALL",
                os.path.join(REPO, "launch", "slurm.sbatch")]
-        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+        env = {**os.environ, "CONFIG": f"{path}:{scale}/{point.name}", "WORKDIR": run_dir,
+               "REPO": REPO}
+        result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                                check=False)
         status = result.stdout.strip() or result.stderr.strip()
         print(f"sweep: {point.name}: {status}", flush=True)
         failed += result.returncode != 0
@@ -308,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.launcher == "slurm":
         return 1 if run_slurm(path, scale, pending, args.workdir, args.sbatch_args) else 0
-    return 1 if run_local(path, scale, pending, args.workdir, args.jobs, args.python) else 0
+    return run_local(path, scale, pending, args.workdir, args.jobs, args.python)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,17 @@ def _finished(checkpoint: str) -> bool:
     return storage.isdir(os.path.join(checkpoint, META_ITEM))
 
 
+def save_failure_fix(directory: str) -> str:
+    """What to check when a save into `directory` failed: the disk, or the bucket."""
+    if storage.is_remote(directory):
+        bucket = directory.split("://", 1)[1].split("/", 1)[0]
+        return (f"check that bucket {bucket} exists and that this machine's credentials (its "
+                "service account, or GOOGLE_APPLICATION_CREDENTIALS) may create and delete "
+                "objects in it (roles/storage.objectAdmin), and that no retention policy, "
+                "object hold or quota on the bucket refuses the writes")
+    return "free disk space or fix the permissions of the workdir"
+
+
 class Checkpointer:
     """Saves and restores TrainStates in DIR/checkpoints with an orbax CheckpointManager."""
 
@@ -184,8 +195,8 @@ class Checkpointer:
         except Exception as e:
             raise CheckpointError(
                 f"saving a checkpoint into {self.directory} failed: {type(e).__name__}: {e}. "
-                "Older checkpoints were left in place; free disk space or fix the "
-                "permissions of the workdir, then rerun the same command to resume."
+                f"Older checkpoints were left in place; {save_failure_fix(self.directory)}, "
+                "then rerun the same command to resume."
             ) from e
         finally:
             self._pending = None

@@ -7,13 +7,21 @@ The trainer's process 0 takes WORKDIR/writer.lock before anything is written
 run ends; a second trainer refuses with one line naming the holder.
 
 The lock file is created exclusively (O_CREAT | O_EXCL) and holds the
-holder's host, pid and start time; a thread touches it every HEARTBEAT_S
-seconds while the holder lives. In a bucket the same lock is an object created
+holder's host, pid and start time, the identity of its process table (the
+kernel's boot id and the pid namespace), the process's own start time in
+that table, and the scheduler's name for its instance (NME_INSTANCE: the
+Kubernetes manifests set it to the pod's name); a thread touches it every
+HEARTBEAT_S seconds while the holder lives. In a bucket the same lock is an object created
 with a generation precondition (only if absent), its heartbeat a metadata field
 set only while the object keeps the holder's generation (_LockObject).
-A lock is stale, and taken over with a warning, when its holder is gone: on
-the same host, its pid no longer runs; on another host (a shared file system,
-a bucket), its heartbeat is older than STALE_S.
+A lock is stale, and taken over with a warning, when its holder is gone: in
+the same process table, its pid no longer runs or now belongs to a process
+started later; under the same host name but another instance (a restarted
+pod: same host name, same pid 1, a new pod name), at once; otherwise (another
+host: a shared file system, a bucket), when its heartbeat is older than
+STALE_S. A Kubernetes Job with a pod failure policy creates a pod's
+replacement only once the old pod has terminated, so a new instance name
+under the same host name means the holder is gone.
 A killed trainer (kill -9, a lost node) therefore never blocks its rerun for
 long. The take-over itself is exclusive: the stale file is renamed away
 first (one renamer wins; in a bucket, deleted only if it still has the
@@ -42,6 +50,34 @@ class WorkdirLocked(RunDirError):
     """Another live trainer holds the workdir; the message names it."""
 
 
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time, in clock ticks since boot (proc(5): /proc/PID/stat, 22)."""
+    stat = _read(f"/proc/{pid}/stat")
+    try:  # the command name (field 2) may hold spaces: count from its closing parenthesis
+        return int(stat.rsplit(")", 1)[1].split()[19]) if stat else None
+    except (IndexError, ValueError):
+        return None
+
+
+def process_identity(pid: int | None = None) -> dict:
+    """What tells this process apart from an earlier holder of the same host name and pid."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        namespace = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        namespace = None
+    return {"boot_id": _read("/proc/sys/kernel/random/boot_id"), "pid_namespace": namespace,
+            "start_ticks": _start_ticks(pid), "instance": os.environ.get("NME_INSTANCE", "")}
+
+
 def _pid_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -54,18 +90,29 @@ def _pid_running(pid: int) -> bool:
 
 def stale_reason(holder: dict, age: float) -> str | None:
     """Why the lock of `holder` (heartbeat `age` seconds ago) is stale, or None if it is
-    live. The heartbeat also covers a pid reused by another process on the same host."""
-    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
-            and not _pid_running(holder["pid"]):
-        return f"process {holder['pid']} on this host is no longer running"
+    live (see the module docstring)."""
+    pid = holder.get("pid")
+    if holder.get("host") == socket.gethostname() and isinstance(pid, int):
+        mine = process_identity()
+        same_table = all(holder.get(k) == mine[k] for k in ("boot_id", "pid_namespace")) \
+            if "boot_id" in holder else True  # a lock written before these fields
+        if same_table and not _pid_running(pid):
+            return f"process {pid} on this host is no longer running"
+        if same_table and holder.get("start_ticks") not in (None, _start_ticks(pid)):
+            return f"process {pid} on this host is another process than the holder"
+        if holder.get("instance") and mine["instance"] and holder["instance"] != \
+                mine["instance"]:
+            return (f"its instance {holder['instance']} was replaced by {mine['instance']} "
+                    "under the same host name")
     if age > STALE_S:
         return f"its heartbeat is {age:.0f} s old (more than {STALE_S:.0f} s)"
     return None
 
 
 def describe_holder(holder: dict, age: float) -> str:
-    return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started "
-            f"{holder.get('started', '?')}, alive {age:.0f} s ago")
+    instance = f" ({holder['instance']})" if holder.get("instance") else ""
+    return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}{instance}, "
+            f"started {holder.get('started', '?')}, alive {age:.0f} s ago")
 
 
 class _LockFile:
@@ -171,7 +218,7 @@ class WorkdirLock:
         now = datetime.datetime.now(datetime.UTC)
         record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                              "started": now.isoformat(timespec="seconds"),
-                             "time": now.timestamp()})
+                             "time": now.timestamp(), **process_identity()})
         for _ in range(3):
             if self._file.create(record):
                 self._thread = threading.Thread(target=self._beat, name="workdir-lock",

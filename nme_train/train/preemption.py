@@ -13,11 +13,14 @@ service's handler, so they are installed only in single-process jobs.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
 
 import jax
+
+PREEMPTED_EXIT_CODE = 75
 
 
 class PreemptionGuard:
@@ -30,10 +33,13 @@ class PreemptionGuard:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> PreemptionGuard:
-        single = jax.process_count() == 1
-        if single and threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        if jax.process_count() == 1:
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+        else:  # the coordination service watches SIGTERM only
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -45,6 +51,15 @@ class PreemptionGuard:
         if self.signal_name is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
         self.signal_name = signal.Signals(signum).name
+
+    def _interrupt(self, signum: int, frame: FrameType | None) -> None:
+        """Ctrl-C in a multi-process job: a SIGTERM to this process, which the preemption
+        service turns into a stop at a step every process agrees on; a second one stops
+        at once."""
+        if self.signal_name is not None:
+            raise KeyboardInterrupt
+        self.signal_name = "SIGINT"
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def should_stop(self, step: int) -> bool:
         """True when the job must stop after `step`; the same answer on every process."""

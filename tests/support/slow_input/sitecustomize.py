@@ -1,0 +1,24 @@
+"""Test support: a deliberately slow input pipeline for trainers started as processes.
+
+With this directory on PYTHONPATH and NME_TEST_INPUT_DELAY=SECONDS set, every training
+batch of `nme_train.train.loop` arrives SECONDS late, so that a short run lasts long
+enough for a scheduler's signal to reach it mid-training (tests/test_slurm.py). Python
+imports `sitecustomize` at start-up; nothing changes without the variable.
+"""
+
+import os
+
+_DELAY = float(os.environ.get("NME_TEST_INPUT_DELAY", "0") or 0)
+if _DELAY > 0:
+    import time
+
+    import nme_train.train.loop as _loop
+
+    _batches = _loop.train_batches
+
+    def _slow_batches(*args, **kwargs):
+        for batch in _batches(*args, **kwargs):
+            time.sleep(_DELAY)
+            yield batch
+
+    _loop.train_batches = _slow_batches
