@@ -157,7 +157,8 @@ def _check_probes(problems: list[str], config: Any, num_devices: int,
     if unknown or len(set(p.kinds)) != len(p.kinds):
         problems.append(f"config.probes.kinds={tuple(p.kinds)!r}: give distinct names from "
                         f"{tuple(OPERATORS)}, or () for the gradient and sparsity probes only")
-    split = [k for k in p.kinds if k in ("nme_activation", "nme_rest")]
+    split = [k for k in p.kinds if k in ("nme_activation", "nme_rest", "nme_normalization",
+                                         "nme_between")]
     activation = config.model.activation
     if split and activation in activation_names() and ablated_twin(activation) is None:
         problems.append(f"config.probes.kinds: {split} split the NME with the activation's "

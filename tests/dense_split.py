@@ -23,17 +23,31 @@ from jax.flatten_util import ravel_pytree
 D, C = 4, 3  # input features, classes
 
 
-def split_model(kind: str, batch_norm: bool):
-    """(apply(params, x, act, delta=None) -> (logits, pre-activations), params, batch)."""
-    def norm(p, name, a, axes):
-        if not batch_norm:
-            return a
-        mean = jnp.mean(a, axis=axes, keepdims=True)
-        var = jnp.mean((a - mean) ** 2, axis=axes, keepdims=True)
-        return (a - mean) / jnp.sqrt(var + 1e-5) * p[f"{name}_scale"] + p[f"{name}_offset"]
+EPS = 1e-5
 
-    def apply(params, x, act, delta=None):
-        pre = []
+
+def normalize(a, axes):
+    """BatchNorm's normalization with the batch's statistics (the reference's own code)."""
+    mean = jnp.mean(a, axis=axes, keepdims=True)
+    var = jnp.mean((a - mean) ** 2, axis=axes, keepdims=True)
+    return (a - mean) / jnp.sqrt(var + EPS)
+
+
+def split_model(kind: str, batch_norm: bool):
+    """(apply(params, x, act, ...) -> (logits, pre-activations, BatchNorm inputs), params,
+    batch). apply's `delta` is added to each activation's output and `norm_delta` to each
+    BatchNorm's output (to read the residual's signal there); `normalization` replaces the
+    normalization (the twin's, in the tests)."""
+    def apply(params, x, act, delta=None, norm_delta=None, normalization=normalize):
+        pre, norm_inputs = [], []
+
+        def norm(p, name, a, axes):
+            if not batch_norm:
+                return a
+            i = len(norm_inputs)
+            norm_inputs.append(a)
+            y = normalization(a, axes) * p[f"{name}_scale"] + p[f"{name}_offset"]
+            return y if norm_delta is None else y + norm_delta[i]
 
         def unit(a, i):
             pre.append(a)
@@ -49,7 +63,7 @@ def split_model(kind: str, batch_norm: bool):
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
             h = unit(norm(params, "n1", y + params["c"], (0, 1, 2)), 0)
             z = jnp.mean(h, axis=(1, 2)) @ params["w"] + params["b"]
-        return z, pre
+        return z, pre, norm_inputs
 
     rng = np.random.default_rng(7)
     if kind == "mlp":
@@ -72,10 +86,15 @@ def split_model(kind: str, batch_norm: bool):
 
 
 def dense_split(apply, params, batch, act, loss) -> dict[str, np.ndarray]:
-    """g, H, G, NME, NME_act (from the sigma'' terms) and NME_rest as dense arrays.
+    """g, H, G, NME, NME_act (from the sigma'' terms), NME_rest = NME - NME_act, NME_norm
+    (from the second derivatives of BatchNorm's normalization in its input) and
+    NME_between = NME_rest - NME_norm, as dense arrays.
 
-    `loss(logits, targets)` is a mean over the batch with `.residual(z, targets)` (the
-    project's OutputLoss); H_z comes from jax.hessian of it, not from its closed form.
+    NME_norm = sum over BatchNorm layers, features f, examples i of
+    d_if gamma_f sum_jk (d^2 xhat_if / d a_jf d a_kf) grad a_jf grad a_kf^T, with a the
+    layer's input, xhat its normalization over the batch, d the residual's signal at the
+    layer's output. `loss(logits, targets)` is a mean over the batch with
+    `.residual(z, targets)` (the project's OutputLoss); H_z comes from jax.hessian of it.
     """
     flat, unravel = ravel_pytree(params)
     x, targets = batch["inputs"], batch["targets"]
@@ -83,7 +102,7 @@ def dense_split(apply, params, batch, act, loss) -> dict[str, np.ndarray]:
     def logits(f):
         return apply(unravel(f), x, act)[0]
 
-    z, pre = apply(params, x, act)
+    z, pre, norm_inputs = apply(params, x, act)
     r = loss.residual(z, targets)  # dL/dz of the batch mean, held fixed
     grad = np.asarray(jax.grad(lambda f: loss(logits(f), targets))(flat))
     hessian = np.asarray(jax.hessian(lambda f: loss(logits(f), targets))(flat))
@@ -99,6 +118,23 @@ def dense_split(apply, params, batch, act, loss) -> dict[str, np.ndarray]:
         J = jax.jacfwd(lambda f, i=i: apply(unravel(f), x, act)[1][i].reshape(-1))(flat)
         weight = (signal[i] * second(a.reshape(-1)).reshape(a.shape)).reshape(-1)
         nme_act = nme_act + np.asarray(J.T @ (weight[:, None] * J))
+    nme_norm = np.zeros_like(nme)
+    if norm_inputs:
+        zeros = [jnp.zeros_like(a) for a in norm_inputs]
+        norm_signal = jax.grad(
+            lambda d: jnp.sum(r * apply(params, x, act, None, d)[0]))(zeros)
+        names = sorted({k.split("_")[0] for k in params if k.endswith("_scale")})
+        for i, (a, name) in enumerate(zip(norm_inputs, names)):
+            features = a.shape[-1]
+            A = jax.jacfwd(lambda f, i=i: apply(unravel(f), x, act)[2][i])(flat)  # a x P
+            for f in range(features):
+                column = a[..., f].reshape(-1)  # one feature over the batch (and space)
+                second = jax.hessian(lambda c: normalize(c, (0,)))(column)  # [m, m, m]
+                weight = (norm_signal[i][..., f].reshape(-1) * params[f"{name}_scale"][f])
+                grad_a = A[..., f, :].reshape(column.size, -1)  # m x P
+                curvature = jnp.einsum("i,ijk->jk", weight, second)
+                nme_norm = nme_norm + np.asarray(grad_a.T @ curvature @ grad_a)
     return {"flat": np.asarray(flat), "grad": grad, "hessian": hessian,
             "gauss_newton": gauss_newton, "nme": nme, "nme_activation": nme_act,
-            "nme_rest": nme - nme_act}
+            "nme_rest": nme - nme_act, "nme_normalization": nme_norm,
+            "nme_between": nme - nme_act - nme_norm}

@@ -407,31 +407,46 @@ def test_empirical_fisher_and_every_figure_on_it_match_the_dense_matrix(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,batch_norm", [("mlp", False), ("mlp", True), ("cnn", False),
                                              ("cnn", True)])
-def test_nme_split_by_source_matches_the_activation_second_derivative_terms(kind, batch_norm):
-    """NME_act against its dense formula sum_u g_u sigma''(a_u) grad a_u grad a_u^T (g_u the
-    residual's signal at unit u, a_u its pre-activation), NME_rest against the dense NME
-    minus that; and every figure of the split (Lanczos ends, traces, shares along g^)."""
+def test_nme_split_by_source_matches_the_second_derivative_terms(kind, batch_norm):
+    """NME = NME_act + NME_norm + NME_between against dense references written from the
+    sources' own second derivatives (tests/dense_split.py): NME_act from the activations'
+    sigma'' terms, NME_norm from the Hessian of BatchNorm's normalization in its input,
+    NME_between the rest; the operators come from nested twins (sigma'' ablated; then
+    also BatchNorm's statistics), and every figure of the split (Lanczos ends, traces,
+    shares along g^) matches."""
     from nme_train.curvature.probes import ProbeSettings, ProbeSuite
     from nme_train.models.activations import ablated_twin
+    from nme_train.models.layers import normalize_without_curvature
 
     apply, params, batch = split_model(kind, batch_norm)
     act, twin = (get_activation(n) for n in ("gelu", ablated_twin("gelu")))
     loss = cv.softmax_cross_entropy()
+
+    def frozen(a, axes):
+        return normalize_without_curvature(a, axes, 1e-5)
+
     curv = cv.Curvature(lambda p, x: apply(p, x, act)[0], loss,
-                        ablated_apply_fn=lambda p, x: apply(p, x, twin)[0])
+                        ablated_apply_fn=lambda p, x: apply(p, x, twin)[0],
+                        between_apply_fn=lambda p, x: apply(p, x, twin,
+                                                            normalization=frozen)[0])
     flat, unravel = ravel_pytree(params)
+    parts = ("nme_activation", "nme_rest", "nme_normalization", "nme_between")
     dense = {k: v for k, v in dense_split(apply, params, batch, act, loss).items()
-             if k in ("nme", "nme_activation", "nme_rest")}
+             if k in ("nme",) + parts}
     nme, nme_act = dense["nme"], dense["nme_activation"]
-    assert np.abs(nme_act).max() > 1e-2 and np.abs(nme - nme_act).max() > 1e-2
+    assert np.abs(nme_act).max() > 1e-2 and np.abs(dense["nme_between"]).max() > 1e-2
+    if batch_norm:  # BatchNorm's statistics add curvature of their own
+        assert np.abs(dense["nme_normalization"]).max() > 1e-2
+    else:
+        assert not np.any(dense["nme_normalization"])
     v = jnp.asarray(np.random.default_rng(1).normal(size=flat.shape))
-    for name in ("nme_activation", "nme_rest"):
+    for name in parts:
         mv = jax.jit(lambda p, vv, name=name: curv.operator(name, p, [batch])(vv))(
             params, unravel(v))
         np.testing.assert_allclose(ravel_pytree(mv)[0], dense[name] @ v, rtol=1e-9,
                                    atol=1e-11, err_msg=name)
-    settings = ProbeSettings(kinds=("nme", "nme_activation", "nme_rest"),
-                             lanczos_steps=flat.size, top_k=2, bottom_k=2, trace_probes=3)
+    settings = ProbeSettings(kinds=("nme",) + parts, lanczos_steps=flat.size, top_k=2,
+                             bottom_k=2, trace_probes=3)
     record = ProbeSuite(curv, settings).run(params, [batch], step=0)
     key = jax.random.fold_in(jax.random.PRNGKey(0), 1000)
     probes = [ravel_pytree(cv.rademacher_like(jax.random.fold_in(key, j), params))[0]
@@ -440,17 +455,25 @@ def test_nme_split_by_source_matches_the_activation_second_derivative_terms(kind
     unit = grad / np.linalg.norm(grad)
     for name, matrix in dense.items():
         eigenvalues = np.linalg.eigvalsh(matrix)
-        np.testing.assert_allclose(record[f"{name}/top_eigenvalues"], eigenvalues[::-1][:2],
-                                   rtol=1e-6, atol=1e-9, err_msg=name)
-        np.testing.assert_allclose(record[f"{name}/bottom_eigenvalues"], eigenvalues[:2],
-                                   rtol=1e-6, atol=1e-9, err_msg=name)
+        if np.any(matrix):  # (a zero operator stops Lanczos at its first step)
+            np.testing.assert_allclose(record[f"{name}/top_eigenvalues"],
+                                       eigenvalues[::-1][:2], rtol=1e-6, atol=1e-9,
+                                       err_msg=name)
+            np.testing.assert_allclose(record[f"{name}/bottom_eigenvalues"], eigenvalues[:2],
+                                       rtol=1e-6, atol=1e-9, err_msg=name)
         np.testing.assert_allclose(record[f"{name}/trace"],
-                                   np.mean([p @ matrix @ p for p in probes]), rtol=1e-8)
+                                   np.mean([p @ matrix @ p for p in probes]), rtol=1e-8,
+                                   atol=1e-12, err_msg=name)
         np.testing.assert_allclose(record[f"{name}/grad_product_norm"],
-                                   np.linalg.norm(matrix @ unit), rtol=1e-8)
+                                   np.linalg.norm(matrix @ unit), rtol=1e-8, atol=1e-12)
     norm = np.linalg.norm(nme @ unit)
-    np.testing.assert_allclose(record["nme_split/activation_norm_share"],
-                               np.linalg.norm(nme_act @ unit) / norm, rtol=1e-8)
+    for part, name in (("nme_activation", "activation"), ("nme_normalization", "normalization"),
+                       ("nme_between", "between")):
+        share = np.linalg.norm(dense[part] @ unit) / norm
+        np.testing.assert_allclose(record[f"nme_split/{name}_norm_share"], share, rtol=1e-8,
+                                   atol=1e-12)
+        np.testing.assert_allclose(record[f"nme_split/{name}_squared_norm_share"], share**2,
+                                   rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(record["nme_split/rest_alignment_share"],
                                unit @ (nme - nme_act) @ unit / (unit @ nme @ unit), rtol=1e-8)
     assert record["nme_split/identity_residual"] < 1e-10

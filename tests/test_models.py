@@ -95,3 +95,89 @@ def test_every_model_accepts_every_activation(activation):
                               else 4)
         out, _, _ = shapes(config, (16, 16, 3))
         assert out.shape == (2, 10)
+
+
+@pytest.mark.parametrize("config,image_shape", [
+    (model_config(name="cnn", activation="gelu"), (8, 8, 1)),
+    (model_config(name="resnet", depth=18, width=4, activation="gelu"), (8, 8, 3)),
+    (model_config(name="wide_resnet", depth=10, width=1, activation="gelu"), (8, 8, 3)),
+    (model_config(name="mlp", hidden=(6,), activation="gelu"), (4, 4, 1)),
+])
+def test_twins_take_the_same_variables_and_give_the_same_outputs_and_gradient(config,
+                                                                             image_shape):
+    """The NME split's twins (sigma'' ablated; also BatchNorm's statistics) of every
+    architecture: the same variable tree, outputs, new batch statistics and gradient."""
+    from nme_train.models import build_ablated_model
+
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, *image_shape))
+    labels = jnp.arange(4) % 3
+    model = build_model(config, 3)
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+    def loss_and_state(module):
+        def loss(p):
+            logits, new = module.apply({"params": p, **state}, x, train=True,
+                                       mutable=list(state))
+            return optax_ce(logits, labels), new
+        return jax.value_and_grad(loss, has_aux=True)(params)
+
+    (value, new_state), grads = loss_and_state(model)
+    for ablate in (("activation",), ("activation", "normalization")):
+        twin = build_ablated_model(config, 3, ablate)
+        twin_vars = twin.init(jax.random.PRNGKey(0), x, train=False)
+        assert jax.tree.structure(twin_vars) == jax.tree.structure(variables), ablate
+        (twin_value, twin_state), twin_grads = loss_and_state(twin)
+        np.testing.assert_allclose(twin_value, value, rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(twin_state), jax.tree.leaves(new_state)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        for a, b in zip(jax.tree.leaves(twin_grads), jax.tree.leaves(grads)):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+
+def optax_ce(logits, labels):
+    import optax
+
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def test_batch_norm_without_statistics_curvature_is_flax_batch_norm_to_first_order():
+    """layers.BatchNorm against flax's in training mode (float64): the same value, running
+    statistics and Jacobian in the input, scale and offset; its input Hessian is zero,
+    flax's is not; in evaluation mode both are the same affine map."""
+    import flax.linen as nn
+
+    from nme_train.models.layers import BatchNorm
+
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.PRNGKey(0), (5, 3), jnp.float64) * 2 + 1
+        w = jax.random.normal(jax.random.PRNGKey(1), (5, 3), jnp.float64)
+        mine, flax_bn = (cls(use_running_average=False, momentum=0.9, epsilon=1e-5,
+                             dtype=jnp.float64, param_dtype=jnp.float64)
+                         for cls in (BatchNorm, nn.BatchNorm))
+        variables = flax_bn.init(jax.random.PRNGKey(2), x)
+        params = {"scale": variables["params"]["scale"] + 0.3,
+                  "bias": variables["params"]["bias"] - 0.2}
+
+        def f(module):
+            def out(p, inputs):
+                y, state = module.apply({"params": p, "batch_stats": variables["batch_stats"]},
+                                        inputs, mutable=["batch_stats"])
+                return jnp.sum(w * y), (y, state)
+            return out
+
+        (_, (ym, sm)), (_, (yf, sf)) = f(mine)(params, x), f(flax_bn)(params, x)
+        np.testing.assert_allclose(ym, yf, rtol=1e-14)
+        np.testing.assert_allclose(jax.tree.leaves(sm), jax.tree.leaves(sf), rtol=1e-14)
+        for argnum in (0, 1):
+            gm = jax.grad(lambda p, i: f(mine)(p, i)[0], argnums=argnum)(params, x)
+            gf = jax.grad(lambda p, i: f(flax_bn)(p, i)[0], argnums=argnum)(params, x)
+            for a, b in zip(jax.tree.leaves(gm), jax.tree.leaves(gf)):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        hm = jax.hessian(lambda i: f(mine)(params, i)[0])(x)
+        hf = jax.hessian(lambda i: f(flax_bn)(params, i)[0])(x)
+        assert np.abs(hm).max() < 1e-12 and np.abs(hf).max() > 1e-2
+        evaluated = [cls(use_running_average=True, epsilon=1e-5, dtype=jnp.float64,
+                         param_dtype=jnp.float64).apply(variables, x)
+                     for cls in (BatchNorm, nn.BatchNorm)]
+        np.testing.assert_allclose(evaluated[0], evaluated[1], rtol=1e-14)

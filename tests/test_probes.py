@@ -43,7 +43,8 @@ def test_training_writes_probes_on_8_devices(data_dir, tmp_path):
     config = tiny_config(data_dir, **PROBES, **{
         "num_train_steps": 20, "mesh.data": 4, "mesh.fsdp": 2, "sharding.fsdp_min_size": 256,
         "model.activation": "gelu",
-        "probes.kinds": ("hessian", "gauss_newton", "nme", "nme_activation", "nme_rest")})
+        "probes.kinds": ("hessian", "gauss_newton", "nme", "nme_activation", "nme_rest",
+                         "nme_normalization", "nme_between")})
     train_and_evaluate(config, workdir)
     records = read_probes(workdir)
     assert [r["step"] for r in records] == [0, 10, 20]
@@ -54,6 +55,10 @@ def test_training_writes_probes_on_8_devices(data_dir, tmp_path):
         assert r["nme_split/identity_residual"] < 1e-4
         assert abs(r["nme_split/activation_trace_share"] + r["nme_split/rest_trace_share"]
                    - 1) < 1e-4
+        assert abs(r["nme_split/activation_trace_share"]  # the BatchNorm CNN's three parts
+                   + r["nme_split/normalization_trace_share"]
+                   + r["nme_split/between_trace_share"] - 1) < 1e-4
+        assert r["nme_split/normalization_norm_share"] > 0
         assert 0 < r["nme_split/activation_norm_share"] and 0 < r["nme_split/rest_norm_share"]
         assert r["nme_split/gauss_newton_to_nme_norm"] > 0
         # lambda_max(H) against Nesterov's threshold at the step's learning rate
@@ -84,7 +89,7 @@ def test_training_writes_probes_on_8_devices(data_dir, tmp_path):
                 <= 1e-5 * max(1.0, abs(r[f"{kind}/trace"]))
         assert r["basis_memory"] == "device" and r["basis_mib"] > 0
         assert set(r["sparsity/layers"]) and r["sparsity/threshold"] == 1e-3
-        assert r["matvecs"] == 5 * ProbeSettings.from_config(config.probes).matvecs_per_kind()
+        assert r["matvecs"] == 7 * ProbeSettings.from_config(config.probes).matvecs_per_kind()
     assert all(0.0 < r["sparsity/mean"] <= 1.0 for r in records)
     runs = read_tensorboard(os.path.join(workdir, "tensorboard"))
     assert_probe_records_in_tensorboard(runs["."], records)

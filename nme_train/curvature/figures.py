@@ -175,34 +175,47 @@ def identity_residual_figure(ctx: ProbeContext) -> dict[str, Any]:
                                              / max(np.max(np.abs(h)), 1e-30))}
 
 
-NME_SPLIT = ("nme", "nme_activation", "nme_rest")  # NME = NME_act + NME_rest
+# NME = NME_act + NME_rest, NME_rest = NME_norm + NME_between (NOTES.md, section 1)
+NME_PARTS = {"nme_activation": "activation", "nme_rest": "rest",
+             "nme_normalization": "normalization", "nme_between": "between"}
+NME_SPLITS = (("nme", ("nme_activation", "nme_rest")),
+              ("nme", ("nme_activation", "nme_normalization", "nme_between")),
+              ("nme_rest", ("nme_normalization", "nme_between")))
 
 
 def nme_split_figure(ctx: ProbeContext) -> dict[str, Any]:
     """The NME by its source, along the gradient and in trace: each part's share of
     ||NME g^|| (norms: the parts can cancel, so the shares need not sum to 1), of
-    g^T NME g^ (additive), and of tr NME (additive), with ||G g^|| / ||NME g^|| beside."""
+    ||NME g^||^2 (its squared norm, the part's own ||M g^||^2: nearly orthogonal parts add
+    up to about 1), of g^T NME g^ (additive), and of tr NME (additive), with
+    ||G g^|| / ||NME g^|| beside; and, probe by probe, how exactly the parts sum."""
     r = ctx.record
     out: dict[str, Any] = {}
     norm = r.get("nme/grad_product_norm")
     if norm:
-        for part, name in (("nme_activation", "activation"), ("nme_rest", "rest")):
+        for part, name in NME_PARTS.items():
             if f"{part}/grad_product_norm" in r:
                 out[f"nme_split/{name}_norm_share"] = r[f"{part}/grad_product_norm"] / norm
+                out[f"nme_split/{name}_squared_norm_share"] = (
+                    r[f"{part}/grad_product_norm"] / norm) ** 2
                 out[f"nme_split/{name}_alignment_share"] = (
                     r[f"{part}/alignment"] / r["nme/alignment"] if r["nme/alignment"] else None)
         if "gauss_newton/grad_product_norm" in r:
             out["nme_split/gauss_newton_to_nme_norm"] = r["gauss_newton/grad_product_norm"] / norm
     trace = r.get("nme/trace")
     if trace:
-        for part, name in (("nme_activation", "activation"), ("nme_rest", "rest")):
+        for part, name in NME_PARTS.items():
             if f"{part}/trace" in r:
                 out[f"nme_split/{name}_trace_share"] = r[f"{part}/trace"] / trace
     forms = ctx.stash.get("trace_forms", {})
-    if set(NME_SPLIT) <= set(forms):  # NME = NME_act + NME_rest, probe by probe
-        n, a, b = (forms[k].sum(axis=-1) for k in NME_SPLIT)
-        out["nme_split/identity_residual"] = float(np.max(np.abs(n - a - b))
-                                                   / max(np.max(np.abs(n)), 1e-30))
+    residuals = []
+    for whole, parts in NME_SPLITS:  # each identity the probed kinds allow, probe by probe
+        if {whole, *parts} <= set(forms):
+            total = forms[whole].sum(axis=-1)
+            gap = total - sum(forms[p].sum(axis=-1) for p in parts)
+            residuals.append(float(np.max(np.abs(gap)) / max(np.max(np.abs(total)), 1e-30)))
+    if residuals:
+        out["nme_split/identity_residual"] = max(residuals)
     return out
 
 
@@ -219,7 +232,6 @@ for _figure in (
         Figure("identity_residual", "after", identity_residual_figure,
                enabled=lambda s: s.trace_probes > 0 and set(DECOMPOSITION) <= set(s.kinds)),
         Figure("nme_split", "after", nme_split_figure,
-               enabled=lambda s: "nme" in s.kinds and bool({"nme_activation", "nme_rest"}
-                                                           & set(s.kinds))),
+               enabled=lambda s: "nme" in s.kinds and bool(set(NME_PARTS) & set(s.kinds))),
 ):
     register_figure(_figure)

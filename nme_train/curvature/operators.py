@@ -14,6 +14,10 @@ kind registered in `OPERATORS`:
                 Hessian, the model's VJP (no second derivative of the model);
   nme           the jvp of theta -> J(theta)^T r with the residual
                 r = dloss/dz held fixed: the NME directly, not H v - G v;
+  nme_activation, nme_rest, nme_normalization, nme_between
+                the NME by its source, from twins of the network (Curvature's
+                ablated_apply_fn, between_apply_fn): NME = NME_act + NME_rest and
+                NME_rest = NME_norm + NME_between;
   fisher        the empirical Fisher (1/n) sum_i g_i g_i^T v of the
                 per-example gradients g_i = J_i^T dl_i/dz_i: J v, then each
                 example's output tangent projected on its own residual, then
@@ -94,6 +98,9 @@ class Curvature:
     # slope, second derivative 0), on the same parameters: the nme_rest and
     # nme_activation kinds split the NME by its source with it. None: no such split.
     ablated_apply_fn: Callable[[Params, Any], Any] | None = None
+    # The same with BatchNorm's statistics adding no curvature too (models.layers.BatchNorm):
+    # its NME is the part between layers; nme_normalization and nme_between use it.
+    between_apply_fn: Callable[[Params, Any], Any] | None = None
 
     @property
     def output_loss(self) -> OutputLoss:
@@ -188,12 +195,12 @@ def empirical_fisher_of_batch(curv: Curvature, params: Params, batch: Batch) -> 
     return _output_space_product(curv, params, batch, product)
 
 
-def _ablated(curv: Curvature, kind: str) -> Curvature:
-    if curv.ablated_apply_fn is None:
-        raise ValueError(f"the {kind} operator needs the network with its activations' "
-                         "ablated twins (Curvature(..., ablated_apply_fn=...)); this one has "
-                         "none")
-    return dataclasses.replace(curv, apply_fn=curv.ablated_apply_fn)
+def _ablated(curv: Curvature, kind: str, field: str = "ablated_apply_fn") -> Curvature:
+    twin = getattr(curv, field)
+    if twin is None:
+        raise ValueError(f"the {kind} operator needs the network with its NME sources "
+                         f"ablated (Curvature(..., {field}=...)); this one has none")
+    return dataclasses.replace(curv, apply_fn=twin)
 
 
 @register_operator("nme_rest", "NME_rest")
@@ -211,6 +218,24 @@ def nme_activation_of_batch(curv: Curvature, params: Params, batch: Batch) -> Ma
     Each product costs two NME products."""
     full, rest = nme_of_batch(curv, params, batch), nme_rest_of_batch(curv, params, batch)
     return lambda v: otu.tree_sub(full(v), rest(v))
+
+
+@register_operator("nme_normalization", "NME_norm")
+def nme_normalization_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matvec:
+    """BatchNorm's part of the NME: the curvature its batch statistics add (they depend on
+    the layer's input), NME_rest - NME_between, from two nested twins. Zero without
+    BatchNorm, and with BatchNorm on its running averages (probes.batch_norm)."""
+    rest = nme_rest_of_batch(curv, params, batch)
+    between = nme_between_of_batch(curv, params, batch)
+    return lambda v: otu.tree_sub(rest(v), between(v))
+
+
+@register_operator("nme_between", "NME_between")
+def nme_between_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matvec:
+    """The NME between layers: products of weights across layers (and a scale with the
+    normalized values it multiplies), without sigma'' and BatchNorm's statistics: the NME
+    of the twin with both ablated. NME = NME_act + NME_norm + NME_between exactly."""
+    return nme_of_batch(_ablated(curv, "nme_between", "between_apply_fn"), params, batch)
 
 
 KINDS = ("hessian", "gauss_newton", "nme")

@@ -20,9 +20,10 @@ returns one JSON-able record; with the built-in figures:
                                           the same probes: they sum to the trace),
   <kind>/alignment, <kind>/grad_product_norm
                                          (g^T M g / ||g||^2 and ||M g^||),
-  nme_split/*                            (with nme_activation and nme_rest: each
-                                          part's share of ||NME g^||, g^T NME g^
-                                          and tr NME),
+  nme_split/*                            (with the NME's parts: nme_activation,
+                                          nme_rest, nme_normalization, nme_between:
+                                          each part's share of ||NME g^||, of its
+                                          square, of g^T NME g^ and of tr NME),
   <kind>/density = {"grid": [...], "density": [...]},
   basis_mib, basis_memory                (the Lanczos basis, and where it lives),
 

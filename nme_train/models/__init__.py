@@ -27,33 +27,46 @@ from nme_train.models.wide_resnet import WideResNet
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
           "float64": jnp.float64}
 
-__all__ = ["MODELS", "DTYPES", "build_model", "build_ablated_model", "register_model",
-           "get_activation",
-           "activation_names", "CNN", "MLP", "ResNet", "WideResNet"]
+__all__ = ["MODELS", "DTYPES", "ABLATIONS", "build_model", "build_ablated_model",
+           "register_model", "get_activation", "activation_names", "CNN", "MLP", "ResNet",
+           "WideResNet"]
 
 
-def build_model(model_config: Any, num_classes: int) -> nn.Module:
-    """Builds the flax module described by `config.model` (already validated)."""
+ABLATIONS = ("activation", "normalization")  # the NME sources a twin can remove
+
+
+def build_model(model_config: Any, num_classes: int, ablate: tuple[str, ...] = ()) -> nn.Module:
+    """Builds the flax module described by `config.model` (already validated).
+
+    `ablate` builds a twin of it for the NME split by source: "activation" replaces the
+    activation by its ablated twin (same value and slope, sigma'' = 0), "normalization"
+    makes BatchNorm's statistics add no curvature (layers.BatchNorm). A twin takes the
+    same variables and computes the same outputs and first derivatives.
+    """
     c = model_config
     if c.name not in MODELS:
         raise ValueError(f"unknown model {c.name!r}; choose one of {sorted(MODELS)}")
+    activation = c.activation
+    if "activation" in ablate:
+        activation = ablated_twin(c.activation)
+        if activation is None:
+            raise ValueError(f"activation {c.activation!r} has no ablated twin")
+    extra = {"ablate_norm": True} if "normalization" in ablate else {}
     return MODELS[c.name].build(
         c, num_classes=num_classes,
-        activation=get_activation(c.activation, beta=c.get("beta", 1.0)),
-        batch_norm=c.batch_norm, dtype=DTYPES[c.dtype], param_dtype=DTYPES[c.param_dtype])
+        activation=get_activation(activation, beta=c.get("beta", 1.0)),
+        batch_norm=c.batch_norm, dtype=DTYPES[c.dtype], param_dtype=DTYPES[c.param_dtype],
+        **extra)
 
 
-def build_ablated_model(model_config: Any, num_classes: int) -> nn.Module | None:
-    """The same model with its activation replaced by the activation's ablated twin (same
-    value and slope, sigma'' = 0; models/activations.py), or None when it has none.
+def build_ablated_model(model_config: Any, num_classes: int,
+                        ablate: tuple[str, ...] = ("activation",)) -> nn.Module | None:
+    """The model with the NME sources `ablate` removed (build_model), or None when its
+    activation has no ablated twin.
 
-    It takes the same variables as `build_model`'s module and computes the same outputs;
-    only its second derivatives lack the activations' part (the NME split by source).
+    ("activation",): its NME is NME_rest (normalization and products of weights across
+    layers); ("activation", "normalization"): its NME is the part between layers.
     """
-    twin = ablated_twin(model_config.activation)
-    if twin is None:
+    if ablated_twin(model_config.activation) is None:
         return None
-    twin_config = model_config.copy_and_resolve_references()
-    with twin_config.unlocked():
-        twin_config.activation = twin
-    return build_model(twin_config, num_classes)
+    return build_model(model_config, num_classes, ablate)

@@ -29,12 +29,13 @@ class CNN(nn.Module):
     hidden: Sequence[int] = (128,)
     pool: str = "avg"  # one of POOLS
     batch_norm: bool = True
+    ablate_norm: bool = False  # BatchNorm's statistics add no curvature (layers.BatchNorm)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        norm = make_norm(self.batch_norm, train, self.dtype, self.param_dtype)
+        norm = make_norm(self.batch_norm, train, self.dtype, self.param_dtype, self.ablate_norm)
         pool = nn.avg_pool if self.pool == "avg" else nn.max_pool
         x = x.astype(self.dtype)
         for width in self.features:

@@ -20,12 +20,13 @@ class MLP(nn.Module):
     activation: Activation
     hidden: Sequence[int] = (512, 512)
     batch_norm: bool = False
+    ablate_norm: bool = False  # BatchNorm's statistics add no curvature (layers.BatchNorm)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        norm = make_norm(self.batch_norm, train, self.dtype, self.param_dtype)
+        norm = make_norm(self.batch_norm, train, self.dtype, self.param_dtype, self.ablate_norm)
         x = x.reshape((x.shape[0], -1)).astype(self.dtype)
         for width in self.hidden:
             x = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype)(x)

@@ -82,6 +82,7 @@ class ResNet(nn.Module):
     width: int = 64
     stem: str = "imagenet"  # one of STEMS
     batch_norm: bool = True
+    ablate_norm: bool = False  # BatchNorm's statistics add no curvature (layers.BatchNorm)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -90,7 +91,7 @@ class ResNet(nn.Module):
         conv = functools.partial(
             nn.Conv, use_bias=not self.batch_norm, dtype=self.dtype, param_dtype=self.param_dtype
         )
-        norm = make_norm(self.batch_norm, train, self.dtype, self.param_dtype)
+        norm = make_norm(self.batch_norm, train, self.dtype, self.param_dtype, self.ablate_norm)
         block_cls = BasicBlock if self.depth < 50 else BottleneckBlock
         x = x.astype(self.dtype)
         if self.stem == "imagenet":

@@ -46,6 +46,7 @@ class WideResNet(nn.Module):
     depth: int = 28
     width: int = 10
     batch_norm: bool = True
+    ablate_norm: bool = False  # BatchNorm's statistics add no curvature (layers.BatchNorm)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -54,7 +55,7 @@ class WideResNet(nn.Module):
         conv = functools.partial(
             nn.Conv, use_bias=not self.batch_norm, dtype=self.dtype, param_dtype=self.param_dtype
         )
-        norm = make_norm(self.batch_norm, train, self.dtype, self.param_dtype)
+        norm = make_norm(self.batch_norm, train, self.dtype, self.param_dtype, self.ablate_norm)
         blocks_per_group = (self.depth - 4) // 6
         x = conv(16, (3, 3), name="stem_conv")(x.astype(self.dtype))
         for group, base in enumerate((16, 32, 64)):

@@ -42,7 +42,8 @@ PROBES_FILE = "probes.jsonl"
 def probe_curvature(config: Any, spec: Any, model: Any) -> Curvature:
     """The training loss as the probes see it: uint8 images in, BatchNorm per
     `config.probes.batch_norm`, the configured label smoothing; with the network whose
-    activations are their ablated twins beside it (the NME split), when they have one."""
+    activations are their ablated twins beside it, and the one whose BatchNorm statistics
+    add no curvature either (the NME split by source), when the activation has a twin."""
     normalize = make_normalize(spec.mean, spec.std)
     train = config.probes.batch_norm == "batch_stats"
 
@@ -55,9 +56,10 @@ def probe_curvature(config: Any, spec: Any, model: Any) -> Curvature:
             return module.apply(variables, x, train=train)
         return apply_fn
 
-    twin = build_ablated_model(config.model, spec.num_classes)
+    twins = [build_ablated_model(config.model, spec.num_classes, ablate)
+             for ablate in (("activation",), ("activation", "normalization"))]
     return Curvature(applied(model), softmax_cross_entropy(config.label_smoothing),
-                     ablated_apply_fn=None if twin is None else applied(twin))
+                     *[None if twin is None else applied(twin) for twin in twins])
 
 
 class RunProbes:
