@@ -215,3 +215,27 @@ def test_dry_run_of_e1_on_imagenet_from_the_command_line(tmp_path):
 # -- E7: the toy landscape -------------------------------------------------------------------
 
 
+
+
+def test_series_draw2_and_the_rest_of_the_paper_run_in_the_l4k_regime():
+    """The contrasts' probe series (the three-part NME split) and second data draw, and
+    E4-E6 / E8-E9 in l4k: the study's config but for what each changes."""
+    m = module("contrasts")
+    study = m.get_config("study/activation=gelu,method=gp,rho=0.4,seed=3")
+    series = m.get_config("series/activation=gelu,method=gp,rho=0.3,seed=1")
+    assert series.probes.kinds[-2:] == ("nme_normalization", "nme_between")
+    draw2 = m.get_config("draw2/activation=gelu,method=gp,rho=0.4,seed=3")
+    assert (draw2.data.train_split, draw2.data.label_noise_seed) == ("train[4000:8000]", 1)
+    with draw2.unlocked():
+        draw2.data.train_split, draw2.data.label_noise_seed = (study.data.train_split,
+                                                               study.data.label_noise_seed)
+    assert draw2 == study
+    assert {p.tag_dict["seed"] for p in sweep.expand(m, "draw2")} == set(range(8))
+    rest, beta = module("l4k_rest"), module("l4k_beta")
+    for mod, scale in ((rest, "trace_bracket"), (beta, "beta")):
+        for point in sweep.expand(mod, scale):
+            config = mod.get_config(f"{scale}/{point.name}")
+            validate(config, 8)
+            assert (config.data.label_noise, config.data.train_split, config.model.batch_norm,
+                    config.optimizer.warmup_epochs) == (0.25, "train[:4000]", True, 5.0)
+    assert module("common").epoch_steps(draw2) == 31  # 4,000 images of the slice

@@ -111,13 +111,13 @@ def study(scale: str, full, small):
 
 
 def epoch_steps(config) -> int:
-    """Training steps per epoch of `config` (its training split, or a `[:N]` slice of it)."""
+    """Training steps per epoch of `config` (its training split, or a `[M:N]` slice of it)."""
     sizes = {"imagenet2012": 1_281_167, "cifar10": 50_000, "cifar100": 50_000,
              "fashion_mnist": 60_000, "digits": 1_500}
     size = sizes[config.data.name]
-    sliced = re.fullmatch(r"\w+\[:(\d+)\]", config.data.train_split)
+    sliced = re.fullmatch(r"\w+\[(\d*):(\d+)\]", config.data.train_split)
     if sliced:
-        size = min(size, int(sliced.group(1)))
+        size = min(size, int(sliced.group(2))) - int(sliced.group(1) or 0)
     return size // config.batch_size
 
 

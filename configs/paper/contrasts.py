@@ -38,6 +38,15 @@ Scales:
             penalty) in the earlier study's regime (no label noise, learning
             rate 0.1), with this regime's 5-epoch warmup instead of 1, 3 seeds:
             does the collapse of docs/results.md disappear?
+  series    the NME by its three sources over training (sigma'', BatchNorm's
+            statistics, between layers: probes nme_normalization and
+            nme_between added), at rho = 0.3 for every arm but the penalty
+            without NME, seeds 0-2; the same training as the study's runs (the
+            probes do not perturb it), in a workdir of its own
+  draw2     a second data draw: the next 4,000 training images (train[4000:8000])
+            with other corrupted labels (label_noise_seed 1), every arm of E1,
+            E2, E10 and the update by source at its best rho in the study
+            (DRAW2_RHOS), seeds 0-7
 
 Every run probes H, G, NME and the NME's two sources (activations and the
 rest) along the gradient and at the ends of their spectra, the dead units per
@@ -50,13 +59,17 @@ PROBE_EPOCHS epochs.
         --workdir study/contrasts --jobs 2
     python tools/sweep.py --config configs/paper/contrasts.py:warmup \
         --workdir study/contrasts_warmup --jobs 2
+    python tools/sweep.py --config configs/paper/contrasts.py:series \
+        --workdir study/contrasts_series --jobs 2
+    python tools/sweep.py --config configs/paper/contrasts.py:draw2 \
+        --workdir study/contrasts_draw2 --jobs 2
     python tools/summarize.py study/contrasts --out docs/results
 """
 
 from configs.paper import common, regime
 from nme_train.experiments import Point, activations, experiment_config, methods, product, seeds
 
-SCALES = ("bracket", "study", "warmup")
+SCALES = ("bracket", "study", "warmup", "series", "draw2")
 RHOS = (0.05, 0.1, 0.2, 0.5, 1.0)
 # The arms without NME_rest in their update (G + NME_act for GELU, G alone for ReLU) are
 # bracketed further: GELU's penalty without any NME peaks near rho = 4.
@@ -92,6 +105,13 @@ ARMS = (("relu", ("none", "sam", "gp", "gp_no_nme")),
         ("gelu", ("none", "sam", "gp", "gp_no_nme", "gp_nme_act")),
         ("gelu_nme_ablated", ("gp",)), ("relu_synthetic_nme", ("gp",)),
         ("relu_spike_nme", ("gp",)))
+# each arm's best rho over the study's 8 seeds (the penalty's update by source: its 8 seeds'
+# best when they finished, docs/results.md)
+DRAW2_RHOS = {("relu", "sam"): 0.2, ("relu", "gp"): 0.3, ("relu", "gp_no_nme"): 2.0,
+              ("gelu", "sam"): 0.3, ("gelu", "gp"): 0.4, ("gelu", "gp_no_nme"): 4.0,
+              ("gelu", "gp_nme_act"): 0.5, ("gelu_nme_ablated", "gp"): 0.4}
+DRAW2 = {"data.train_split": "train[4000:8000]", "data.label_noise_seed": 1}
+SERIES_RHO = 0.3
 SURROGATES = ("relu_synthetic_nme", "relu_spike_nme")
 SURROGATE_BETA = 1.0
 PROBE_EPOCHS = 10  # probes at steps 0, 310, 620, 930: about 60 s of a 3-minute run
@@ -139,7 +159,13 @@ def base(scale: str):
     else:
         c.data.augment = "none"
         c.data.label_noise = 0.25
-    return with_study_probes(c)
+    c = with_study_probes(c)
+    if scale == "series":
+        c.probes.kinds += ("nme_normalization", "nme_between")
+    if scale == "draw2":
+        c.data.train_split = DRAW2["data.train_split"]
+        c.data.label_noise_seed = DRAW2["data.label_noise_seed"]
+    return c
 
 
 def grid(scale: str):
@@ -148,6 +174,15 @@ def grid(scale: str):
                        seeds((0, 1, 2)))
     if scale == "study":
         return [point for acts, spec in arms(lambda a, m: STUDY_RHOS[a, m])
+                for point in product(acts, methods(spec), seeds(STUDY_SEEDS))]
+    if scale == "series":
+        return [point for acts, spec in arms(lambda a, m: (SERIES_RHO,))
+                if acts[0].tag_dict["activation"] not in SURROGATES
+                for point in product(acts, methods({m: r for m, r in spec.items()
+                                                    if m != "gp_no_nme"}), seeds((0, 1, 2)))]
+    if scale == "draw2":
+        return [point for acts, spec in arms(lambda a, m: (DRAW2_RHOS.get((a, m)),))
+                if acts[0].tag_dict["activation"] not in SURROGATES
                 for point in product(acts, methods(spec), seeds(STUDY_SEEDS))]
     return [point for acts, spec in arms(lambda a, m: WIDE_RHOS if (a, m) in WIDE_BRACKET
                                          else RHOS)
