@@ -7,7 +7,7 @@ warmup epoch with cosine decay, weight decay 5e-4 on kernels, 15 epochs,
 no augmentation. Measured result: docs/benchmarks.md ("Fashion-MNIST CNN").
 
 Prepare the data once (Debian package dataset-fashion-mnist):
-    python tools/prepare_data.py fashion_mnist --from /usr/share/datasets/fashion-mnist
+    nme-prepare-data fashion_mnist --from /usr/share/datasets/fashion-mnist
 """
 
 from nme_train.base_config import base_config

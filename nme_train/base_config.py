@@ -88,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # another run's workdir (or .../checkpoints/STEP): start from its
     #                   params and model state with a fresh optimizer
 
-    # -- curvature probes (nme_train.curvature; also run by tools/probe.py) ----
+    # -- curvature probes (nme_train.curvature; also run by nme-probe) ----
     c.probes = ml_collections.ConfigDict()
     c.probes.every_steps = 0  # probe interval in steps; 0 = off (also probes at the start
     #                           and the end of training when on)

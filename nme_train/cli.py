@@ -129,3 +129,11 @@ def run_with_errors(main: Callable[[], Any], user_errors: tuple[type[BaseExcepti
         # keeps tensorstore's threads from printing "Event loop is closed" tracebacks after
         # this line, or changing the exit status when they race it on a loaded machine.
         os._exit(1)
+
+
+def checkout_module(relative_path: str):
+    """The module of a file of the checkout (e.g. "configs/paper/common.py"), by its path:
+    for the scripts in tools/, which run from a source checkout."""
+    name = "_checkout_" + os.path.splitext(relative_path)[0].replace("/", "_")
+    return import_config_module(os.path.join(CHECKOUT, relative_path), "checkout", name,
+                                needs_get_config=False)

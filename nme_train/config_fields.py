@@ -1,7 +1,7 @@
 """Dotted config fields: listing them, setting them, naming the nearest to a typo.
 
 One home for `--config.x.y=value` style paths, used by the command line,
-the sweep grids (nme_train.experiments) and tools/probe.py's `--set`.
+the sweep grids (nme_train.sweeps.grids) and nme-probe's `--set`.
 """
 
 from __future__ import annotations

@@ -93,6 +93,17 @@ def with_overrides(config, **overrides):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def tool(name: str):
+    """The script tools/<name>.py as a module (tools/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}",
+                                                  os.path.join(ROOT, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_command(*args, devices: int | None = 1, timeout: float = 300, env=None):
     """`python ARGS` in the repository root (captured); `devices` fake CPU devices."""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
@@ -193,12 +204,12 @@ def start(args):
 
 
 def start_probe_watch(workdir, idle_timeout):
-    """`tools/probe.py --watch` on `workdir` with a tiny probe suite, on one fake device
+    """`nme-probe --watch` on `workdir` with a tiny probe suite, on one fake device
     (beside a training job on 2 loaded cores, the CPU backend's in-process all-reduce
     between fake devices can miss its 40 s rendezvous deadline and abort; sharded probes
     are tested by test_training_writes_probes_on_8_devices)."""
     return subprocess.Popen(
-        [sys.executable, "tools/probe.py", f"--workdir={workdir}", "--watch",
+        [sys.executable, "-m", "nme_train.commands.probe", f"--workdir={workdir}", "--watch",
          "--poll_seconds=0.5", f"--idle_timeout={idle_timeout}",
          "--set", "probes.lanczos_steps=4", "--set", "probes.trace_probes=2",
          "--set", "probes.batch_size=32", "--set", "probes.top_k=2",
@@ -295,9 +306,9 @@ def imagenet_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def gcs():
-    """A local GCS emulator with one bucket for the session (nme_train/gcs_emulator.py); the
+    """A local GCS emulator with one bucket for the session (tests/support/gcs_emulator.py); the
     environment points this process and the commands it starts at it, and is restored."""
-    from nme_train.gcs_emulator import Emulator
+    from tests.support.gcs_emulator import Emulator
 
     emulator = Emulator("nme-test-bucket").start()
     before = {k: os.environ.get(k) for k in emulator.env}

@@ -228,9 +228,9 @@ def test_synthetic_imagenet_has_imagenet_files_and_sizes(imagenet_dir, tmp_path)
 
 
 def test_synthetic_imagenet_tool_refuses_bad_input(tmp_path):
-    out = run_command("tools/prepare_data.py", "synthetic_imagenet", "--train", "4")
+    out = run_command("-m", "nme_train.commands.prepare_data", "synthetic_imagenet", "--train", "4")
     assert out.returncode == 1 and "needs --data_dir" in out.stderr
-    out = run_command("tools/prepare_data.py", "synthetic_imagenet", "--data_dir",
+    out = run_command("-m", "nme_train.commands.prepare_data", "synthetic_imagenet", "--data_dir",
                       str(tmp_path), "--short_side", "400")
     assert out.returncode == 1 and "--short_side '400'" in out.stderr
     assert "Traceback" not in out.stderr and not os.listdir(tmp_path)

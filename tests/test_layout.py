@@ -8,15 +8,18 @@ from conftest import ROOT
 PACKAGE = pathlib.Path(ROOT) / "nme_train"
 
 # package -> the project packages it must not import (directly or lazily)
-LOW = ("experiments", "validation", "commands")  # nothing below them imports these
+# nothing below them imports these
+LOW = ("sweeps", "analysis", "validation", "commands")
 FORBIDDEN = {
     "curvature": ("models", "train", "regularizers", "data") + LOW,
     "models": ("curvature", "train", "regularizers", "data") + LOW,
     "regularizers": ("models", "train", "data") + LOW,
     "data": ("models", "curvature", "train", "regularizers") + LOW,
-    "train": ("experiments", "main", "cli", "commands"),
-    "validation": ("train", "experiments", "main", "cli", "commands"),
+    "train": ("sweeps", "analysis", "main", "cli", "commands"),
+    "validation": ("train", "sweeps", "analysis", "main", "cli", "commands"),
     "optim": ("train", "validation", "commands"),
+    "sweeps": ("analysis", "commands", "main"),
+    "analysis": ("sweeps.launch", "commands", "main"),
 }
 
 
@@ -28,7 +31,8 @@ def project_imports(path: pathlib.Path) -> set[str]:
                  else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
         for name in names:
             if name.startswith("nme_train."):
-                found.add(name.split(".")[1])
+                parts = name.split(".")
+                found.update({parts[1], ".".join(parts[1:3])})
     return found
 
 
@@ -92,22 +96,29 @@ def test_components_are_found_through_their_registries():
         assert entry.check.__module__ == f"nme_train.models.{name}", name
 
 
-def test_commands_live_in_the_package_and_tools_are_front_ends():
-    """Each tools/<name>.py only runs nme_train.commands.<name>.main, which is also its
-    console script; installing the project makes neither `tools` nor `configs` importable."""
+def test_one_front_door_per_command_and_tools_are_scripts():
+    """The user's commands are thin modules of nme_train/commands, each an installed console
+    script (and `python -m`); no command imports another or holds library code (about 100
+    lines at most); tools/ holds real scripts (benchmarks, checks), no front end of a
+    command; installing the project makes neither `tools` nor `configs` importable."""
     import tomllib
 
-    tools = sorted(pathlib.Path(ROOT, "tools").glob("*.py"))
     commands = sorted(p.stem for p in (PACKAGE / "commands").glob("*.py") if p.stem != "__init__")
-    assert [p.stem for p in tools] == commands
-    for path in tools:
-        imports = [n for n in ast.walk(ast.parse(path.read_text()))
-                   if isinstance(n, (ast.Import, ast.ImportFrom))]
-        assert {getattr(n, "module", None) for n in imports} == {
-            None, f"nme_train.commands.{path.stem}"}, path.name
-        assert len(path.read_text().splitlines()) <= 15, path.name
+    assert commands == ["plot_curvature", "prepare_data", "probe", "summarize", "sweep"]
     project = tomllib.loads(pathlib.Path(ROOT, "pyproject.toml").read_text())
     scripts = project["project"]["scripts"]
+    assert scripts == {"nme-train": "nme_train.main:run",
+                       **{f"nme-{n.replace('_', '-')}": f"nme_train.commands.{n}:main"
+                          for n in commands}}
     for name in commands:
-        assert scripts[f"nme-{name.replace('_', '-')}"] == f"nme_train.commands.{name}:main"
+        path = PACKAGE / "commands" / f"{name}.py"
+        assert len(path.read_text().splitlines()) <= 110, name
+        assert "commands" not in project_imports(path), name
+        assert 'if __name__ == "__main__":' in path.read_text(), name  # python -m
+    for path in sorted(pathlib.Path(ROOT, "tools").glob("*.py")):
+        assert path.stem not in commands, path.name
+        imports = {getattr(n, "module", None) or "" for n in ast.walk(ast.parse(
+            path.read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        assert not any(m.startswith("nme_train.commands") for m in imports), path.name
+        assert 'if __name__ == "__main__":' in path.read_text(), path.name
     assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["nme_train*"]

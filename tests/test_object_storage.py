@@ -169,9 +169,9 @@ def _download(gcs_path, local_dir):
 
 
 def test_probe_watch_and_plots_follow_a_job_in_the_bucket(gcs, data_dir, tmp_path):
-    """tools/probe.py --watch beside a job whose workdir is in the bucket: it probes the
+    """nme-probe --watch beside a job whose workdir is in the bucket: it probes the
     job's checkpoints and writes its records and TensorBoard events into the bucket;
-    tools/plot_curvature.py then reads them and writes its figures there."""
+    nme-plot-curvature then reads them and writes its figures there."""
     import subprocess
     import sys
 
@@ -208,7 +208,8 @@ def test_probe_watch_and_plots_follow_a_job_in_the_bucket(gcs, data_dir, tmp_pat
     assert set(runs) == {".", "probes_offline"} and "train/loss" in runs["."]["scalars"]
     assert_probe_records_in_tensorboard(runs["probes_offline"], records)
 
-    out = subprocess.run([sys.executable, "tools/plot_curvature.py", workdir], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "nme_train.commands.plot_curvature", workdir],
+                         cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     for name in ("curvature_spectra.png", "curvature_traces.png"):
@@ -219,9 +220,9 @@ def test_probe_watch_and_plots_follow_a_job_in_the_bucket(gcs, data_dir, tmp_pat
 
 def test_a_sweep_in_the_bucket_runs_resumes_and_summarizes_there(gcs, data_dir, tmp_path,
                                                                  request):
-    """tools/sweep.py with a gs:// --workdir: every point's run, manifest and machine
+    """nme-sweep with a gs:// --workdir: every point's run, manifest and machine
     record in the bucket, the console logs on this machine; a second sweep finds them
-    finished; tools/summarize.py reads the bucket and writes its tables and plot there."""
+    finished; nme-summarize reads the bucket and writes its tables and plot there."""
     import shutil
 
     from test_sweep import run_sweep, tiny_experiment

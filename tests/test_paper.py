@@ -10,8 +10,8 @@ import pytest
 from conftest import ROOT, xla_flags
 
 from configs.paper import common
-from nme_train.commands import sweep
-from nme_train.experiments import apply_overrides, product, seeds
+from nme_train.sweeps.grids import apply_overrides, product, seeds
+from nme_train.sweeps.plan import expand
 from nme_train.train.dry_run import dry_run
 from nme_train.validation import validate
 
@@ -30,7 +30,7 @@ def test_every_point_of_every_scale_validates(name):
     m = module(name)
     assert set(m.SCALES) == {"imagenet", "cifar10", "fashion_mnist", "study"}
     for scale in m.SCALES:
-        points = sweep.expand(m, scale)
+        points = expand(m, scale)
         assert len(points) >= 4 and len({p.name for p in points}) == len(points)
         seeds_used = {dict(p.tags)["seed"] for p in points}
         assert seeds_used == ({0, 1, 2} if scale == "study" else {0, 1})  # the paper used 2
@@ -41,14 +41,14 @@ def test_every_point_of_every_scale_validates(name):
 
 
 def test_grid_sizes_and_the_hyperparameter_conventions():
-    e1 = sweep.expand(module("e1"), "cifar10")  # 2 activations x (none + 6 SAM + 6 GP) x 2
+    e1 = expand(module("e1"), "cifar10")  # 2 activations x (none + 6 SAM + 6 GP) x 2
     assert len(e1) == 2 * 13 * 2
-    study = sweep.expand(module("e1"), "study")  # BatchNorm on/off x 2 x (1 + 4 + 4) x 3
+    study = expand(module("e1"), "study")  # BatchNorm on/off x 2 x (1 + 4 + 4) x 3
     assert len(study) == 2 * 2 * 9 * 3
     no_bn = module("e1").get_config("study/bn=false,activation=relu,method=gp,rho=1,seed=2")
     assert (no_bn.model.batch_norm, no_bn.optimizer.learning_rate) == (False, 0.1)
     assert no_bn.data.train_split == "train[:4000]" and no_bn.log_every_steps == 93
-    e4 = {p.name: dict(p.overrides) for p in sweep.expand(module("e4"), "study")}
+    e4 = {p.name: dict(p.overrides) for p in expand(module("e4"), "study")}
     head = "bn=false,activation=gelu"
     noise = e4[f"{head},method=weight_noise,sigma2=0.01,seed=0"]["regularizers"]
     assert noise == (("weight_noise", {"sigma": pytest.approx(0.1)}),)
@@ -57,7 +57,7 @@ def test_grid_sizes_and_the_hyperparameter_conventions():
     for method, estimator in (("gn_trace", "hutchinson"), ("gn_trace_sampled", "sampled_labels")):
         entry = e4[f"{head},method={method},sigma2=0.001,seed=2"]["regularizers"]
         assert entry == (("gauss_newton_trace_penalty", {"coef": 0.0005, "estimator": estimator}),)
-    e5 = {p.name: dict(p.overrides) for p in sweep.expand(module("e5"), "study")}
+    e5 = {p.name: dict(p.overrides) for p in expand(module("e5"), "study")}
     five = e5[f"{head},method=hessian_trace,sigma2=0.001,probes=5,seed=0"]["regularizers"]
     assert five[0][1]["num_probes"] == 5
     e3 = module("e3").get_config("study/bn=false,activation=relu_synthetic_nme,beta=16,"
@@ -68,8 +68,8 @@ def test_grid_sizes_and_the_hyperparameter_conventions():
     for a, b in (("e1", "e2"), ("e1", "e3"), ("e1", "e10"), ("e4", "e5"), ("e4", "e6"),
                  ("e8", "e9")):
         ma, mb = module(a), module(b)
-        shared = {p.name for p in sweep.expand(ma, "study")} \
-            & {p.name for p in sweep.expand(mb, "study")}
+        shared = {p.name for p in expand(ma, "study")} \
+            & {p.name for p in expand(mb, "study")}
         assert shared, (a, b)
         for name in shared:
             assert ma.get_config(f"study/{name}") == mb.get_config(f"study/{name}")
@@ -79,7 +79,7 @@ def test_grid_sizes_and_the_hyperparameter_conventions():
 
 def test_pilot_regimes_validate_and_pair_their_seeds():
     m = module("regime")
-    points = sweep.expand(m, "pilot")
+    points = expand(m, "pilot")
     # (none + 5 SAM radii) x (2 seeds of the rejected a4k, 3 of n4k, 5 of f4k and l4k)
     assert len(points) == 6 * (2 + 3 + 5 + 5) and len({p.name for p in points}) == len(points)
     steps = {}
@@ -101,7 +101,7 @@ def test_pilot_regimes_validate_and_pair_their_seeds():
 def test_contrasts_run_in_the_pilots_label_noise_regime_with_the_study_probes():
     m, pilot = module("contrasts"), module("regime")
     plain = pilot.get_config("pilot/regime=l4k,method=none,rho=0,seed=3")
-    bracket = sweep.expand(m, "bracket")
+    bracket = expand(m, "bracket")
     # relu (none + SAM + GP; GP without NME over 8 rho), gelu (none + SAM + GP + GP without
     # NME; GP with G + NME_act over 8 rho), three GP-only arms
     assert len(bracket) == (1 + 2 * 5 + 8) + (1 + 3 * 5 + 8) + 3 * 5
@@ -119,7 +119,7 @@ def test_contrasts_run_in_the_pilots_label_noise_regime_with_the_study_probes():
     assert (spike.model.activation, spike.model.beta) == ("relu_spike_nme", 1.0)
     # the study: each arm's rho x 8 seeds; its seed-0 runs at a bracket rho are the
     # bracket's (the same config, so the sweep finds them finished)
-    study = sweep.expand(m, "study")
+    study = expand(m, "study")
     assert len(study) == 8 * (2 + sum(map(len, m.STUDY_RHOS.values()))) == 272 + 8 * 4 + 8 * 8
     names = {p.name for p in bracket}
     shared = [p for p in study if p.name in names]
@@ -131,7 +131,7 @@ def test_contrasts_run_in_the_pilots_label_noise_regime_with_the_study_probes():
                 and p.tag_dict["method"] == method]
         assert sorted({p.tag_dict["rho"] for p in runs}) == list(rhos)
         assert sorted({p.tag_dict["seed"] for p in runs}) == list(range(8))
-    warmup = sweep.expand(m, "warmup")
+    warmup = expand(m, "warmup")
     assert len(warmup) == 6
     no_bn = m.get_config(f"warmup/{warmup[0].name}")
     assert not no_bn.model.batch_norm and no_bn.optimizer.warmup_epochs == 5
@@ -230,10 +230,10 @@ def test_series_draw2_and_the_rest_of_the_paper_run_in_the_l4k_regime():
         draw2.data.train_split, draw2.data.label_noise_seed = (study.data.train_split,
                                                                study.data.label_noise_seed)
     assert draw2 == study
-    assert {p.tag_dict["seed"] for p in sweep.expand(m, "draw2")} == set(range(8))
+    assert {p.tag_dict["seed"] for p in expand(m, "draw2")} == set(range(8))
     rest, beta = module("l4k_rest"), module("l4k_beta")
     for mod, scale in ((rest, "trace_bracket"), (beta, "beta")):
-        for point in sweep.expand(mod, scale):
+        for point in expand(mod, scale):
             config = mod.get_config(f"{scale}/{point.name}")
             validate(config, 8)
             assert (config.data.label_noise, config.data.train_split, config.model.batch_norm,

@@ -168,7 +168,7 @@ def tree_digest(directory):
 
 
 def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
-    """tools/probe.py --watch on a job while it trains: both finish, checkpoints untouched;
+    """nme-probe --watch on a job while it trains: both finish, checkpoints untouched;
     a second trainer started on that workdir meanwhile is refused.
 
     The job would run for long; once the tool has probed two of its
@@ -220,7 +220,8 @@ def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
     assert_probe_records_in_tensorboard(runs["probes_offline"], records)
 
     # a one-shot probe of a given step, then the plots
-    out = subprocess.run([sys.executable, "tools/plot_curvature.py", workdir], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "nme_train.commands.plot_curvature", workdir],
+                         cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     for name in ("curvature_spectra.png", "curvature_traces.png", "curvature_layers.png",
@@ -233,7 +234,7 @@ def test_offline_probe_reports_missing_step(data_dir, tmp_path):
     workdir = str(tmp_path / "short")
     config = tiny_config(data_dir, **{"num_train_steps": 8})
     train_and_evaluate(config, workdir)
-    out = subprocess.run([sys.executable, "tools/probe.py", f"--workdir={workdir}",
+    out = subprocess.run([sys.executable, "-m", "nme_train.commands.probe", f"--workdir={workdir}",
                           "--step=5", "--set", "probes.batch_size=16"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "XLA_FLAGS": xla_flags()})
@@ -245,7 +246,8 @@ def test_offline_probe_reports_missing_step(data_dir, tmp_path):
 def test_offline_probe_in_float64_of_one_step(data_dir, tmp_path):
     workdir = str(tmp_path / "f64")
     train_and_evaluate(tiny_config(data_dir, **{"num_train_steps": 8}), workdir)
-    out = subprocess.run([sys.executable, "tools/probe.py", f"--workdir={workdir}", "--float64",
+    out = subprocess.run([sys.executable, "-m", "nme_train.commands.probe", f"--workdir={workdir}",
+                          "--float64",
                           "--set", "probes.batch_size=16", "--set", "probes.lanczos_steps=5",
                           "--set", "probes.trace_probes=2"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300,

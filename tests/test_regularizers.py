@@ -487,7 +487,9 @@ def test_gn_estimator_bias_tool_reports_each_estimator(capsys):
     """tools/gn_estimator_bias.py (few draws): one JSON line per seed, every estimator."""
     import json
 
-    from nme_train.commands import gn_estimator_bias
+    from conftest import tool
+
+    gn_estimator_bias = tool("gn_estimator_bias")
 
     assert gn_estimator_bias.main(["--seeds", "0", "--draws", "16"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -214,13 +214,13 @@ def test_trainer_in_the_batch_shell_runs_as_one_process(slurm, tmp_path):
 
 
 def test_sweep_on_slurm_gives_each_job_its_own_point(slurm, tmp_path):
-    """tools/sweep.py --launcher slurm with the real sbatch: point names hold commas, which
+    """nme-sweep --launcher slurm with the real sbatch: point names hold commas, which
     sbatch's --export would split; every job trains its own point, in its own run
     directory, to the end."""
     experiment = tmp_path / "grid.py"
     experiment.write_text(textwrap.dedent(f"""
         from configs import default
-        from nme_train.experiments import axis, experiment_config, product, seeds
+        from nme_train.sweeps.grids import axis, experiment_config, product, seeds
 
         SCALES = ("tiny",)
 
@@ -240,7 +240,7 @@ def test_sweep_on_slurm_gives_each_job_its_own_point(slurm, tmp_path):
     """))
     workdir = tmp_path / "sweep"
     env = {**slurm, "NME_TEST_INPUT_DELAY": "0"}
-    out = run([sys.executable, "tools/sweep.py", f"--config={experiment}:tiny",
+    out = run([sys.executable, "-m", "nme_train.commands.sweep", f"--config={experiment}:tiny",
                f"--workdir={workdir}", "--launcher=slurm",
                "--sbatch_args=--nodes=1 --ntasks=1 --ntasks-per-node=1 --cpus-per-task=1 "
                "--gpus-per-node=0 --time=5"], env)

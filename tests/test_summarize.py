@@ -1,4 +1,5 @@
-"""Summaries of a sweep (nme_train.commands.summarize) on fake runs: means, differences, traces."""
+"""Summaries of a sweep (nme_train.analysis, through nme-summarize) on fake runs: means,
+differences, traces."""
 
 import json
 import math
@@ -6,6 +7,7 @@ import math
 import pytest
 from conftest import assert_plot
 
+from nme_train.analysis.stats import paired_difference
 from nme_train.commands import summarize
 from nme_train.train.rundir import DIVERGED_FILE, FINAL_FILE
 
@@ -150,6 +152,6 @@ def test_paired_difference_over_shared_seeds_by_hand():
     std 0.01, SE 0.01 / sqrt 3; the unpaired SE of the same numbers is far larger."""
     a = {"test_acc_by_seed": {0: 0.82, 1: 0.71, 2: 0.93, 3: 0.5}}
     b = {"test_acc_by_seed": {0: 0.80, 1: 0.70, 2: 0.90}}
-    diff, se, n = summarize.paired_difference(a, b)
+    diff, se, n = paired_difference(a, b)
     assert (n, round(diff, 12), round(se, 12)) == (3, 0.02, round(0.01 / 3 ** 0.5, 12))
-    assert math.isnan(summarize.paired_difference(a, {"test_acc_by_seed": {}})[0])
+    assert math.isnan(paired_difference(a, {"test_acc_by_seed": {}})[0])

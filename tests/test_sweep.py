@@ -13,7 +13,8 @@ import pytest
 from conftest import ROOT, assert_plot, run_command, xla_flags
 
 from nme_train.commands import summarize, sweep
-from nme_train.train.rundir import FINAL_FILE
+from nme_train.sweeps.plan import load_experiment
+from nme_train.train.rundir import FINAL_FILE, MACHINES_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ def test_local_sweep_runs_each_point_once_and_summarizes(tmp_path, data_dir):
         assert json.loads((workdir / name / "config.json").read_text())["seed"] == \
             int(name[-1])
         (machine,) = [json.loads(line) for line in
-                      (workdir / name / sweep.MACHINES_FILE).read_text().splitlines()]
+                      (workdir / name / MACHINES_FILE).read_text().splitlines()]
         assert machine["host"] == socket.gethostname() and machine["cores"] == os.cpu_count()
         assert machine["cpu"] and len(machine["cpu_flags_sha256"]) == 16
     penalty = json.loads((workdir / names[2] / "config.json").read_text())["regularizers"]
@@ -63,7 +64,7 @@ def test_local_sweep_runs_each_point_once_and_summarizes(tmp_path, data_dir):
     os.remove(workdir / names[1] / FINAL_FILE)
     printed = run_sweep("--config", config, "--workdir", str(workdir), "--launcher", "print")
     assert "3 finished, 1 to run" in printed.stdout
-    assert len((workdir / names[1] / sweep.MACHINES_FILE).read_text().splitlines()) == 1
+    assert len((workdir / names[1] / MACHINES_FILE).read_text().splitlines()) == 1
     assert printed.stdout.count("nme_train.main") == 1 and names[1] in printed.stdout
     # summary of the real runs: 2 groups of 2 seeds, accuracy mean and std
     assert summarize.main([str(workdir), "--out", str(tmp_path / "summary")]) == 0
@@ -80,7 +81,7 @@ def test_sigterm_stops_a_local_sweep_at_a_checkpoint_and_the_next_sweep_resumes(
                                        "c.num_epochs, c.num_train_steps = -1, 4000")
     open(config, "w").write(text.replace('"gp": (0.1,)', '"gp": ()'))  # 2 plain points
     workdir = tmp_path / "sweep"
-    proc = subprocess.Popen([sys.executable, "tools/sweep.py", "--config", config,
+    proc = subprocess.Popen([sys.executable, "-m", "nme_train.commands.sweep", "--config", config,
                              "--workdir", str(workdir)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ,
                                                                       "XLA_FLAGS": xla_flags()})
@@ -104,7 +105,7 @@ def test_sweep_refuses_a_run_made_with_another_config(tmp_path, data_dir):
     workdir = tmp_path / "sweep"
     run_dir = workdir / "method=none,rho=0,seed=0"
     run_dir.mkdir(parents=True)
-    m, scale, _ = sweep.load_experiment(config)
+    m, scale, _ = load_experiment(config)
     other = json.loads(m.get_config("digits/method=none,rho=0,seed=0").to_json_best_effort())
     other["batch_size"] = 32
     (run_dir / "config.json").write_text(json.dumps(other))
@@ -182,7 +183,7 @@ def tiny_experiment(tmp_path, data_dir) -> str:
     path = tmp_path / "tiny.py"
     path.write_text(textwrap.dedent(f"""
         from configs import default
-        from nme_train.experiments import experiment_config, methods, product, seeds
+        from nme_train.sweeps.grids import experiment_config, methods, product, seeds
 
         SCALES = ("digits",)
         PLOT = {{"kind": "final", "x": "rho", "lines": ("method",)}}
@@ -209,7 +210,7 @@ def tiny_experiment(tmp_path, data_dir) -> str:
 
 
 def run_sweep(*args, env=None):
-    return run_command("tools/sweep.py", *args, devices=None, timeout=600, env=env)
+    return run_command("-m", "nme_train.commands.sweep", *args, devices=None, timeout=600, env=env)
 
 
 def _read(path) -> str:

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, assert_plot
+from conftest import ROOT, assert_plot, tool
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def test_toy_landscape_nme_against_the_dense_hessian():
     import jax.numpy as jnp
     from jax.flatten_util import ravel_pytree
 
-    from nme_train.commands import toy_landscape
+    toy_landscape = tool("toy_landscape")
 
     config = module("e7").get_config()
     params = toy_landscape.init_params(config)

@@ -1,12 +1,205 @@
 """The ImageNet-scale checks that need an accelerator, in one run.
 
-The command is nme_train/commands/accelerator_check.py (also installed as `nme-accelerator-check`);
-run `python tools/accelerator_check.py --help` for its options.
+    python tools/accelerator_check.py --out docs/measurements/accelerator_check   # GPU / TPU
+    python tools/accelerator_check.py --smoke --out /tmp/check                    # CPU, tiny
+
+1. Input pipeline feeding the real ResNet-50 step (configs/imagenet_resnet50.py,
+   bf16, 224 px): images/s with real JPEG decoding (the trainer's pipeline
+   over a synthetic ImageNet built first, `--images` JPEGs of ImageNet's
+   sizes; grain workers = the machine's cores, up to 16) against the same
+   step on a device-resident synthetic batch.
+2. One probe of ResNet-50 at ImageNet size: Lanczos on H and G until the
+   top eigenvalue's error bound is below 1e-3 relative (`--lanczos` steps at
+   most), with the Hutchinson traces of H, G and NME; seconds, and the
+   device's peak memory.
+3. The float32 / bf16 numerics check (tools/check_numerics.py).
+
+Each part writes one JSON line to OUT/accelerator_check.jsonl and prints a
+summary; a part that cannot run (a missing package, out of memory) writes
+its error and the others still run. `--smoke` shrinks everything (a
+ResNet-18 of width 4 at 32 px, the digits CNN for the numerics, a few
+steps) so that the script itself is tested on a CPU.
 """
 
-import sys
+from __future__ import annotations
 
-from nme_train.commands.accelerator_check import main
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+import jax
+import numpy as np
+
+from nme_train.cli import CHECKOUT, checkout_module
+
+ROOT = CHECKOUT
+
+
+def resnet50(args: argparse.Namespace):
+    c = checkout_module("configs/imagenet_resnet50.py").get_config()
+    c.batch_size = c.eval_batch_size = args.batch
+    c.data.data_dir = args.data_dir
+    c.data.num_workers = min(16, os.cpu_count() or 1)
+    c.data.num_threads = c.data.prefetch = 8
+    c.mesh.data, c.mesh.fsdp = -1, 1
+    if args.smoke:  # the same code on a CPU: ResNet-18's blocks compile much faster
+        c.model.depth, c.model.width, c.data.image_size, c.model.dtype = 18, 4, 32, "float32"
+        c.data.num_workers = 0
+    return c
+
+
+def timed_steps(step, state, batches, steps: int) -> tuple[float, object]:
+    """Median seconds per step over `steps` steps after two warm-up steps."""
+    times = []
+    for i in range(steps + 2):
+        start = time.perf_counter()
+        state, metrics = step(state, next(batches))
+        jax.block_until_ready(metrics)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), state
+
+
+def pipeline_part(args: argparse.Namespace) -> dict:
+    from nme_train.data import DATASETS, train_batches
+    from nme_train.data.prepare import prepare_synthetic_imagenet
+    from nme_train.sharding import global_batch
+    from nme_train.train.program import build_program, device_batches
+
+    if not os.path.isdir(os.path.join(args.data_dir, "imagenet2012")):
+        start = time.perf_counter()
+        prepare_synthetic_imagenet(args.data_dir, args.images, 16, processes=os.cpu_count() or 1,
+                                   short_side=(40, 60) if args.smoke else (400, 500))
+        print(f"built the synthetic ImageNet in {time.perf_counter() - start:.0f} s", flush=True)
+    config = resnet50(args)
+    spec = DATASETS["imagenet2012"]
+    devices = jax.devices()
+    program = build_program(config, spec, devices, total_steps=1000, steps_per_epoch=100)
+    state = program.init()
+    host = train_batches(spec, config.data, config.batch_size, 0, 0, jax.process_index(),
+                         jax.process_count())
+    real_s, state = timed_steps(program.train_step, state,
+                                device_batches(host, program.batch_sharding), args.steps)
+    first = next(host)
+    fixed = global_batch(first, program.batch_sharding)
+
+    def same():
+        while True:
+            yield fixed
+
+    synthetic_s, state = timed_steps(program.train_step, state, same(), args.steps)
+    return {"part": "pipeline", "batch": config.batch_size, "devices": len(devices),
+            "device": devices[0].device_kind, "workers": config.data.num_workers,
+            "decoder": config.data.decoder, "image_size": config.data.image_size,
+            "images_per_s_real_decoding": config.batch_size / real_s,
+            "images_per_s_synthetic": config.batch_size / synthetic_s,
+            "fed_fraction": synthetic_s / real_s, "host_batch": first}
+
+
+def probe_part(args: argparse.Namespace, host_batch: dict | None) -> dict:
+    from nme_train.curvature.lanczos import LanczosResult
+    from nme_train.data import DATASETS
+    from nme_train.train.probing import RunProbes
+    from nme_train.train.program import build_program
+
+    config = resnet50(args)
+    c = config.probes
+    c.kinds, c.lanczos_steps, c.top_k, c.bottom_k = ("hessian", "gauss_newton"), args.lanczos, 1, 1
+    c.trace_probes, c.batch_size, c.alignment = 10, args.probe_batch, False
+    spec = DATASETS["imagenet2012"]
+    program = build_program(config, spec, jax.devices(), total_steps=1000, steps_per_epoch=100)
+    state = program.init()
+    if host_batch is None:  # no pipeline: random images of the right shape
+        rng = np.random.default_rng(0)
+        size = config.data.image_size
+        host_batch = {"image": rng.integers(0, 256, (args.probe_batch, size, size, 3), np.uint8),
+                      "label": rng.integers(0, 1000, args.probe_batch).astype(np.int32)}
+    host = {k: np.asarray(v)[:args.probe_batch] for k, v in host_batch.items()}
+    probes = RunProbes(config, spec, program, None, host_batches=[host])
+    start = time.perf_counter()
+    record = probes.probe(state, 0)
+    seconds = time.perf_counter() - start
+    out = {"part": "probe", "probe_batch": args.probe_batch, "lanczos_steps": args.lanczos,
+           "seconds_with_compile": seconds, "matvecs": record["matvecs"]}
+    for kind in c.kinds:
+        t = record[f"{kind}/lanczos"]
+        steps_to = None
+        for m in range(2, len(t["alphas"]) + 1):
+            (value,), (bound,) = LanczosResult(t["alphas"][:m], t["betas"][:m]).top(1)
+            if bound <= 1e-3 * abs(value):
+                steps_to = m
+                break
+        out[kind] = {"top": record[f"{kind}/top_eigenvalues"][0],
+                     "error_bound": record[f"{kind}/top_error_bounds"][0],
+                     "lanczos_steps_to_1e-3": steps_to,
+                     "trace": record[f"{kind}/trace"], "trace_se": record[f"{kind}/trace_se"]}
+    start = time.perf_counter()
+    probes.probe(state, 0)  # compiled now
+    out["seconds"] = time.perf_counter() - start
+    stats = jax.devices()[0].memory_stats() or {}
+    out["peak_memory_gib"] = stats.get("peak_bytes_in_use", float("nan")) / 2**30
+    return out
+
+
+def numerics_part(args: argparse.Namespace) -> dict:
+    command = [sys.executable, os.path.join(ROOT, "tools", "check_numerics.py")]
+    if args.smoke:
+        command += ["--config", "configs/default.py", "--batch_size", "4"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    if result.returncode:
+        raise RuntimeError(result.stderr.strip().splitlines()[-1])
+    return {"part": "numerics", **json.loads(result.stdout.strip().splitlines()[-1])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="directory for the JSON lines")
+    parser.add_argument("--data_dir", default=None, help="default: OUT/data")
+    parser.add_argument("--images", type=int, default=4096, help="synthetic training JPEGs")
+    parser.add_argument("--batch", type=int, default=256, help="global training batch")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per setting")
+    parser.add_argument("--probe_batch", type=int, default=128)
+    parser.add_argument("--lanczos", type=int, default=40, help="Lanczos steps at most")
+    parser.add_argument("--parts", default="pipeline,probe,numerics")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings (a CPU test)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.images, args.batch, args.steps, args.probe_batch, args.lanczos = 32, 8, 2, 8, 6
+    os.makedirs(args.out, exist_ok=True)
+    args.data_dir = args.data_dir or os.path.join(args.out, "data")
+    path = os.path.join(args.out, "accelerator_check.jsonl")
+    print(f"devices: {jax.devices()}; jax {jax.__version__}", flush=True)
+    failed, host_batch = 0, None
+    for part in args.parts.split(","):
+        start = time.perf_counter()
+        try:
+            if part == "pipeline":
+                row = pipeline_part(args)
+                host_batch = row.pop("host_batch")
+            elif part == "probe":
+                row = probe_part(args, host_batch)
+            elif part == "numerics":
+                row = numerics_part(args)
+            else:
+                raise ValueError(f"unknown part {part!r}")
+        except Exception as e:  # noqa: BLE001 - report it, run the other parts
+            failed += 1
+            row = {"part": part, "error": f"{type(e).__name__}: {e}",
+                   "traceback": traceback.format_exc(limit=3)}
+        row["wall_s"] = time.perf_counter() - start
+        row["device"] = jax.devices()[0].device_kind
+        with open(path, "a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+        print(json.dumps({k: v for k, v in row.items() if k != "traceback"}, default=float),
+              flush=True)
+    return 1 if failed else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

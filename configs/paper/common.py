@@ -21,7 +21,7 @@ standard error.
 import re
 
 from configs import cifar10_wrn28_10, fashion_mnist_cnn, imagenet_resnet50
-from nme_train.experiments import Point, seeds
+from nme_train.sweeps.grids import Point, seeds
 
 FULL_SCALES = ("imagenet", "cifar10", "fashion_mnist")
 SCALES = FULL_SCALES + ("study",)

@@ -53,21 +53,21 @@ rest) along the gradient and at the ends of their spectra, the dead units per
 layer and lambda_max(H) against the optimizer's stability threshold, every
 PROBE_EPOCHS epochs.
 
-    python tools/sweep.py --config configs/paper/contrasts.py:bracket \
+    nme-sweep --config configs/paper/contrasts.py:bracket \
         --workdir study/contrasts --jobs 2
-    python tools/sweep.py --config configs/paper/contrasts.py:study \
+    nme-sweep --config configs/paper/contrasts.py:study \
         --workdir study/contrasts --jobs 2
-    python tools/sweep.py --config configs/paper/contrasts.py:warmup \
+    nme-sweep --config configs/paper/contrasts.py:warmup \
         --workdir study/contrasts_warmup --jobs 2
-    python tools/sweep.py --config configs/paper/contrasts.py:series \
+    nme-sweep --config configs/paper/contrasts.py:series \
         --workdir study/contrasts_series --jobs 2
-    python tools/sweep.py --config configs/paper/contrasts.py:draw2 \
+    nme-sweep --config configs/paper/contrasts.py:draw2 \
         --workdir study/contrasts_draw2 --jobs 2
-    python tools/summarize.py study/contrasts --out docs/results
+    nme-summarize study/contrasts --out docs/results
 """
 
 from configs.paper import common, regime
-from nme_train.experiments import Point, activations, experiment_config, methods, product, seeds
+from nme_train.sweeps.grids import Point, activations, experiment_config, methods, product, seeds
 
 SCALES = ("bracket", "study", "warmup", "series", "draw2")
 RHOS = (0.05, 0.1, 0.2, 0.5, 1.0)

@@ -8,12 +8,12 @@ missing).
 Grid: activation {relu, gelu} x {none, SAM(rho), penalty(rho)} x seeds; in
 the study also x {with, without BatchNorm} (`bn`).
 
-    python tools/sweep.py --config configs/paper/e1.py:cifar10 --workdir DIR
-    python tools/summarize.py DIR
+    nme-sweep --config configs/paper/e1.py:cifar10 --workdir DIR
+    nme-summarize DIR
 """
 
 from configs.paper import common
-from nme_train.experiments import activations, experiment_config, methods, product
+from nme_train.sweeps.grids import activations, experiment_config, methods, product
 
 SCALES = common.SCALES
 PLOT = {"kind": "final", "x": "rho", "lines": ("method", "activation"), "panels": "bn",

@@ -9,7 +9,7 @@ E1's GELU points: sweep both into one directory and they run once.
 """
 
 from configs.paper import common
-from nme_train.experiments import activations, experiment_config, methods, product
+from nme_train.sweeps.grids import activations, experiment_config, methods, product
 
 SCALES = common.SCALES
 PLOT = {"kind": "final", "x": "rho", "lines": ("method",), "panels": "bn", "symlog_x": 0.1,

@@ -11,7 +11,7 @@ one directory and they run once.
 """
 
 from configs.paper import common
-from nme_train.experiments import activations, experiment_config, methods, product
+from nme_train.sweeps.grids import activations, experiment_config, methods, product
 
 SCALES = common.SCALES
 PLOT = {"kind": "final", "x": "rho", "lines": ("activation",), "panels": "bn",

@@ -18,7 +18,7 @@ BatchNorm variants), at the rhos where E1 separates ReLU from GELU.
 """
 
 from configs.paper import common
-from nme_train.experiments import activations, experiment_config, methods, product
+from nme_train.sweeps.grids import activations, experiment_config, methods, product
 
 SCALES = common.SCALES
 PLOT = {"kind": "final", "x": "rho", "lines": ("activation", "beta"), "panels": "bn",

@@ -21,7 +21,7 @@ sigma^2 x seeds.
 """
 
 from configs.paper import common
-from nme_train.experiments import activations, experiment_config, methods, product
+from nme_train.sweeps.grids import activations, experiment_config, methods, product
 
 SCALES = common.SCALES
 PLOT = {"kind": "final", "x": "sigma2", "lines": ("method",), "log_x": True, "zoom": 6,

@@ -10,7 +10,7 @@ runs), for the comparison. The study runs one sigma^2, the smaller of E4's.
 """
 
 from configs.paper import common, e4
-from nme_train.experiments import Point, activations, experiment_config, methods, product
+from nme_train.sweeps.grids import Point, activations, experiment_config, methods, product
 
 SCALES = common.SCALES
 PLOT = {"kind": "final", "x": "sigma2", "lines": ("method", "probes"), "log_x": True,

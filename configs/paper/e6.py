@@ -18,7 +18,7 @@ examples, BatchNorm in train mode).
 """
 
 from configs.paper import common, e4
-from nme_train.experiments import activations, experiment_config, methods, product
+from nme_train.sweeps.grids import activations, experiment_config, methods, product
 
 SCALES = common.SCALES
 PLOT = {"kind": "traces", "lines": ("bn", "activation", "method"),

@@ -14,7 +14,7 @@ Grid: beta x {none, penalty(rho), GN trace(sigma^2)} x seeds.
 """
 
 from configs.paper import common
-from nme_train.experiments import axis, experiment_config, methods, product
+from nme_train.sweeps.grids import axis, experiment_config, methods, product
 
 SCALES = common.SCALES
 PLOT = {"kind": "final", "x": "beta", "lines": ("method",), "log_x": True, "panels": "bn",

@@ -11,7 +11,7 @@ with and without BatchNorm.
 """
 
 from configs.paper import common, e8
-from nme_train.experiments import experiment_config
+from nme_train.sweeps.grids import experiment_config
 
 SCALES = common.SCALES
 PLOT = {"kind": "sparsity", "x": "beta", "log_x": True, "panels": "bn"}

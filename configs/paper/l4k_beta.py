@@ -9,13 +9,13 @@ same runs), in `l4k` (4,000 Fashion-MNIST images, 25% label noise, the BatchNorm
 Gauss-Newton trace penalty at its best sigma^2 in configs/paper/l4k_rest.py's `trace`
 (both fixed across beta, as the paper fixes its hyperparameter along the beta axis).
 
-    python tools/sweep.py --config configs/paper/l4k_beta.py:beta --workdir study/l4k_beta \
+    nme-sweep --config configs/paper/l4k_beta.py:beta --workdir study/l4k_beta \
         --jobs 2
-    python tools/summarize.py study/l4k_beta --out docs/results/l4k_beta
+    nme-summarize study/l4k_beta --out docs/results/l4k_beta
 """
 
 from configs.paper import common, l4k_rest
-from nme_train.experiments import axis, experiment_config, methods, product, seeds
+from nme_train.sweeps.grids import axis, experiment_config, methods, product, seeds
 
 SCALES = ("beta",)
 BETAS = (1.0, 4.0, 16.0, 64.0)

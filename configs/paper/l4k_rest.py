@@ -15,13 +15,13 @@ Scales:
 
 E8 and E9 in this regime: configs/paper/l4k_beta.py.
 
-    python tools/sweep.py --config configs/paper/l4k_rest.py:trace_bracket \
+    nme-sweep --config configs/paper/l4k_rest.py:trace_bracket \
         --workdir study/l4k_rest --jobs 2
-    python tools/summarize.py study/l4k_rest --out docs/results/l4k_rest
+    nme-summarize study/l4k_rest --out docs/results/l4k_rest
 """
 
 from configs.paper import common, regime
-from nme_train.experiments import Point, activations, experiment_config, methods, product, seeds
+from nme_train.sweeps.grids import Point, activations, experiment_config, methods, product, seeds
 
 SCALES = ("trace_bracket",)
 TRACE_BRACKET = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)

@@ -34,12 +34,12 @@ weight decay 5e-4. The warmup is several epochs long so that no run dies
 in a short ramp to its peak learning rate (docs/results.md: the earlier
 study's collapses were dead networks within about 93 steps).
 
-    python tools/sweep.py --config configs/paper/regime.py:pilot --workdir study/pilot --jobs 2
-    python tools/summarize.py study/pilot --out docs/results
+    nme-sweep --config configs/paper/regime.py:pilot --workdir study/pilot --jobs 2
+    nme-summarize study/pilot --out docs/results
 """
 
 from configs.paper import common
-from nme_train.experiments import Point, experiment_config, methods, product, seeds
+from nme_train.sweeps.grids import Point, experiment_config, methods, product, seeds
 
 SCALES = ("pilot",)
 PILOT_SEEDS = (0, 1, 2, 3, 4)

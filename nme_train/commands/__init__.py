@@ -1,19 +1,13 @@
-"""The project's commands: each module's `main` is an `nme-<name>` console script, and
-`python tools/<name>.py` (the checkout's front end) runs the same function.
+"""The user's commands, each a thin front door over the library: its module's `main` is an
+installed console script and runs with `python -m`:
 
-Commands that run the checkout's configs or launch scripts (sweep,
-fault_injection, accelerator_check, toy_landscape) find them under
-`CHECKOUT`, the folder that holds this package in a source checkout (an
-editable install, as requirements.txt makes).
+    nme-train           python -m nme_train.main                      train (and --dry_run)
+    nme-sweep           python -m nme_train.commands.sweep            run an experiment grid
+    nme-summarize       python -m nme_train.commands.summarize        tables and plots of a sweep
+    nme-probe           python -m nme_train.commands.probe            probe a run's checkpoints
+    nme-plot-curvature  python -m nme_train.commands.plot_curvature   a run's curvature figures
+    nme-prepare-data    python -m nme_train.commands.prepare_data     datasets to TFDS form
+
+No command imports another. Benchmarks and one-off checks are scripts in the checkout's
+tools/ (not installed).
 """
-
-import os
-
-from nme_train.cli import CHECKOUT, import_config_module
-
-
-def checkout_module(relative_path: str):
-    """The module of a file of the checkout (e.g. "configs/paper/common.py"), by its path."""
-    name = "_checkout_" + os.path.splitext(relative_path)[0].replace("/", "_")
-    return import_config_module(os.path.join(CHECKOUT, relative_path), "checkout", name,
-                                needs_get_config=False)

@@ -1,9 +1,9 @@
 """Prepares datasets that can be had offline into TFDS array_record form.
 
-    python tools/prepare_data.py digits [--data_dir DIR]
-    python tools/prepare_data.py fashion_mnist --from /usr/share/datasets/fashion-mnist \
+    nme-prepare-data digits [--data_dir DIR]
+    nme-prepare-data fashion_mnist --from /usr/share/datasets/fashion-mnist \
         [--data_dir DIR]
-    python tools/prepare_data.py synthetic_imagenet --data_dir DIR [--train 10000] \
+    nme-prepare-data synthetic_imagenet --data_dir DIR [--train 10000] \
         [--validation 1000] [--short_side 400,500] [--store_short_side N] [--processes N]
 
 `digits` ships inside scikit-learn (the trainer also prepares it on first

@@ -1,28 +1,18 @@
 """Probe the curvature of a run's checkpoints, also while the run is training.
 
-    python tools/probe.py --workdir DIR                 # the newest checkpoint
-    python tools/probe.py --workdir DIR --step 400      # one checkpoint
-    python tools/probe.py --workdir DIR --watch         # each new checkpoint, until the run ends
-    python tools/probe.py --workdir DIR --set probes.lanczos_steps=40 --set probes.density_runs=4
-    python tools/probe.py --workdir DIR --float64         # double precision (CPU)
+    nme-probe --workdir DIR                 # the newest checkpoint
+    nme-probe --workdir DIR --step 400      # one checkpoint
+    nme-probe --workdir DIR --watch         # each new checkpoint, until the run ends
+    nme-probe --workdir DIR --set probes.lanczos_steps=40 --set probes.density_runs=4
+    nme-probe --workdir DIR --float64       # double precision (CPU)
 
-Reads DIR/config.json (the run's config; `--set` changes probe fields), and
-restores checkpoints read-only onto this process's devices (all of them on
-the data axis, whatever mesh the run used): nothing is written into
-DIR/checkpoints, no checkpoint manager is opened there, and the run's saves
-are never waited on. Only checkpoints orbax has finalised are read, through
-a hard-linked snapshot in DIR/probe_snapshots (removed after each probe),
-so that the run's retention can delete a checkpoint while it is read; one
-deleted before the snapshot is skipped with a warning.
-Each probe appends one JSON line (the probe suite's record, with
-"source": "offline") to DIR/probes_offline.jsonl, and writes the same
-figures to TensorBoard under DIR/tensorboard/probes_offline/ (a run of its
-own beside the training curves: every top-k and bottom-k eigenvalue with
-its error bound, the traces with a one-SE margin, per-layer traces, SLQ
-densities as histograms); steps already in that file are not probed
-again. `--watch` polls for new checkpoints and stops after probing the
-run's final step, or after `--idle_timeout` seconds without a new
-checkpoint.
+(`python -m nme_train.commands.probe` is the same.) Reads DIR/config.json (`--set`
+changes probe fields) and restores finalised checkpoints read-only, through a hard-linked
+snapshot, onto this process's devices; appends each record to DIR/probes_offline.jsonl
+and writes its figures to TensorBoard under DIR/tensorboard/probes_offline/; steps
+already probed are skipped. `--watch` stops after the run's final step, or after
+`--idle_timeout` seconds without a new checkpoint. The prober: nme_train.train.offline
+(docs/curvature.md, "Probing a running job").
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
 See operators.py (the products; OPERATORS, register_operator), lanczos.py,
 estimators.py (Hutchinson traces with shared probes, stochastic Lanczos
 quadrature), figures.py (what a probe computes; FIGURES, register_figure)
-and probes.py (the probe suite the trainer and tools/probe.py run).
+and probes.py (the probe suite the trainer and nme-probe run).
 """
 
 from nme_train.curvature.estimators import (

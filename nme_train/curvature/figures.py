@@ -8,8 +8,8 @@ operators and those of stage "after" once after them, with every earlier
 value in `ctx.record`. Each figure states its cost in operator-vector
 products, so the dry run and the benchmarks price a probe from the list.
 
-The trainer, tools/probe.py, the dry run, TensorBoard and
-tools/plot_curvature.py all iterate over `FIGURES` and `OPERATORS`; adding a
+The trainer, nme-probe, the dry run, TensorBoard and
+nme-plot-curvature all iterate over `FIGURES` and `OPERATORS`; adding a
 figure is one function here (or in a user's module) passed to
 `register_figure`:
 

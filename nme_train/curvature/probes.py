@@ -1,4 +1,4 @@
-"""The probe suite: what the trainer and tools/probe.py compute at a checkpoint.
+"""The probe suite: what the trainer and nme-probe compute at a checkpoint.
 
 `ProbeSuite(curvature, settings, param_shardings)` builds each configured
 operator kind in turn (nme_train.curvature.operators.OPERATORS), runs the

@@ -37,7 +37,7 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "fashion_mnist": DatasetSpec(
         "fashion_mnist", "train", "test", 10, 28, 1, (0.2860,), (0.3530,),
-        how_to_get="`python tools/prepare_data.py fashion_mnist --from "
+        how_to_get="`nme-prepare-data fashion_mnist --from "
         "/usr/share/datasets/fashion-mnist --data_dir DATA_DIR` (Debian package "
         "dataset-fashion-mnist) or `tfds build fashion_mnist --file_format=array_record`",
     ),

@@ -4,7 +4,7 @@ Tr H = tr(∇²L) and Tr G = tr(J^T H_z J) as functions of the flat
 parameters, built from dense matrices (jax.hessian, jax.jacfwd), so that
 jax.grad of them is the exact ∇Tr H and ∇Tr G an estimator's expected
 update is compared with (tests/test_regularizers.py, the
-nme-gn-estimator-bias command). `problem(seed)` is the 12-example, 3-class
+tools/gn_estimator_bias.py). `problem(seed)` is the 12-example, 3-class
 tanh MLP both use.
 """
 

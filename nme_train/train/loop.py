@@ -121,7 +121,7 @@ class Trainer:
                 if preempted:
                     return preempted
                 return self.finish()
-            except Diverged as e:  # mark the run (tools/sweep.py counts it) and stop cleanly
+            except Diverged as e:  # mark the run (nme-sweep counts it) and stop cleanly
                 raise self.stop_diverged(e) from None
             finally:
                 self.close()
@@ -356,7 +356,7 @@ class Trainer:
         if trained:
             self.writer.write(total, results)
         self.ckpt.close()  # every checkpoint is on disk before the run is marked finished
-        if self.is_main:  # the marker of a finished run (tools/sweep.py skips it)
+        if self.is_main:  # the marker of a finished run (nme-sweep skips it)
             write_json_atomic(os.path.join(self.workdir, FINAL_FILE), {
                 "step": total, "epochs": total / self.steps_per_epoch,
                 "num_params": self.program.num_params, **self.metrics.last, **results})

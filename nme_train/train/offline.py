@@ -1,4 +1,4 @@
-"""Probing a run from its workdir: what `nme-probe` (tools/probe.py) does, as a library.
+"""Probing a run from its workdir: what `nme-probe` (nme-probe) does, as a library.
 
 `load_run_config(workdir, overrides)` reads the run's config.json over the
 current defaults; `OfflineProber(workdir, config)` rebuilds the run's

@@ -1,4 +1,4 @@
-"""Curvature probes of a training run: the trainer's periodic hook and tools/probe.py.
+"""Curvature probes of a training run: the trainer's periodic hook and nme-probe.
 
 `RunProbes` binds the curvature engine (nme_train.curvature) to one
 experiment: the model with its BatchNorm mode, the training loss, a fixed

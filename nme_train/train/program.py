@@ -1,7 +1,7 @@
 """The compiled bundle of one config: mesh, model, sharded state and jitted steps.
 
 `build_program` is shared by the trainer, the dry run (nme_train.train.dry_run),
-the offline probe (tools/probe.py) and the step benchmark: everything that
+the offline probe (nme-probe) and the step benchmark: everything that
 depends on the config and the devices but not on a workdir.
 """
 

@@ -8,7 +8,7 @@ Files (written by process 0):
   final.json           written once the run has finished: its final metrics
   diverged.json        written when the training loss became NaN/inf
   writer.lock          held while a trainer runs (nme_train.train.lock)
-  machines.jsonl       one line per start by tools/sweep.py: host, CPU, jax version
+  machines.jsonl       one line per start by nme-sweep: host, CPU, jax version
 
 The policy (docs/checkpoints.md, "The workdir policy"):
 
@@ -119,7 +119,7 @@ def keep_aside(path: str, suffix: str) -> str:
 
 def _fields(config_json: dict) -> dict[str, Any]:
     """Dotted field -> value (lists as tuples, as the config holds them)."""
-    # imported here: tools/sweep.py reads this module without importing jax
+    # imported here: nme-sweep reads this module without importing jax
     from flax.traverse_util import flatten_dict
 
     return {k: tuple(v) if isinstance(v, list) else v

@@ -13,8 +13,8 @@ So every point is reproducible from its config string alone:
 
     python -m nme_train.main --config=configs/paper/e1.py:study/method=gp,...
 
-`tools/sweep.py` expands a grid into one run per point (its own workdir,
-named after the point) and `tools/summarize.py` gathers their results; the
+`nme-sweep` expands a grid into one run per point (its own workdir,
+named after the point) and `nme-summarize` gathers their results; the
 point's tags are written to `DIR/point.json` by the sweep.
 
 A `Point` holds `tags` (what the results are grouped and plotted by: method,
@@ -36,7 +36,7 @@ import ml_collections
 
 from nme_train.config_fields import set_fields
 
-POINT_FILE = "point.json"  # written by tools/sweep.py: the point's tags and config string
+POINT_FILE = "point.json"  # written by nme-sweep: the point's tags and config string
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.=,+-]+$")
 
@@ -144,6 +144,21 @@ def regularizer_entry(method: str, value: float | None, **kwargs: Any) -> tuple:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     entry = METHODS[method][1](value, **kwargs)
     return () if entry is None else (entry,)
+
+
+# Each method at a typical setting (in METHODS' conventions), and the gradient penalty by
+# double backprop: the rows of tools/bench_regularizers.py and tools/bench_throughput.py.
+TYPICAL_METHODS = {
+    "plain": (),
+    "weight_noise": regularizer_entry("weight_noise", 1e-4),  # sigma 0.01
+    "sam": regularizer_entry("sam", 0.05),
+    "gradient_penalty": regularizer_entry("gp", 0.1),
+    "gradient_penalty_no_nme": regularizer_entry("gp_no_nme", 0.1),
+    "gradient_penalty_double_backprop": regularizer_entry("gp", 0.1, mode="double_backprop"),
+    "gn_trace_sampled_labels": regularizer_entry("gn_trace_sampled", 0.02),  # coef 0.01
+    "gn_trace_hutchinson": regularizer_entry("gn_trace", 0.02),
+    "hessian_trace": regularizer_entry("hessian_trace", 0.02),
+}
 
 
 def methods(spec: dict[str, Sequence[float]],
