@@ -12,12 +12,11 @@ Variant `:gelu` (or `:beta_gelu`) swaps the activation.
 
 from configs.recipes import sam_cifar
 from nme_train.base_config import base_config
+from nme_train.models import use_model
 
 
 def get_config(variant: str = "relu"):
     c = sam_cifar(base_config())
-    c.model.name = "wide_resnet"
-    c.model.depth = 28
-    c.model.width = 10  # widen factor k: 36.5 M parameters
+    use_model(c, "wide_resnet", depth=28, widen_factor=10)  # 36.5 M parameters
     c.model.activation = variant
     return c

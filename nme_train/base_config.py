@@ -7,6 +7,8 @@ before building anything.
 
 import ml_collections
 
+from nme_train.models import model_fields
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -32,19 +34,20 @@ def base_config() -> ml_collections.ConfigDict:
     #                            DCT scale that covers it; False = decode in full, then crop
 
     # -- model -----------------------------------------------------------
-    c.model = ml_collections.ConfigDict()
-    c.model.name = "cnn"  # mlp | cnn | resnet | wide_resnet
-    c.model.activation = "relu"  # relu | gelu | beta_gelu (see nme_train.models.activations)
-    c.model.beta = 1.0  # sharpness of beta_gelu: x * Phi(beta x)
-    c.model.batch_norm = True  # BatchNorm after each conv / dense layer
-    c.model.features = (32, 64)  # cnn: channels of each conv stage (each halves the size)
-    c.model.hidden = (128,)  # cnn / mlp: widths of the dense hidden layers
-    c.model.pool = "avg"  # cnn: avg | max pooling between stages
-    c.model.depth = 18  # resnet: 18/34/50/101/152; wide_resnet: 6n+4
-    c.model.width = 16  # resnet: filters of the first stage; wide_resnet: widen factor k
-    c.model.stem = "cifar"  # resnet: cifar (3x3 conv) | imagenet (7x7/2 conv + max pool)
-    c.model.dtype = "float32"  # computation dtype (bfloat16 for mixed precision)
-    c.model.param_dtype = "float32"  # parameter dtype
+    # The common fields (name, activation, beta, batch_norm, dtype, param_dtype) and every
+    # registered model's settings, each declared where its model is defined with its
+    # default and meaning (nme_train.models.registry; a field several models read, such as
+    # depth, takes the first declaration's default: models.use_model(c, name) selects a
+    # model with its own). docs/configuring.md lists them.
+    c.model = ml_collections.ConfigDict({k: s.default for k, s in model_fields().items()})
+
+    # -- extensions --------------------------------------------------------
+    # Python modules imported before anything is built, each registering components of
+    # its own (a model, an activation, a regularizer, an operator kind, a probe figure, a
+    # dataset, an optimizer): dotted names importable here, or paths to .py files
+    # (relative ones are made absolute when the run starts). Saved in config.json, so the
+    # offline prober and a resume import them too. docs/extending.md.
+    c.modules = ()
 
     # -- regularizers ----------------------------------------------------
     # A list of (name, {kwargs}) applied to the objective in order, innermost

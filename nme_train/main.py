@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from nme_train import cli, distributed, logs
+from nme_train import cli, distributed, extensions, logs
 from nme_train.train.checkpoint import CheckpointError
 from nme_train.train.loop import train_and_evaluate
 from nme_train.train.metrics import Diverged
@@ -84,7 +84,10 @@ def main(argv: list[str]) -> None:
 
             print_report(dry_run(_CONFIG.value))
             return None
-        return train_and_evaluate(_CONFIG.value, _WORKDIR.value, extend=_EXTEND.value)
+        config = _CONFIG.value
+        with config.unlocked():  # a user's module by path: found from any directory later
+            config.modules = extensions.absolute_paths(config.get("modules", ()))
+        return train_and_evaluate(config, _WORKDIR.value, extend=_EXTEND.value)
 
     result = cli.run_with_errors(run, USER_ERRORS)
     if result and result.get("preempted"):  # saved, not finished: a scheduler restarts it

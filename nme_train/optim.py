@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import optax
+
+from nme_train.registry import Registry
 
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -39,17 +42,32 @@ def _decay_mask(which: str):
     return lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-# The optimizers by name: (config.optimizer, schedule, decay mask) -> the transformation
-# after weight decay and clipping. A new optimizer is one entry here.
-OPTIMIZERS: dict[str, Callable[[Any, optax.Schedule], optax.GradientTransformation]] = {
-    "sgd": lambda o, lr: optax.sgd(lr),
-    "momentum": lambda o, lr: optax.sgd(lr, momentum=o.momentum),
-    "nesterov": lambda o, lr: optax.sgd(lr, momentum=o.momentum, nesterov=True),
-    "adam": lambda o, lr: optax.adam(lr),
-}
-DECOUPLED_DECAY = {  # optimizers that take the weight decay themselves (decoupled)
-    "adamw": lambda o, lr, mask: optax.adamw(lr, weight_decay=o.weight_decay, mask=mask),
-}
+@dataclasses.dataclass(frozen=True)
+class OptimizerEntry:
+    """An optimizer by name: `factory(config.optimizer, schedule, decay_mask)`. Coupled
+    ones get the L2 term added to the gradient before them (the factory ignores the
+    mask); `decoupled` ones take the weight decay themselves (adamw)."""
+
+    factory: Callable[[Any, optax.Schedule, Any], optax.GradientTransformation]
+    decoupled: bool = False
+
+
+OPTIMIZERS: Registry[OptimizerEntry] = Registry("optimizer", "config.optimizer.name")
+
+
+def register_optimizer(name: str, factory: Callable[..., optax.GradientTransformation],
+                       decoupled: bool = False, replace: bool = False) -> OptimizerEntry:
+    """Adds `factory(config.optimizer, schedule, decay_mask) -> optax transformation`."""
+    return OPTIMIZERS.register(name, OptimizerEntry(factory, decoupled), replace=replace)
+
+
+register_optimizer("sgd", lambda o, lr, mask: optax.sgd(lr))
+register_optimizer("momentum", lambda o, lr, mask: optax.sgd(lr, momentum=o.momentum))
+register_optimizer("nesterov",
+                   lambda o, lr, mask: optax.sgd(lr, momentum=o.momentum, nesterov=True))
+register_optimizer("adam", lambda o, lr, mask: optax.adam(lr))
+register_optimizer("adamw", lambda o, lr, mask: optax.adamw(lr, weight_decay=o.weight_decay,
+                                                             mask=mask), decoupled=True)
 
 
 def stability_threshold(o: Any, learning_rate: float) -> float | None:
@@ -66,7 +84,7 @@ def stability_threshold(o: Any, learning_rate: float) -> float | None:
 
 
 def optimizer_names() -> list[str]:
-    return sorted(OPTIMIZERS) + sorted(DECOUPLED_DECAY)
+    return sorted(OPTIMIZERS)
 
 
 def make_optimizer(o: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
@@ -81,12 +99,8 @@ def make_optimizer(o: Any, schedule: optax.Schedule) -> optax.GradientTransforma
     parts = []
     if o.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
-    if o.name in DECOUPLED_DECAY:
-        parts.append(DECOUPLED_DECAY[o.name](o, schedule, mask))
-        return optax.chain(*parts)
-    if o.name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {o.name!r}; choose one of {optimizer_names()}")
-    if o.weight_decay > 0:
+    entry = OPTIMIZERS[o.name]
+    if o.weight_decay > 0 and not entry.decoupled:
         parts.append(optax.add_decayed_weights(o.weight_decay, mask=mask))
-    parts.append(OPTIMIZERS[o.name](o, schedule))
+    parts.append(entry.factory(o, schedule, mask))
     return optax.chain(*parts)

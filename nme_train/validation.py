@@ -15,12 +15,12 @@ from nme_train.curvature.probes import BASIS_MEMORY, PRECISIONS
 from nme_train.data.augment import AUGMENTATIONS
 from nme_train.data.datasets import DATASETS
 from nme_train.data.decode import DECODERS, have_simplejpeg
-from nme_train.models import DTYPES, MODELS, activation_names
-from nme_train.models.activations import ablated_twin, activation_params
+from nme_train.extensions import import_modules
+from nme_train.models import DTYPES, MODELS, build_model, setting_problems
+from nme_train.models.activations import ACTIVATIONS, ablated_twin, activation_params
 from nme_train.models.layers import BATCH_NORM_MODES
-from nme_train.optim import SCHEDULES, WEIGHT_DECAY_ON, optimizer_names
-from nme_train.regularizers import REGISTRY as REGULARIZERS
-from nme_train.regularizers.gradient_penalty import NEEDS_TWIN as PENALTY_NEEDS_TWIN
+from nme_train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_ON
+from nme_train.regularizers import REGULARIZERS
 from nme_train.sharding import AXES, mesh_shape
 from nme_train.storage import StorageError, check_scheme
 
@@ -47,15 +47,30 @@ def _positive(problems: list[str], field: str, value: Any, allow_zero: bool = Fa
         problems.append(f"{field}={value!r} must be a number {bound}")
 
 
+def _registered(problems: list[str], registry: Any, value: Any) -> None:
+    """The registry's one-line problem when `value` names none of its entries."""
+    problem = registry.problem(value)
+    if problem:
+        problems.append(problem)
+
+
 def _check_model(problems: list[str], m: Any) -> None:
-    _choice(problems, "config.model.name", m.name, MODELS)
-    _choice(problems, "config.model.activation", m.activation, activation_names())
+    _registered(problems, MODELS, m.name)
+    _registered(problems, ACTIVATIONS, m.activation)
     _choice(problems, "config.model.dtype", m.dtype, DTYPES)
     _choice(problems, "config.model.param_dtype", m.param_dtype, DTYPES)
-    if m.activation in activation_names() and "beta" in activation_params(m.activation):
+    if m.activation in ACTIVATIONS and "beta" in activation_params(m.activation):
         _positive(problems, "config.model.beta", m.get("beta"))
     if m.name in MODELS:
-        problems.extend(MODELS[m.name].check(m))
+        missing = [k for k in MODELS[m.name].settings if k not in m]
+        if missing:
+            problems.append(f"config.model lacks {missing}, the settings of model {m.name!r}; "
+                            f"set them, or select it with models.use_model(config, {m.name!r})")
+            return
+        wrong = setting_problems(m)
+        problems.extend(wrong)
+        if not wrong:
+            problems.extend(MODELS[m.name].check(m))
 
 
 def _check_length(problems: list[str], config: Any) -> None:
@@ -77,7 +92,7 @@ def _check_length(problems: list[str], config: Any) -> None:
 
 
 def _check_optimizer(problems: list[str], o: Any) -> None:
-    _choice(problems, "config.optimizer.name", o.name, optimizer_names())
+    _registered(problems, OPTIMIZERS, o.name)
     _choice(problems, "config.optimizer.schedule", o.schedule, SCHEDULES)
     _choice(problems, "config.optimizer.weight_decay_on", o.weight_decay_on, WEIGHT_DECAY_ON)
     _positive(problems, "config.optimizer.learning_rate", o.learning_rate)
@@ -112,10 +127,10 @@ def _check_regularizers(problems: list[str], config: Any, num_devices: int) -> N
             continue
         name, kwargs = entry
         if name not in REGULARIZERS:
-            problems.append(f"{field}: unknown regularizer {name!r}; choose one of "
-                            f"{sorted(REGULARIZERS)}")
+            problems.append(f"{field}: {REGULARIZERS.unknown(name)}")
             continue
-        params = inspect.signature(REGULARIZERS[name]).parameters
+        regularizer = REGULARIZERS[name]
+        params = inspect.signature(regularizer.factory).parameters
         accepted = set(params)
         unknown = sorted(set(kwargs) - accepted)
         if unknown:
@@ -127,27 +142,20 @@ def _check_regularizers(problems: list[str], config: Any, num_devices: int) -> N
             problems.append(f"{field}: {name} {', '.join(wrong)} must be a number")
             continue
         try:
-            REGULARIZERS[name](**kwargs)
+            regularizer.factory(**kwargs)
         except (TypeError, ValueError) as e:
             problems.append(f"{field}: {e}")
             continue
-        update = kwargs.get("update", "H")
         activation = config.model.activation
-        if (name == "gradient_penalty" and update in PENALTY_NEEDS_TWIN
-                and activation in activation_names() and ablated_twin(activation) is None):
-            problems.append(f"{field}: gradient_penalty update={update!r} splits the NME "
-                            "with the activation's ablated twin, and config.model.activation="
-                            f"{activation!r} has none; use update 'H' or 'G', or register one "
-                            "(register_activation(..., ablated_twin=))")
-        m = kwargs.get("m")
-        if name == "sam" and m and isinstance(config.batch_size, int):
-            per_device = config.batch_size // max(num_devices, 1)
-            if per_device % m:
-                divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
-                problems.append(
-                    f"{field}: sam m={m} does not divide the per-device batch of {per_device} "
-                    f"(config.batch_size={config.batch_size} over {num_devices} devices); "
-                    f"use one of {divisors}")
+        if (regularizer.needs(kwargs) and activation in ACTIVATIONS
+                and ablated_twin(activation) is None):
+            described = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            problems.append(f"{field}: {name} ({described}) splits the NME with the "
+                            "activation's ablated twin, and config.model.activation="
+                            f"{activation!r} has none; register one (register_activation(..., "
+                            "ablated_twin=)), or choose other arguments")
+        problems.extend(f"{field}: {p}" for p in regularizer.check(kwargs, config,
+                                                                   num_devices))
 
 
 def _check_probes(problems: list[str], config: Any, num_devices: int,
@@ -157,13 +165,22 @@ def _check_probes(problems: list[str], config: Any, num_devices: int,
     if unknown or len(set(p.kinds)) != len(p.kinds):
         problems.append(f"config.probes.kinds={tuple(p.kinds)!r}: give distinct names from "
                         f"{tuple(OPERATORS)}, or () for the gradient and sparsity probes only")
-    split = [k for k in p.kinds if k in ("nme_activation", "nme_rest", "nme_normalization",
-                                         "nme_between")]
+    # kinds that need a twin of the network (an operator kind declares what it needs)
+    split = [k for k in p.kinds if k in OPERATORS and OPERATORS[k].needs]
     activation = config.model.activation
-    if split and activation in activation_names() and ablated_twin(activation) is None:
+    if split and activation in ACTIVATIONS and ablated_twin(activation) is None:
         problems.append(f"config.probes.kinds: {split} split the NME with the activation's "
                         f"ablated twin, and config.model.activation={activation!r} has none; "
                         "drop them, or register one (register_activation(..., ablated_twin=))")
+    if "between_apply_fn" in {n for k in split for n in OPERATORS[k].needs} \
+            and not problems and config.model.name in MODELS:
+        try:  # a module only: nothing is initialised
+            build_model(config.model, 2, ("normalization",))
+        except TypeError:
+            problems.append(f"config.probes.kinds: {split} need model {config.model.name!r} "
+                            "to take ablate_norm (BatchNorm whose statistics add no curvature:"
+                            " models.layers.make_norm); drop them, or give the model that "
+                            "field")
     for field in ("every_steps", "lanczos_steps", "top_k", "bottom_k", "trace_probes",
                   "density_runs", "batch_size"):
         value = p[field]
@@ -190,9 +207,16 @@ def _check_probes(problems: list[str], config: Any, num_devices: int,
 
 
 def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
-    """Raises ConfigError listing every problem of `config` for `num_devices` devices."""
+    """Raises ConfigError listing every problem of `config` for `num_devices` devices.
+
+    First imports the modules `config.modules` names (nme_train.extensions), so that the
+    components they register are known to the checks."""
+    try:
+        import_modules(config.get("modules", ()))
+    except ValueError as e:
+        raise ConfigError([str(e)]) from None
     problems: list[str] = []
-    _choice(problems, "config.data.name", config.data.name, DATASETS)
+    _registered(problems, DATASETS, config.data.name)
     _choice(problems, "config.data.augment", config.data.augment, AUGMENTATIONS)
     _choice(problems, "config.data.decoder", config.data.decoder, DECODERS)
     if config.data.decoder == "simplejpeg" and not have_simplejpeg():

@@ -9,7 +9,7 @@ dense matrices only: the gradient g, H (jax.hessian of the loss), G = J^T H_z J,
 
     NME_act = sum_u g_u sigma''(a_u) grad a_u grad a_u^T
 
-(g_u the residual's signal at unit u, a_u its pre-activation; NOTES.md, "The Hessian
+(g_u the residual's signal at unit u, a_u its pre-activation; docs/curvature.md, "The Hessian
 decomposition"), and NME_rest = NME - NME_act. No ablated twin enters these references.
 """
 

@@ -111,7 +111,7 @@ def ssh(name: str, opts: dict) -> int:
     deadline = time.time() + timeout if timeout else None
     for t in threads:
         t.join(None if deadline is None else max(0.0, deadline - time.time()))
-    if any(t.is_alive() for t in threads) or any(p.poll() is None for _, p in procs):
+    if any(t.is_alive() for t in threads):  # the session still open at the deadline
         for _, proc in procs:  # the connection dropped: sshd hangs up the session
             try:
                 os.killpg(proc.pid, signal.SIGHUP)

@@ -477,3 +477,30 @@ def test_nme_split_by_source_matches_the_second_derivative_terms(kind, batch_nor
     np.testing.assert_allclose(record["nme_split/rest_alignment_share"],
                                unit @ (nme - nme_act) @ unit / (unit @ nme @ unit), rtol=1e-8)
     assert record["nme_split/identity_residual"] < 1e-10
+
+
+@pytest.mark.slow
+def test_every_registered_operator_kind_is_symmetric_and_deterministic():
+    """Each kind of OPERATORS (a user's too) on the tiny BatchNorm MLP with both twins:
+    u . M v = v . M u, the same product twice, and linear in v."""
+    from nme_train.models.activations import ablated_twin
+    from nme_train.models.layers import normalize_without_curvature
+
+    apply, params, batch = split_model("mlp", True)
+    act, twin = (get_activation(n) for n in ("gelu", ablated_twin("gelu")))
+    curv = cv.Curvature(lambda p, x: apply(p, x, act)[0], cv.softmax_cross_entropy(),
+                        ablated_apply_fn=lambda p, x: apply(p, x, twin)[0],
+                        between_apply_fn=lambda p, x: apply(
+                            p, x, twin, normalization=lambda a, axes:
+                            normalize_without_curvature(a, axes, 1e-5))[0])
+    flat, unravel = ravel_pytree(params)
+    rng = np.random.default_rng(3)
+    u, v = (unravel(jnp.asarray(rng.normal(size=flat.shape))) for _ in range(2))
+    for kind in cv.OPERATORS:
+        matvec = jax.jit(lambda p, x, kind=kind: curv.operator(kind, p, [batch])(x))
+        mu, mv = (ravel_pytree(matvec(params, x))[0] for x in (u, v))
+        fu, fv = ravel_pytree(u)[0], ravel_pytree(v)[0]
+        np.testing.assert_allclose(fu @ mv, fv @ mu, rtol=1e-8, atol=1e-10, err_msg=kind)
+        np.testing.assert_array_equal(ravel_pytree(matvec(params, v))[0], mv, err_msg=kind)
+        both = ravel_pytree(matvec(params, jax.tree.map(lambda a, b: 2 * a - b, u, v)))[0]
+        np.testing.assert_allclose(both, 2 * mu - mv, rtol=1e-8, atol=1e-10, err_msg=kind)

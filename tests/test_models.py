@@ -2,21 +2,25 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from nme_train.models import build_model, get_activation
+from nme_train.models import MODELS, build_model, get_activation
 from nme_train.models.activations import beta_gelu, gelu, relu
 
 
 def model_config(**kw):
-    c = ml_collections.ConfigDict(dict(
-        name="cnn", activation="relu", beta=1.0, batch_norm=True, features=(8, 16),
-        hidden=(32,), pool="avg", depth=18, width=8, stem="cifar", dtype="float32",
-        param_dtype="float32"))
+    """config.model of base_config() (every registered model's settings) with `kw`."""
+    from nme_train.base_config import base_config
+
+    c = base_config().model
     c.update(kw)
     return c
+
+
+def example_config(name, **kw):
+    """Model `name` at its registered tiny example setting."""
+    return model_config(name=name, **{**MODELS[name].example, **kw})
 
 
 def shapes(config, image_shape, num_classes=10, batch=2):
@@ -38,7 +42,7 @@ def shapes(config, image_shape, num_classes=10, batch=2):
     (model_config(name="resnet", depth=18, stem="cifar"), (32, 32, 3)),
     (model_config(name="resnet", depth=34, stem="imagenet"), (64, 64, 3)),
     (model_config(name="resnet", depth=50, stem="imagenet"), (64, 64, 3)),
-    (model_config(name="wide_resnet", depth=16, width=2), (32, 32, 3)),
+    (model_config(name="wide_resnet", depth=16, widen_factor=2), (32, 32, 3)),
 ])
 def test_every_architecture_gives_logits(config, image_shape):
     out, count, collections = shapes(config, image_shape)
@@ -53,7 +57,7 @@ def test_every_architecture_gives_logits(config, image_shape):
      25_557_032),
     (model_config(name="resnet", depth=18, width=64, stem="imagenet"), (224, 224, 3), 1000,
      11_689_512),
-    (model_config(name="wide_resnet", depth=28, width=10), (32, 32, 3), 10, 36_479_194),
+    (model_config(name="wide_resnet", depth=28, widen_factor=10), (32, 32, 3), 10, 36_479_194),
 ])
 def test_standard_networks_have_the_published_parameter_counts(config, image_shape, num_classes,
                                                                 expected):
@@ -82,34 +86,29 @@ def test_activation_values():
     np.testing.assert_allclose(beta_gelu(x, 1.0), gelu(x), rtol=1e-6)
     np.testing.assert_allclose(beta_gelu(x, 1e4), relu(x), atol=1e-6)
     assert get_activation("beta_gelu", beta=3.0)(jnp.array(0.5)) == beta_gelu(jnp.array(0.5), 3.0)
-    with pytest.raises(ValueError, match="unknown activation"):
+    with pytest.raises(ValueError, match="config.model.activation=.swishh. is not known"):
         get_activation("swishh")
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu", "beta_gelu", "gelu_nme_ablated",
-                                        "relu_synthetic_nme"])
-def test_every_model_accepts_every_activation(activation):
-    for name in ("mlp", "cnn", "resnet", "wide_resnet"):
-        config = model_config(name=name, activation=activation, beta=4.0, depth=10 if
-                              name == "wide_resnet" else 18, width=1 if name == "wide_resnet"
-                              else 4)
-        out, _, _ = shapes(config, (16, 16, 3))
-        assert out.shape == (2, 10)
+def test_every_model_accepts_every_activation():
+    """Every registered model at its example setting, with every registered activation."""
+    from nme_train.models import activation_names
+
+    for activation in activation_names():
+        for name in MODELS:
+            out, _, _ = shapes(example_config(name, activation=activation, beta=4.0),
+                               (16, 16, 3))
+            assert out.shape == (2, 10), (name, activation)
 
 
-@pytest.mark.parametrize("config,image_shape", [
-    (model_config(name="cnn", activation="gelu"), (8, 8, 1)),
-    (model_config(name="resnet", depth=18, width=4, activation="gelu"), (8, 8, 3)),
-    (model_config(name="wide_resnet", depth=10, width=1, activation="gelu"), (8, 8, 3)),
-    (model_config(name="mlp", hidden=(6,), activation="gelu"), (4, 4, 1)),
-])
-def test_twins_take_the_same_variables_and_give_the_same_outputs_and_gradient(config,
-                                                                             image_shape):
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_twins_take_the_same_variables_and_give_the_same_outputs_and_gradient(name):
     """The NME split's twins (sigma'' ablated; also BatchNorm's statistics) of every
-    architecture: the same variable tree, outputs, new batch statistics and gradient."""
+    registered model: the same variable tree, outputs, new batch statistics and gradient."""
     from nme_train.models import build_ablated_model
 
-    x = jax.random.normal(jax.random.PRNGKey(1), (4, *image_shape))
+    config = example_config(name, activation="gelu")
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
     labels = jnp.arange(4) % 3
     model = build_model(config, 3)
     variables = model.init(jax.random.PRNGKey(0), x, train=False)
@@ -181,3 +180,28 @@ def test_batch_norm_without_statistics_curvature_is_flax_batch_norm_to_first_ord
                          param_dtype=jnp.float64).apply(variables, x)
                      for cls in (BatchNorm, nn.BatchNorm)]
         np.testing.assert_allclose(evaluated[0], evaluated[1], rtol=1e-14)
+
+
+def test_every_model_setting_is_declared_once_and_documented():
+    """config.model is COMMON plus each registered model's settings; docs/configuring.md's
+    table names every field, and a field two models share means the same in both."""
+    import os
+
+    from conftest import ROOT
+
+    from nme_train.base_config import base_config
+    from nme_train.models import model_fields
+    from nme_train.models.registry import COMMON
+
+    fields = model_fields()
+    assert set(base_config().model) == set(fields)
+    assert set(COMMON) <= set(fields)
+    docs = open(os.path.join(ROOT, "docs", "configuring.md"), encoding="utf-8").read()
+    for field in fields:
+        assert f"`{field}`" in docs, field
+    for name, entry in MODELS.items():
+        assert f"`{name}`" in docs, name
+        for key, setting in entry.settings.items():
+            first = fields[key]
+            # one field, one meaning: a shared name is documented by both models alike
+            assert setting.doc == first.doc, (name, key)

@@ -1,7 +1,7 @@
-"""The documentation's Python examples run as written: the README's regularizer example,
-docs/curvature.md's Lanczos example (its NME is indefinite and converged), and the four
-recipes of docs/extending.md (each registers what it adds, which then works through the
-validator, the trainer's builders and the probe suite)."""
+"""The documentation's Python examples run as written: the regularizer example of
+docs/regularizers.md, docs/curvature.md's Lanczos example (its NME is indefinite and
+converged), and docs/extending.md's dataset recipe (its worked example of a model, a
+regularizer, an operator kind and a probe figure: tests/test_extending.py)."""
 
 import os
 import re
@@ -53,17 +53,15 @@ def registries():
     from nme_train.curvature.operators import OPERATORS
     from nme_train.data import DATASETS
     from nme_train.models import MODELS
-    from nme_train.regularizers import REGISTRY
+    from nme_train.models.activations import ACTIVATIONS
+    from nme_train.optim import OPTIMIZERS
+    from nme_train.regularizers import REGULARIZERS
 
-    tables = (FIGURES, OPERATORS, DATASETS, MODELS, REGISTRY)
-    saved = [list(t) if isinstance(t, list) else dict(t) for t in tables]
+    tables = (FIGURES, OPERATORS, DATASETS, MODELS, ACTIVATIONS, OPTIMIZERS, REGULARIZERS)
+    saved = [t.snapshot() for t in tables]
     yield
     for table, copy in zip(tables, saved):
-        if isinstance(table, list):
-            table[:] = copy
-        else:
-            table.clear()
-            table.update(copy)
+        table.restore(copy)
 
 
 def extending_block(marker: str) -> dict:
@@ -76,33 +74,40 @@ def extending_block(marker: str) -> dict:
 
 
 @pytest.mark.usefixtures("registries")
-def test_extending_recipes_run_and_register_what_they_add():
-    ns = extending_block("def logit_penalty")
-    assert float(ns["aux"]["metrics"]["logit_penalty"]) == pytest.approx(9.0)  # (1+1+1)^2
-    assert ns["grads"]["w"].shape == (3, 2)
-
-    ns = extending_block('register_model("linear"')
-    assert ns["problems"] == ["config.model.batch_norm=True: the linear model has no "
-                              "BatchNorm; set it to False"]
-    assert ns["logits"].shape == (2, 10)
-
-    ns = extending_block('DATASETS["stripes"]')
+def test_extending_dataset_recipe_registers_and_reads_its_dataset():
+    """docs/extending.md's dataset recipe (its worked example of the other components
+    runs in tests/test_extending.py, from outside the package)."""
+    ns = extending_block('register_dataset("stripes"')
     batch = ns["batch"]
     assert batch["image"].shape == (16, 8, 8, 1) and set(batch["label"]) <= {0, 1}
     # the label is what the stripes say: vertical stripes (label 1) alternate along a row
     rows_alternate = (batch["image"][:, 0, 0, 0] != batch["image"][:, 0, 1, 0])
     assert np.array_equal(rows_alternate, batch["label"] == 1)
 
-    ns = extending_block("def spectral_gap")
-    record = ns["record"]
-    assert ns["shift"] == pytest.approx(0.1, rel=1e-4)
-    for kind in ("gauss_newton", "damped_gauss_newton", "fisher"):
-        top = record[f"{kind}/top_eigenvalues"]
-        assert record[f"{kind}/spectral_gap"] == pytest.approx(top[0] - top[1])
-        assert f"{kind}/trace" in record and f"{kind}/alignment" in record
-    # the new kind and figure reach the console line and TensorBoard's scalars
-    from nme_train.curvature.probes import scalars
-    from nme_train.train.probing import summary
 
-    assert "G+0.1I top" in summary(record) and "F top" in summary(record)
-    assert "probes/damped_gauss_newton/spectral_gap" in scalars(record)
+
+def test_no_document_or_docstring_names_a_file_that_does_not_exist():
+    """Links and paths in the README, docs/*.md and the package's and tools' source (e.g.
+    `docs/results.md`, `tools/bench_step.py`, `nme_train/models/layers.py`) all exist."""
+    import glob
+
+    sources = ([os.path.join(ROOT, "README.md")] + glob.glob(os.path.join(ROOT, "docs", "*.md"))
+               + glob.glob(os.path.join(ROOT, "nme_train", "**", "*.py"), recursive=True)
+               + glob.glob(os.path.join(ROOT, "tools", "*.py"))
+               + glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
+    pattern = re.compile(r"(?<![\w./-])((?:docs|tools|configs|launch|tests|nme_train)/"
+                         r"[\w./-]*\w\.(?:md|py|sh|yaml|sbatch))")
+    missing = []
+    for source in sources:
+        text = open(source, encoding="utf-8").read()
+        here = os.path.dirname(source)
+        for target in set(pattern.findall(text)):
+            if "eN." in target:  # a pattern: configs/paper/eN.py means e1.py ... e10.py
+                continue
+            if not os.path.exists(os.path.join(ROOT, target)):
+                missing.append(f"{os.path.relpath(source, ROOT)}: {target}")
+        if source.endswith(".md"):  # relative links of the documents
+            for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+                if not os.path.exists(os.path.join(here, link)):
+                    missing.append(f"{os.path.relpath(source, ROOT)}: ({link})")
+    assert not missing, "\n".join(sorted(missing))

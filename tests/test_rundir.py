@@ -10,7 +10,7 @@ import os
 
 import jax
 import pytest
-from conftest import ROOT, run_command, with_overrides
+from conftest import run_command, with_overrides
 
 from configs import default
 from nme_train.train.checkpoint import CheckpointError
@@ -385,7 +385,7 @@ def test_workdir_lock_tells_a_restarted_holder_from_a_live_one(tmp_path, monkeyp
 def test_probe_tool_reports_a_damaged_checkpoint_in_one_line(finished, data_dir, tmp_path):
     workdir = copy_of(finished, tmp_path)
     damage(workdir, 10)
-    result = run_cli(os.path.join(ROOT, "tools", "probe.py"), "--workdir", str(workdir),
+    result = run_cli("nme_train.commands.probe", "--workdir", str(workdir),
                      "--set", "probes.kinds=()", "--set", f"data.data_dir={data_dir!r}")
     assert result.returncode == 1
     assert "probe: skipped the checkpoint at step 10 (ValueError: OUT_OF_RANGE" in result.stdout
@@ -397,7 +397,7 @@ def test_probe_tool_reports_a_damaged_checkpoint_in_one_line(finished, data_dir,
     assert len(errors) == 1, result.stderr[-3000:]
     assert errors[0].endswith("the checkpoint at step 10 could not be read (above)")
     assert not os.path.exists(workdir / "probe_snapshots")
-    unknown = run_cli(os.path.join(ROOT, "tools", "probe.py"), "--workdir", str(workdir),
+    unknown = run_cli("nme_train.commands.probe", "--workdir", str(workdir),
                       "--set", "probes.lanczos=3")
     assert "did you mean probes.lanczos_steps" in unknown.stderr
 

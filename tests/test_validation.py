@@ -122,7 +122,7 @@ def test_regularizer_arguments_must_be_numbers():
 def test_penalty_update_by_source_needs_an_activation_with_a_twin():
     """update G+NME_act / G+NME_rest splits the NME with the activation's ablated twin: one
     line naming the field when the activation has none; every shipped activation has one."""
-    from nme_train.models.activations import _REGISTRY, register_activation
+    from nme_train.models.activations import ACTIVATIONS, register_activation
 
     for update in ("G+NME_act", "G+NME_rest"):
         validate(config_with(**{"model.activation": "gelu",
@@ -131,7 +131,8 @@ def test_penalty_update_by_source_needs_an_activation_with_a_twin():
     register_activation("softsign_no_twin", lambda: lambda x: x / (1 + abs(x)))
     try:
         with pytest.raises(ConfigError, match=r"config.regularizers\[0\]: gradient_penalty "
-                           r"update='G\+NME_act' splits the NME .*='softsign_no_twin' has none"):
+                           r"\(rho=0.1, update='G\+NME_act'\) splits the NME .*="
+                           r"'softsign_no_twin' has none"):
             validate(config_with(**{"model.activation": "softsign_no_twin",
                                     "regularizers": [("gradient_penalty",
                                                       {"rho": 0.1, "update": "G+NME_act"})]}), 1)
@@ -139,7 +140,7 @@ def test_penalty_update_by_source_needs_an_activation_with_a_twin():
                                 "regularizers": [("gradient_penalty",
                                                   {"rho": 0.1, "update": "G"})]}), 1)
     finally:
-        del _REGISTRY["softsign_no_twin"]
+        ACTIVATIONS.unregister("softsign_no_twin")
     with pytest.raises(ConfigError, match=r"update='NME' must be one of"):
         validate(config_with(regularizers=[("gradient_penalty", {"rho": 0.1, "update": "NME"})]),
                  1)

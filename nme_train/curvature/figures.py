@@ -20,7 +20,7 @@ figure is one function here (or in a user's module) passed to
     register_figure(Figure("spectral_gap", "operator", spectral_gap,
                            enabled=lambda s: s.lanczos_steps > 0 and s.top_k > 1))
 
-The figures of NOTES.md's decomposition: extreme eigenvalues with error
+The figures of the decomposition (docs/curvature.md): extreme eigenvalues with error
 bounds (Lanczos), traces with a standard error and per parameter leaf
 (Hutchinson, the same probe vectors for every kind), the gradient's
 alignment g^T M g / ||g||^2, spectral densities (SLQ), and the check that
@@ -46,6 +46,7 @@ from nme_train.curvature.estimators import (
 )
 from nme_train.curvature.lanczos import LanczosResult
 from nme_train.curvature.operators import apply
+from nme_train.registry import Registry
 
 STAGES = ("before", "operator", "after")
 
@@ -82,24 +83,20 @@ class Figure:
     matvecs: Callable[[Any], int] = lambda settings: 0  # per operator kind for stage "operator"
 
 
-FIGURES: list[Figure] = []
+FIGURES: Registry[Figure] = Registry("probe figure")
 
 
-def register_figure(figure: Figure, after: str | None = None) -> Figure:
+def register_figure(figure: Figure, after: str | None = None, replace: bool = False) -> Figure:
     """Adds `figure` to the probe (at the end, or right after the figure named `after`)."""
     if figure.stage not in STAGES:
         raise ValueError(f"figure {figure.name!r}: stage {figure.stage!r} is not one of "
                          f"{STAGES}")
-    if any(f.name == figure.name for f in FIGURES):
-        raise ValueError(f"a figure named {figure.name!r} is registered already")
-    names = [f.name for f in FIGURES]
-    FIGURES.insert(names.index(after) + 1 if after in names else len(FIGURES), figure)
-    return figure
+    return FIGURES.register(figure.name, figure, after=after, replace=replace)
 
 
 def enabled_figures(settings: Any, stage: str | None = None) -> list[Figure]:
     """The figures `settings` turn on, in order (of one stage, or all)."""
-    return [f for f in FIGURES if f.enabled(settings) and stage in (None, f.stage)]
+    return [f for f in FIGURES.values() if f.enabled(settings) and stage in (None, f.stage)]
 
 
 # -- the figures ---------------------------------------------------------------
@@ -161,7 +158,7 @@ def density_figure(ctx: ProbeContext) -> dict[str, Any]:
     return {"density": {"grid": grid.tolist(), "density": density.tolist()}}
 
 
-DECOMPOSITION = ("hessian", "gauss_newton", "nme")  # H = G + NME (NOTES.md, section 1)
+DECOMPOSITION = ("hessian", "gauss_newton", "nme")  # H = G + NME (docs/curvature.md)
 
 
 def identity_residual_figure(ctx: ProbeContext) -> dict[str, Any]:
@@ -175,7 +172,7 @@ def identity_residual_figure(ctx: ProbeContext) -> dict[str, Any]:
                                              / max(np.max(np.abs(h)), 1e-30))}
 
 
-# NME = NME_act + NME_rest, NME_rest = NME_norm + NME_between (NOTES.md, section 1)
+# NME = NME_act + NME_rest, NME_rest = NME_norm + NME_between (docs/curvature.md)
 NME_PARTS = {"nme_activation": "activation", "nme_rest": "rest",
              "nme_normalization": "normalization", "nme_between": "between"}
 NME_SPLITS = (("nme", ("nme_activation", "nme_rest")),

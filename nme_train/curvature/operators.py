@@ -56,6 +56,7 @@ import numpy as np
 import optax.tree_utils as otu
 
 from nme_train.curvature.losses import OutputLoss, as_output_loss
+from nme_train.registry import Registry
 
 Params = Any
 Batch = dict  # {"inputs": ..., "targets": ...}
@@ -64,23 +65,26 @@ Matvec = Callable[[Params], Params]
 
 @dataclasses.dataclass(frozen=True)
 class OperatorKind:
-    """A curvature operator the probes can run: its name, its short label, how to build it."""
+    """A curvature operator the probes can run: its name, its short label, how to build it,
+    and which of the Curvature's twins of the network it needs (the validator refuses it
+    for a model that has none, in one line)."""
 
     name: str
     label: str  # short, for console lines, plots and TensorBoard layouts: "H", "G", ...
     build: Callable[[Curvature, Params, Batch], Matvec]  # the linear map of one batch
     psd: bool  # positive semi-definite (its bottom eigenvalues are of little interest)
+    needs: tuple[str, ...] = ()  # Curvature fields: "ablated_apply_fn", "between_apply_fn"
 
 
-OPERATORS: dict[str, OperatorKind] = {}
+OPERATORS: Registry[OperatorKind] = Registry("curvature kind", "config.probes.kinds")
 
 
-def register_operator(name: str, label: str, psd: bool = False):
+def register_operator(name: str, label: str, psd: bool = False, needs: tuple[str, ...] = (),
+                      replace: bool = False):
     """Decorator: registers `build(curvature, params, batch) -> matvec` as operator `name`."""
-    def register(build):
-        OPERATORS[name] = OperatorKind(name, label, build, psd)
-        return build
-    return register
+    return OPERATORS.decorator(name, lambda build: OperatorKind(name, label, build, psd,
+                                                                tuple(needs)),
+                               replace=replace)
 
 
 def kind_label(kind: str) -> str:
@@ -120,9 +124,6 @@ class Curvature:
     def operator(self, kind: str, params: Params, batches: Sequence[Batch],
                  linearize: bool = True) -> Matvec:
         """The matvec v -> M v of M = `kind` at `params` over `batches`."""
-        if kind not in OPERATORS:
-            raise ValueError(f"unknown curvature kind {kind!r}; choose one of "
-                             f"{sorted(OPERATORS)}")
         weights = batch_weights(batches)
         build = functools.partial(OPERATORS[kind].build, self)
         if linearize:
@@ -203,7 +204,7 @@ def _ablated(curv: Curvature, kind: str, field: str = "ablated_apply_fn") -> Cur
     return dataclasses.replace(curv, apply_fn=twin)
 
 
-@register_operator("nme_rest", "NME_rest")
+@register_operator("nme_rest", "NME_rest", needs=("ablated_apply_fn",))
 def nme_rest_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matvec:
     """The NME without the activations' second derivatives: products of weights across
     layers, normalization, pooling. The ablated twin's NME at the same weights (the same
@@ -211,7 +212,7 @@ def nme_rest_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matvec:
     return nme_of_batch(_ablated(curv, "nme_rest"), params, batch)
 
 
-@register_operator("nme_activation", "NME_act")
+@register_operator("nme_activation", "NME_act", needs=("ablated_apply_fn",))
 def nme_activation_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matvec:
     """The activations' part of the NME, sum_u g_u sigma''(a_u) grad a_u grad a_u^T (g_u: the
     residual's backpropagated signal at unit u, a_u its pre-activation): NME - NME_rest.
@@ -220,7 +221,8 @@ def nme_activation_of_batch(curv: Curvature, params: Params, batch: Batch) -> Ma
     return lambda v: otu.tree_sub(full(v), rest(v))
 
 
-@register_operator("nme_normalization", "NME_norm")
+@register_operator("nme_normalization", "NME_norm",
+                   needs=("ablated_apply_fn", "between_apply_fn"))
 def nme_normalization_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matvec:
     """BatchNorm's part of the NME: the curvature its batch statistics add (they depend on
     the layer's input), NME_rest - NME_between, from two nested twins. Zero without
@@ -230,7 +232,7 @@ def nme_normalization_of_batch(curv: Curvature, params: Params, batch: Batch) ->
     return lambda v: otu.tree_sub(rest(v), between(v))
 
 
-@register_operator("nme_between", "NME_between")
+@register_operator("nme_between", "NME_between", needs=("between_apply_fn",))
 def nme_between_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matvec:
     """The NME between layers: products of weights across layers (and a scale with the
     normalized values it multiplies), without sigma'' and BatchNorm's statistics: the NME

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from nme_train.data.prepare import prepare_digits
+from nme_train.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +31,15 @@ class DatasetSpec:
     how_to_get: str = ""
 
 
-DATASETS: dict[str, DatasetSpec] = {
+DATASETS: Registry[DatasetSpec] = Registry("dataset", "config.data.name")
+
+
+def register_dataset(name: str, spec: DatasetSpec, replace: bool = False) -> DatasetSpec:
+    """Adds a TFDS dataset the pipeline reads by `name` (config.data.name)."""
+    return DATASETS.register(name, spec, replace=replace)
+
+
+for _name, _spec in {
     "digits": DatasetSpec(
         "digits", "train", "test", 10, 8, 1, (0.3053,), (0.3759,), prepare=prepare_digits,
         how_to_get="prepared automatically from scikit-learn",
@@ -58,7 +67,8 @@ DATASETS: dict[str, DatasetSpec] = {
         how_to_get="place ILSVRC2012_img_{train,val}.tar in DATA_DIR/downloads/manual and run "
         "`tfds build imagenet2012 --file_format=array_record --data_dir DATA_DIR`",
     ),
-}
+}.items():
+    register_dataset(_name, _spec)
 
 
 def default_data_dir() -> str:

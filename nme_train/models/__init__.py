@@ -20,16 +20,23 @@ from nme_train.models import cnn, mlp, resnet, wide_resnet  # noqa: F401
 from nme_train.models.activations import ablated_twin, activation_names, get_activation
 from nme_train.models.cnn import CNN
 from nme_train.models.mlp import MLP
-from nme_train.models.registry import MODELS, register_model
+from nme_train.models.registry import (
+    MODELS,
+    Setting,
+    model_fields,
+    register_model,
+    setting_problems,
+    use_model,
+)
 from nme_train.models.resnet import ResNet
 from nme_train.models.wide_resnet import WideResNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16,
           "float64": jnp.float64}
 
-__all__ = ["MODELS", "DTYPES", "ABLATIONS", "build_model", "build_ablated_model",
-           "register_model", "get_activation", "activation_names", "CNN", "MLP", "ResNet",
-           "WideResNet"]
+__all__ = ["MODELS", "DTYPES", "ABLATIONS", "Setting", "build_model", "build_ablated_model",
+           "register_model", "model_fields", "setting_problems", "use_model",
+           "get_activation", "activation_names", "CNN", "MLP", "ResNet", "WideResNet"]
 
 
 ABLATIONS = ("activation", "normalization")  # the NME sources a twin can remove

@@ -24,11 +24,14 @@ penalties differentiate through the model three times).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+
+from nme_train.registry import Registry
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -121,58 +124,66 @@ def _relu_spike_nme_jvp(beta, primals, tangents):
     return _relu_spike_nme(x, beta), slope * t
 
 
-# name -> (factory taking the config's keyword arguments, the keywords it accepts)
-_REGISTRY: dict[str, tuple[Callable[..., Activation], tuple[str, ...]]] = {
-    "relu": (lambda: relu, ()),
-    "gelu": (lambda: gelu, ()),
-    "beta_gelu": (lambda beta: functools.partial(beta_gelu, beta=beta), ("beta",)),
-    "gelu_nme_ablated": (lambda: gelu_nme_ablated, ()),
-    "beta_gelu_nme_ablated": (lambda beta: functools.partial(beta_gelu_nme_ablated, beta=beta),
-                              ("beta",)),
-    "relu_synthetic_nme": (lambda beta: functools.partial(relu_synthetic_nme, beta=beta),
-                           ("beta",)),
-    "relu_spike_nme": (lambda beta: functools.partial(relu_spike_nme, beta=beta), ("beta",)),
-}
+@dataclasses.dataclass(frozen=True)
+class ActivationEntry:
+    """An activation by name: its factory (taking the config's keywords `params`) and the
+    name of its ablated twin (same value and slope at every input, sigma'' = 0), if any."""
 
-# Each activation's ablated twin: the same value and slope at every input, its second
-# derivative zero. A network with the twin in place of the activation has, at the same
-# weights, the same outputs, residuals, Jacobian and G, and the NME without the
-# activations' part (NOTES.md, section 2): the probes split the NME by its source with it.
-_ABLATED_TWINS: dict[str, str] = {
-    "relu": "relu",  # sigma'' = 0 already (a delta at 0, which autodiff does not see)
-    "gelu": "gelu_nme_ablated",
-    "beta_gelu": "beta_gelu_nme_ablated",
-    "gelu_nme_ablated": "gelu_nme_ablated",
-    "beta_gelu_nme_ablated": "beta_gelu_nme_ablated",
-    "relu_synthetic_nme": "relu",  # ReLU's value and slope; its surrogate sigma'' removed
-    "relu_spike_nme": "relu",
-}
+    factory: Callable[..., Activation]
+    params: tuple[str, ...] = ()
+    twin: str | None = None
+
+
+ACTIVATIONS: Registry[ActivationEntry] = Registry("activation", "config.model.activation")
 
 
 def register_activation(
     name: str, factory: Callable[..., Activation], params: tuple[str, ...] = (),
-    ablated_twin: str | None = None,
+    ablated_twin: str | None = None, replace: bool = False,
 ) -> None:
     """Adds an activation factory under `name`, with the name of its ablated twin (same
-    value and slope, sigma'' = 0) if it has one (the probes' NME split needs it)."""
-    _REGISTRY[name] = (factory, params)
-    if ablated_twin is not None:
-        _ABLATED_TWINS[name] = ablated_twin
+    value and slope, sigma'' = 0) if it has one (the NME split by source needs it). Its
+    inputs must go through `models.layers.activate` in a model, or the sparsity and
+    dead-unit probes do not see them."""
+    ACTIVATIONS.register(name, ActivationEntry(factory, tuple(params), ablated_twin),
+                         replace=replace)
+
+
+# Each activation's ablated twin: the same value and slope at every input, its second
+# derivative zero. A network with the twin in place of the activation has, at the same
+# weights, the same outputs, residuals, Jacobian and G, and the NME without the
+# activations' part (docs/curvature.md, "The Hessian decomposition"): the NME split by
+# source uses it.
+register_activation("relu", lambda: relu,  # sigma'' = 0 already (a delta at 0, which
+                    ablated_twin="relu")    # autodiff does not see)
+register_activation("gelu", lambda: gelu, ablated_twin="gelu_nme_ablated")
+register_activation("beta_gelu", lambda beta: functools.partial(beta_gelu, beta=beta),
+                    ("beta",), ablated_twin="beta_gelu_nme_ablated")
+register_activation("gelu_nme_ablated", lambda: gelu_nme_ablated,
+                    ablated_twin="gelu_nme_ablated")
+register_activation("beta_gelu_nme_ablated",
+                    lambda beta: functools.partial(beta_gelu_nme_ablated, beta=beta),
+                    ("beta",), ablated_twin="beta_gelu_nme_ablated")
+register_activation("relu_synthetic_nme",  # ReLU's value and slope; its surrogate removed
+                    lambda beta: functools.partial(relu_synthetic_nme, beta=beta), ("beta",),
+                    ablated_twin="relu")
+register_activation("relu_spike_nme", lambda beta: functools.partial(relu_spike_nme, beta=beta),
+                    ("beta",), ablated_twin="relu")
 
 
 def ablated_twin(name: str) -> str | None:
     """The registered ablated twin of activation `name`, or None."""
-    return _ABLATED_TWINS.get(name)
+    return ACTIVATIONS[name].twin if name in ACTIVATIONS else None
 
 
 def activation_names() -> list[str]:
     """Names accepted by `config.model.activation`."""
-    return sorted(_REGISTRY)
+    return sorted(ACTIVATIONS)
 
 
 def activation_params(name: str) -> tuple[str, ...]:
     """Keyword arguments that activation `name` takes (e.g. ('beta',))."""
-    return _REGISTRY[name][1]
+    return ACTIVATIONS[name].params
 
 
 def get_activation(name: str, **kwargs: float) -> Activation:
@@ -181,9 +192,5 @@ def get_activation(name: str, **kwargs: float) -> Activation:
     Keywords it does not take are ignored, so one config can carry `beta` for
     every activation and only `beta_gelu` reads it.
     """
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"unknown activation {name!r}; choose one of {activation_names()}"
-        )
-    factory, params = _REGISTRY[name]
-    return factory(**{k: kwargs[k] for k in params if k in kwargs})
+    entry = ACTIVATIONS[name]
+    return entry.factory(**{k: kwargs[k] for k in entry.params if k in kwargs})

@@ -60,6 +60,9 @@ def check_cnn(m: Any) -> list[str]:
     return problems
 
 
-@register_model("cnn", check=check_cnn)
+@register_model("cnn", check=check_cnn, example={"features": (4,), "hidden": (8,)}, settings={
+    "features": ((32, 64), "cnn: channels of each conv stage (each halves the size)"),
+    "hidden": ((128,), "cnn, mlp: widths of the dense hidden layers"),
+    "pool": ("avg", "cnn: avg | max pooling between stages")})
 def build_cnn(m: Any, **common: Any) -> CNN:
     return CNN(features=tuple(m.features), hidden=tuple(m.hidden), pool=m.pool, **common)

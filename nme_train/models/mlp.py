@@ -41,6 +41,7 @@ def check_mlp(m: Any) -> list[str]:
     return []
 
 
-@register_model("mlp", check=check_mlp)
+@register_model("mlp", check=check_mlp, example={"hidden": (8,)}, settings={
+    "hidden": ((128,), "cnn, mlp: widths of the dense hidden layers")})
 def build_mlp(m: Any, **common: Any) -> MLP:
     return MLP(hidden=tuple(m.hidden), **common)

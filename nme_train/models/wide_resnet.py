@@ -73,9 +73,11 @@ def check_wide_resnet(m: Any) -> list[str]:
     if not isinstance(m.depth, int) or m.depth < 10 or (m.depth - 4) % 6:
         problems.append(f"config.model.depth={m.depth!r}: a WideResNet needs depth = 6n+4 "
                         "(e.g. 16, 22, 28, 40)")
-    return problems + positive_number("config.model.width", m.width)
+    return problems + positive_number("config.model.widen_factor", m.widen_factor)
 
 
-@register_model("wide_resnet", check=check_wide_resnet)
+@register_model("wide_resnet", check=check_wide_resnet, example={"depth": 10, "widen_factor": 1},
+                settings={"depth": (28, "resnet: 18/34/50/101/152; wide_resnet: 6n+4"),
+                          "widen_factor": (10, "wide_resnet: the widen factor k of WRN-n-k")})
 def build_wide_resnet(m: Any, **common: Any) -> WideResNet:
-    return WideResNet(depth=m.depth, width=m.width, **common)
+    return WideResNet(depth=m.depth, width=m.widen_factor, **common)

@@ -11,10 +11,9 @@ each module for the formula and its cost.
 
 from __future__ import annotations
 
-from typing import Any
-
 from nme_train.regularizers.gradient_penalty import gradient_penalty
 from nme_train.regularizers.objective import Objective, Transform, chain, objective
+from nme_train.regularizers.registry import REGULARIZERS, from_config, register_regularizer
 from nme_train.regularizers.sam import sam
 from nme_train.regularizers.trace_penalties import (
     gauss_newton_trace_penalty,
@@ -22,24 +21,6 @@ from nme_train.regularizers.trace_penalties import (
 )
 from nme_train.regularizers.weight_noise import weight_noise
 
-REGISTRY = {
-    "sam": sam,
-    "gradient_penalty": gradient_penalty,
-    "weight_noise": weight_noise,
-    "hessian_trace_penalty": hessian_trace_penalty,
-    "gauss_newton_trace_penalty": gauss_newton_trace_penalty,
-}
-
 __all__ = ["Objective", "Transform", "chain", "objective", "sam", "gradient_penalty",
-           "weight_noise", "hessian_trace_penalty", "gauss_newton_trace_penalty", "REGISTRY",
-           "from_config"]
-
-
-def from_config(entries: Any) -> Transform:
-    """The chain of `config.regularizers`: a list of (name, {kwargs}) applied in order."""
-    transforms = []
-    for name, kwargs in entries or ():
-        if name not in REGISTRY:
-            raise ValueError(f"unknown regularizer {name!r}; choose one of {sorted(REGISTRY)}")
-        transforms.append(REGISTRY[name](**dict(kwargs)))
-    return chain(*transforms)
+           "weight_noise", "hessian_trace_penalty", "gauss_newton_trace_penalty",
+           "REGULARIZERS", "register_regularizer", "from_config"]

@@ -2,7 +2,7 @@
 
 Its gradient is grad L + rho ||g||^(power - 2) H g: a Hessian-vector
 product, so the update depends on the NME. `update` chooses which curvature
-enters that product, by source (H = G + NME_act + NME_rest; NOTES.md,
+enters that product, by source (H = G + NME_act + NME_rest; docs/curvature.md,
 "The Hessian decomposition"):
 
   "H"           the Hessian: the penalty's own gradient (the default);
@@ -49,6 +49,7 @@ import optax.tree_utils as otu
 
 from nme_train.curvature.products import gvp, hvp
 from nme_train.regularizers.objective import Objective, Transform, add_metrics
+from nme_train.regularizers.registry import register_regularizer
 
 MODES = ("hvp", "double_backprop")
 # update -> (whether the linearised Hessian enters, the other products: (sign, product name))
@@ -186,3 +187,13 @@ def gradient_penalty(rho: float, power: int = 1, nme: bool = True,
         return obj.with_value(value)
 
     return transform
+
+
+
+def twins_needed(kwargs: dict) -> tuple[str, ...]:
+    """The updates by source take the network's ablated twin (Objective.ablated_apply_fn)."""
+    return ("ablated_apply_fn",) if kwargs.get("update", "H") in NEEDS_TWIN else ()
+
+
+register_regularizer("gradient_penalty", gradient_penalty, needs=twins_needed,
+                     example={"rho": 0.05})

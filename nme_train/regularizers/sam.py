@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax.tree_utils as otu
 
 from nme_train.regularizers.objective import Objective, Transform, add_metrics
+from nme_train.regularizers.registry import register_regularizer
 
 
 def _ascent(grads, params, rho: float, adaptive: bool, eta: float):
@@ -87,3 +88,20 @@ def sam(rho: float, adaptive: bool = False, m: int | None = None, eta: float = 0
         return obj.with_value(value)
 
     return transform
+
+
+def check_sam(kwargs: dict, config, num_devices: int) -> list[str]:
+    """m-sharpness needs groups that tile each device's part of the batch."""
+    m = kwargs.get("m")
+    if not m or not isinstance(config.batch_size, int):
+        return []
+    per_device = config.batch_size // max(num_devices, 1)
+    if per_device % m == 0:
+        return []
+    divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
+    return [f"sam m={m} does not divide the per-device batch of {per_device} "
+            f"(config.batch_size={config.batch_size} over {num_devices} devices); use one of "
+            f"{divisors}"]
+
+
+register_regularizer("sam", sam, check_sam, example={"rho": 0.05})

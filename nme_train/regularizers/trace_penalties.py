@@ -53,6 +53,7 @@ from nme_train.curvature.estimators import rademacher_like
 from nme_train.curvature.losses import cross_entropy
 from nme_train.curvature.products import output_hvp
 from nme_train.regularizers.objective import Objective, Transform, add_metrics, loss_at
+from nme_train.regularizers.registry import register_regularizer
 
 GN_ESTIMATORS = ("hutchinson", "sampled_labels", "sampled_labels_score")
 
@@ -276,3 +277,8 @@ def _wrapped_objective_sampled_norms(obj: Objective, params, batch, rng, keys):
 
     fn.defvjp(fwd, bwd)
     return fn(params)
+
+
+register_regularizer("hessian_trace_penalty", hessian_trace_penalty, example={"coef": 1e-4})
+register_regularizer("gauss_newton_trace_penalty", gauss_newton_trace_penalty,
+                     example={"coef": 1e-3})

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax.tree_utils as otu
 
 from nme_train.regularizers.objective import Objective, Transform, add_metrics
+from nme_train.regularizers.registry import register_regularizer
 
 
 def random_like(sampler, rng: jax.Array, tree):
@@ -44,3 +45,6 @@ def weight_noise(sigma: float) -> Transform:
         return obj.with_value(value)
 
     return transform
+
+
+register_regularizer("weight_noise", weight_noise, example={"sigma": 0.01})

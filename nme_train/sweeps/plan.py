@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from nme_train import storage
 from nme_train.cli import CHECKOUT, import_config_module
+from nme_train.extensions import import_modules
 from nme_train.sweeps.grids import POINT_FILE, Point, apply_overrides, check_grid
 from nme_train.train.rundir import (
     config_changes,
@@ -51,6 +52,10 @@ def load_experiment(config_arg: str):
     if scale not in module.SCALES:
         raise SweepError(f"--config {config_arg!r}: unknown scale {scale!r}; choose one of "
                          f"{tuple(module.SCALES)}")
+    try:  # the components a user's module registers (config.modules), before planning
+        import_modules(module.base(scale).get("modules", ()))
+    except ValueError as e:
+        raise SweepError(f"--config {config_arg!r}: {e}") from None
     return module, scale, path
 
 

@@ -35,6 +35,7 @@ from nme_train.train.checkpoint import (
 from nme_train.train.metrics import MetricWriter
 from nme_train.train.probing import RunProbes, read_probes, summary, write_record
 from nme_train.train.program import build_program
+from nme_train.train.rundir import upgrade_saved_config
 from nme_train.validation import validate
 
 OFFLINE_FILE = "probes_offline.jsonl"
@@ -86,7 +87,7 @@ def load_run_config(workdir: str, overrides: list[str]):
     path = os.path.join(workdir, "config.json")
     try:
         storage.check_reachable(workdir, "--workdir", writable=False)
-        saved = json.loads(storage.read_text(path))
+        saved = upgrade_saved_config(json.loads(storage.read_text(path)))
     except storage.StorageError as e:
         raise ProbeError(str(e)) from None
     except FileNotFoundError:

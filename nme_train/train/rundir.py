@@ -126,14 +126,27 @@ def _fields(config_json: dict) -> dict[str, Any]:
             for k, v in flatten_dict(config_json, sep=".").items()}
 
 
+def upgrade_saved_config(saved: dict) -> dict:
+    """A config.json of an earlier version in today's fields: a wide_resnet's widen factor
+    was config.model.width, which is now resnet's alone (config.model.widen_factor)."""
+    model = saved.get("model") or {}
+    if model.get("name") == "wide_resnet" and "widen_factor" not in model and "width" in model:
+        from nme_train.base_config import base_config
+
+        model = {**model, "widen_factor": model["width"], "width": base_config().model.width}
+        saved = {**saved, "model": model}
+    return saved
+
+
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """field -> (old value, new value) for every field that differs.
 
     A field the old config lacks (added to base_config.py since that run was made) at
-    its default value is no change: the default is what the older code did."""
+    its default value is no change: the default is what the older code did; `old` is
+    read in today's fields first (upgrade_saved_config)."""
     from nme_train.base_config import base_config
 
-    a, b = _fields(old), _fields(new)
+    a, b = _fields(upgrade_saved_config(old)), _fields(new)
     defaults = _fields(json.loads(base_config().to_json_best_effort()))
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k)
