@@ -62,6 +62,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     # -- optimization ----------------------------------------------------
     c.batch_size = 128  # global batch, split over all devices and processes
+    c.grad_accum_steps = 1  # k microbatches per step (one microbatch's activations in memory);
+    #                         the update is the whole batch's for every regularizer but
+    #                         BatchNorm's statistics (per microbatch: docs/imagenet.md)
     c.eval_batch_size = 256  # global evaluation batch (the last one is padded)
     c.num_epochs = 10.0  # training length in epochs (> 0), or -1 to use num_train_steps
     c.num_train_steps = -1  # training length in steps (> 0), or -1 to use num_epochs; 0 is refused
@@ -113,6 +116,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.probes.max_basis_mib = 2048.0  # auto: host memory when the basis is larger than this
     c.probes.precision = "highest"  # matmul precision inside probes (GPU/TPU default is lower)
     c.probes.check_determinism = True  # refuse an operator that changes between calls
+
+    # -- profiler (nme_train.train.profiling) ------------------------------
+    c.profile = ml_collections.ConfigDict()
+    c.profile.start_step = -1  # trace steps [start_step, start_step + num_steps) into the
+    c.profile.num_steps = 5  # run's TensorBoard (profile plugin); -1: none from the config
+    c.profile.poll_seconds = 5.0  # how often a running job looks for a request (nme-profile)
 
     # -- faults ----------------------------------------------------------
     c.watchdog_seconds = -1.0  # exit (code 3) when no step completes for this long; 0 = off;

@@ -41,6 +41,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "compile the training and probe steps for the "
                              "devices present, print FLOPs and memory, read no data, train "
                              "nothing")
+_MEMORY_GIB = flags.DEFINE_float("dry_run_memory_gib", None,
+                                 "with --dry_run: also find the smallest "
+                                 "config.grad_accum_steps whose training step fits this many "
+                                 "GiB per device")
 _EXTEND = flags.DEFINE_bool("extend", False, "continue a finished run to a larger "
                             "num_train_steps / num_epochs (its final.json is kept aside)")
 flags.DEFINE_bool("debug", False, "show tracebacks instead of one `error:` line")
@@ -82,7 +86,7 @@ def main(argv: list[str]) -> None:
         if _DRY_RUN.value:
             from nme_train.train.dry_run import dry_run, print_report
 
-            print_report(dry_run(_CONFIG.value))
+            print_report(dry_run(_CONFIG.value, memory_gib=_MEMORY_GIB.value))
             return None
         config = _CONFIG.value
         with config.unlocked():  # a user's module by path: found from any directory later

@@ -51,6 +51,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def microbatch_sharding(mesh: Mesh) -> NamedSharding:
+    """Microbatches [k, B / k, ...]: the k axis whole, each microbatch over every device."""
+    return NamedSharding(mesh, P(None, BATCH_AXES))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """The same value on every device."""
     return NamedSharding(mesh, P())

@@ -73,6 +73,31 @@ def _check_model(problems: list[str], m: Any) -> None:
             problems.extend(MODELS[m.name].check(m))
 
 
+def _check_accumulation(problems: list[str], config: Any, num_devices: int) -> None:
+    """k microbatches per step: each device's part of the batch splits into k."""
+    k, batch = config.get("grad_accum_steps", 1), config.batch_size
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        problems.append(f"config.grad_accum_steps={k!r} must be an integer >= 1")
+        return
+    if k > 1 and isinstance(batch, int) and batch % num_devices == 0 \
+            and (batch // num_devices) % k:
+        per_device = batch // num_devices
+        divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
+        problems.append(f"config.grad_accum_steps={k} does not divide the per-device batch of "
+                        f"{per_device} (config.batch_size={batch} over {num_devices} devices); "
+                        f"use one of {divisors}")
+
+
+def _check_profile(problems: list[str], p: Any) -> None:
+    start, steps = p.start_step, p.num_steps
+    if not isinstance(start, int) or isinstance(start, bool) or start < -1:
+        problems.append(f"config.profile.start_step={start!r} must be a step >= 0, or -1 for "
+                        "no trace from the config")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        problems.append(f"config.profile.num_steps={steps!r} must be an integer >= 1")
+    _positive(problems, "config.profile.poll_seconds", p.poll_seconds)
+
+
 def _check_length(problems: list[str], config: Any) -> None:
     """num_train_steps > 0 (steps) or -1 (use num_epochs); num_epochs > 0 or -1; one of each."""
     steps, epochs = config.num_train_steps, config.num_epochs
@@ -262,6 +287,9 @@ def validate(config: Any, num_devices: int, process_count: int = 1) -> None:
                 f"(data x fsdp devices) and {process_count} process(es); use a multiple of "
                 f"{multiple}, e.g. {low} or {low + multiple}"
             )
+    _check_accumulation(problems, config, num_devices)
+    if "profile" in config:
+        _check_profile(problems, config.profile)
     _check_length(problems, config)
     for field in ("log_every_steps", "eval_every_steps"):
         _positive(problems, f"config.{field}", config[field], allow_zero=True)

@@ -50,3 +50,31 @@ def test_dry_run_says_where_the_basis_goes():
     assert share["every_steps"] == 50
     assert share["share"] == probe["flops"] / (50 * report["train_step"]["flops"]
                                                + probe["flops"])
+
+
+def test_dry_run_finds_the_smallest_accumulation_that_fits():
+    """The training step's peak per device falls with more microbatches (one microbatch's
+    activations live at a time); given a memory between the peaks of k = 1 and k = 4,
+    the dry run answers the smallest k that fits, and the same FLOPs per step."""
+    import jax
+
+    from nme_train.data import DATASETS
+    from nme_train.train.dry_run import smallest_fitting_k, train_step_memory
+
+    config = with_overrides(default.get_config(), **{
+        "data.data_dir": "/nonexistent/never-read", "batch_size": 512,
+        "model.features": (32, 64), "model.hidden": (256,)})
+    spec, devices = DATASETS["digits"], jax.devices()[:1]
+    steps = {k: train_step_memory(config, spec, devices, k) for k in (1, 4)}
+    peak = {k: s["memory_mib_per_device"]["peak"] for k, s in steps.items()}
+    assert peak[4] < 0.75 * peak[1], peak
+    assert steps[4]["flops"] == pytest.approx(steps[1]["flops"], rel=0.05)
+    assert steps[4]["microbatch_per_device"] == 128
+    budget = (peak[1] + peak[4]) / 2 / 1024
+    fit = smallest_fitting_k(config, spec, devices, budget, steps)
+    assert fit["grad_accum_steps"] in (2, 4)
+    assert [t["grad_accum_steps"] for t in fit["tried"]][:2] == [1, 2]
+    assert all(t["peak_mib"] > budget * 1024 for t in fit["tried"][:-1])
+    assert fit["tried"][-1]["peak_mib"] <= budget * 1024
+    none = smallest_fitting_k(config, spec, devices, 1e-6, steps)
+    assert none["grad_accum_steps"] is None and none["tried"][-1]["grad_accum_steps"] == 512

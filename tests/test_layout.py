@@ -104,7 +104,7 @@ def test_one_front_door_per_command_and_tools_are_scripts():
     import tomllib
 
     commands = sorted(p.stem for p in (PACKAGE / "commands").glob("*.py") if p.stem != "__init__")
-    assert commands == ["plot_curvature", "prepare_data", "probe", "summarize", "sweep"]
+    assert commands == ["plot_curvature", "prepare_data", "probe", "profile", "summarize", "sweep"]
     project = tomllib.loads(pathlib.Path(ROOT, "pyproject.toml").read_text())
     scripts = project["project"]["scripts"]
     assert scripts == {"nme-train": "nme_train.main:run",

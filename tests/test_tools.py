@@ -27,6 +27,15 @@ def test_bench_checkpoint_reports_the_save_step():
     assert 0.5 < out["save_step_ratio"] < 100
 
 
+def test_bench_accumulation_reports_time_and_memory_per_k():
+    out = run_tool("tools/bench_accumulation.py", "--ks", "1", "2", "--steps", "2",
+                   "--rounds", "2", "--batch_size", "64")
+    assert sorted(out["k"]) == ["1", "2"] and out["k"]["1"]["time_ratio"] == 1.0
+    # half the microbatch: fewer temporaries, the same parameters and optimizer state
+    assert out["k"]["2"]["temp_mib"] < out["k"]["1"]["temp_mib"]
+    assert 0.2 < out["k"]["2"]["time_ratio"] < 5
+
+
 def test_bench_regularizers_reports_each_method():
     from nme_train.sweeps.grids import regularizer_entry
 

@@ -7,6 +7,7 @@ installed console script and runs with `python -m`:
     nme-probe           python -m nme_train.commands.probe            probe a run's checkpoints
     nme-plot-curvature  python -m nme_train.commands.plot_curvature   a run's curvature figures
     nme-prepare-data    python -m nme_train.commands.prepare_data     datasets to TFDS form
+    nme-profile         python -m nme_train.commands.profile          trace a running job
 
 No command imports another. Benchmarks and one-off checks are scripts in the checkout's
 tools/ (not installed).

@@ -24,6 +24,7 @@ position within a process's shard.
 from __future__ import annotations
 
 import math
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -328,6 +329,61 @@ def train_batches(
             flags.FLAGS.mark_as_parsed()  # (tests, notebooks) their defaults are used
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=c.num_workers))
     return iter(it)
+
+
+class ReadAhead:
+    """Iterates `iterator` in a thread of its own, up to `depth` items ahead of the reader.
+
+    `ready()` is how many items are waiting: sampled when a step asks for its batch, it
+    says whether the input keeps up (the trainer's `time/input_queue_depth`). `close()`
+    stops the thread. An exception of the iterator is raised to the reader."""
+
+    _END = object()
+
+    def __init__(self, iterator: Iterator, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(iterator,), daemon=True,
+                                        name="read-ahead")
+        self._thread.start()
+
+    def _fill(self, iterator: Iterator) -> None:
+        try:
+            for item in iterator:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(self._END)
+        except Exception as e:  # noqa: BLE001 - handed to the reader, raised there
+            self._queue.put(e)
+
+    def ready(self) -> int:
+        return self._queue.qsize()
+
+    def __iter__(self) -> ReadAhead:
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        while True:  # unblock a producer waiting to put
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=5)
 
 
 def eval_batches(

@@ -11,6 +11,12 @@ each module for the formula and its cost.
 
 from __future__ import annotations
 
+from nme_train.regularizers.accumulation import (
+    Microbatching,
+    accumulated_value_and_grad,
+    split_microbatches,
+    unrolled_loop,
+)
 from nme_train.regularizers.gradient_penalty import gradient_penalty
 from nme_train.regularizers.objective import Objective, Transform, chain, objective
 from nme_train.regularizers.registry import REGULARIZERS, from_config, register_regularizer
@@ -23,4 +29,5 @@ from nme_train.regularizers.weight_noise import weight_noise
 
 __all__ = ["Objective", "Transform", "chain", "objective", "sam", "gradient_penalty",
            "weight_noise", "hessian_trace_penalty", "gauss_newton_trace_penalty",
-           "REGULARIZERS", "register_regularizer", "from_config"]
+           "REGULARIZERS", "register_regularizer", "from_config", "accumulated_value_and_grad",
+           "split_microbatches", "Microbatching", "unrolled_loop"]

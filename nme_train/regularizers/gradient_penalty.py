@@ -32,6 +32,9 @@ Two exact ways to get the gradient:
   mode="double_backprop" jax.grad through a function that calls jax.grad
                          (reverse over reverse). Measured 13x a gradient on
                          a CPU ResNet-18 (docs/benchmarks.md). H only.
+With gradient accumulation (config.grad_accum_steps), the update is computed in two
+passes over the microbatches: the whole batch's g, then M g^ as the mean of the
+microbatches' products (regularizers/accumulation.py): exact, whatever the mode.
 The hvp form is the default. Its objective supports first-order
 differentiation only (jax.grad, as the trainer uses); put it outermost in a
 chain under transforms that differentiate twice (trace penalties). Like G,
@@ -48,6 +51,7 @@ import jax.numpy as jnp
 import optax.tree_utils as otu
 
 from nme_train.curvature.products import gvp, hvp
+from nme_train.regularizers.accumulation import accumulated_value_and_grad, mean_product
 from nme_train.regularizers.objective import Objective, Transform, add_metrics
 from nme_train.regularizers.registry import register_regularizer
 
@@ -184,7 +188,31 @@ def gradient_penalty(rho: float, power: int = 1, nme: bool = True,
                 "gradient_penalty/grad_norm": jax.lax.stop_gradient(norm),
                 "gradient_penalty/penalty": jax.lax.stop_gradient(rho * penalty)})
 
-        return obj.with_value(value)
+        def accumulate(params, microbatches, rng):
+            """Two passes: the whole batch's gradient g, then M g^ as the mean of the
+            microbatches' products (M is a mean over the batch too)."""
+            (loss, aux), g = accumulated_value_and_grad(obj, params, microbatches, rng)
+            norm = otu.tree_norm(g)
+            weight = 1.0 / jnp.maximum(norm, 1e-12) if power == 1 else 1.0
+            v = jax.tree.map(lambda x: x * weight, g)
+            with_hessian, parts = UPDATES[update]
+
+            def product(microbatch):
+                terms = []
+                if with_hessian:
+                    terms.append(hvp(lambda p: obj.value(p, microbatch, rng)[0], params, v))
+                if parts:
+                    terms.append(_update_matvec(update, obj, microbatch)[1](params, v))
+                return terms[0] if len(terms) == 1 else otu.tree_add(*terms)
+
+            mg = mean_product(product, microbatches)
+            penalty = _scaled_norm(norm, power)
+            grads = jax.tree.map(lambda a, b: a + rho * b, g, mg)
+            return (loss + rho * penalty, add_metrics(aux, **{
+                "gradient_penalty/grad_norm": norm,
+                "gradient_penalty/penalty": rho * penalty})), grads
+
+        return obj.with_value(value, accumulate)
 
     return transform
 

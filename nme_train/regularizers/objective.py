@@ -52,6 +52,10 @@ class Objective:
     # slope, sigma'' = 0), called like apply_fn: the gradient penalty's updates by source
     # (G + NME_rest, G + NME_act) use it. None: the model has no such twin.
     ablated_apply_fn: Callable[[Params, Any], Any] | None = None
+    # ((value, aux), grads) over microbatches (leading axis k) as for the whole batch, for a
+    # transform whose update needs a statistic of the whole batch (regularizers/
+    # accumulation.py); None: the mean over microbatches, exact for means over examples.
+    accumulate: Callable[[Params, Batch, jax.Array], Any] | None = None
 
     def __call__(self, params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Aux]:
         return self.value(params, batch, rng)
@@ -62,8 +66,10 @@ class Objective:
         out = (self.ablated_apply_fn if ablated else self.apply_fn)(params, inputs)
         return out[0] if self.has_state else out
 
-    def with_value(self, value: ValueFn) -> Objective:
-        return dataclasses.replace(self, value=value, plain=False)
+    def with_value(self, value: ValueFn, accumulate: Callable | None = None) -> Objective:
+        """The objective of a transform: its value, and its accumulation over microbatches
+        when the mean over microbatches is not its update."""
+        return dataclasses.replace(self, value=value, plain=False, accumulate=accumulate)
 
 
 Transform = Callable[[Objective], Objective]

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
 
+from nme_train.regularizers.accumulation import accumulated_value_and_grad
 from nme_train.regularizers.objective import Objective, Transform, add_metrics
 from nme_train.regularizers.registry import register_regularizer
 
@@ -85,21 +86,34 @@ def sam(rho: float, adaptive: bool = False, m: int | None = None, eta: float = 0
                 aux, **{"sam/clean_loss": loss, "sam/perturbed_loss": adv_loss,
                         "sam/grad_norm": norm})
 
-        return obj.with_value(value)
+        def accumulate(params, microbatches, rng):
+            """One perturbation from the whole batch's gradient (two passes)."""
+            (loss, aux), grads = accumulated_value_and_grad(obj, params, microbatches, rng)
+            eps, norm = _ascent(grads, params, rho, adaptive, eta)
+            (adv_loss, _), adv_grads = accumulated_value_and_grad(
+                obj, otu.tree_add(params, eps), microbatches, rng)
+            return (adv_loss, add_metrics(
+                aux, **{"sam/clean_loss": loss, "sam/perturbed_loss": adv_loss,
+                        "sam/grad_norm": norm})), adv_grads
+
+        # m-sharpness: its groups lie inside a microbatch, whose mean is then exact
+        return obj.with_value(value, accumulate if m is None else None)
 
     return transform
 
 
 def check_sam(kwargs: dict, config, num_devices: int) -> list[str]:
-    """m-sharpness needs groups that tile each device's part of the batch."""
-    m = kwargs.get("m")
-    if not m or not isinstance(config.batch_size, int):
+    """m-sharpness needs groups that tile each device's part of the batch (of each
+    microbatch, with gradient accumulation)."""
+    m, k = kwargs.get("m"), config.get("grad_accum_steps", 1)
+    if not m or not isinstance(config.batch_size, int) or not isinstance(k, int) or k < 1:
         return []
-    per_device = config.batch_size // max(num_devices, 1)
+    per_device = config.batch_size // max(num_devices, 1) // k
     if per_device % m == 0:
         return []
     divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
-    return [f"sam m={m} does not divide the per-device batch of {per_device} "
+    where = f" of each of the {k} microbatches" if k > 1 else ""
+    return [f"sam m={m} does not divide the per-device batch{where} of {per_device} "
             f"(config.batch_size={config.batch_size} over {num_devices} devices); use one of "
             f"{divisors}"]
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
 
+from nme_train.regularizers.accumulation import accumulated_value_and_grad
 from nme_train.regularizers.objective import Objective, Transform, add_metrics
 from nme_train.regularizers.registry import register_regularizer
 
@@ -42,7 +43,16 @@ def weight_noise(sigma: float) -> Transform:
             loss, aux = obj(otu.tree_add_scale(params, sigma, noise), batch, rng)
             return loss, add_metrics(aux, **{"weight_noise/loss": loss})
 
-        return obj.with_value(value)
+        def accumulate(params, microbatches, rng):
+            """The same noise for every microbatch: the wrapped objective's accumulation at
+            theta + eps (its gradient there is the update)."""
+            noise_rng, rng = jax.random.split(rng)
+            noise = jax.lax.stop_gradient(gaussian_like(noise_rng, params))
+            (loss, aux), grads = accumulated_value_and_grad(
+                obj, otu.tree_add_scale(params, sigma, noise), microbatches, rng)
+            return (loss, add_metrics(aux, **{"weight_noise/loss": loss})), grads
+
+        return obj.with_value(value, accumulate)
 
     return transform
 

@@ -13,7 +13,7 @@ from nme_train.sharding import global_batch
 from nme_train.train.program import build_program
 
 
-def one_device_experiment(config, devices=None):
+def one_device_experiment(config, devices=None, **build_options):
     """(experiment, spec, synthetic batch, initial state) on one device (or the parameters
     sharded over `devices`), no data read.
 
@@ -28,7 +28,7 @@ def one_device_experiment(config, devices=None):
                                   dtype=np.uint8),
             "label": rng.integers(0, spec.num_classes, config.batch_size).astype(np.int32)}
     program = build_program(config, spec, devices, total_steps=10_000,
-                           steps_per_epoch=100)
+                            steps_per_epoch=100, **build_options)
     return program, spec, global_batch(host, program.batch_sharding), program.init()
 
 

@@ -41,9 +41,11 @@ from nme_train.train.program import build_program
 from nme_train.validation import validate
 
 
-def program_flops(lowered: Any, compiled: Any = None) -> float:
+def program_flops(lowered: Any, compiled: Any = None, loop_trips: int = 1) -> float:
     """FLOPs XLA counts in the lowered program, or in the compiled one where the backend
-    analyses only that (GPU); NaN when neither says."""
+    analyses only that (GPU); NaN when neither says. XLA counts a loop's body once:
+    `loop_trips` (a training step's microbatches) scales the count, which is then exact
+    up to the work outside the loops (the optimizer's update, O(parameters))."""
     for stage in (lowered, compiled):
         if stage is None:
             continue
@@ -51,7 +53,7 @@ def program_flops(lowered: Any, compiled: Any = None) -> float:
         if isinstance(analysis, (list, tuple)):
             analysis = analysis[0] if analysis else None
         if analysis and analysis.get("flops", 0) > 0:
-            return float(analysis["flops"])
+            return float(analysis["flops"]) * loop_trips
     return float("nan")
 
 
@@ -81,31 +83,66 @@ def memory_mib(compiled: Any) -> dict[str, float]:
     return mib
 
 
-def dry_run(config: Any, devices: list | None = None) -> dict[str, Any]:
-    """Compiles the training and probe steps of `config` from shapes; returns the figures."""
+def train_step_memory(config: Any, spec: Any, devices: list, k: int) -> dict[str, Any]:
+    """The training step of `config` with k microbatches, compiled from shapes: its compile
+    time, FLOPs and per-device memory."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.grad_accum_steps = k
+    total = config.num_train_steps if config.num_train_steps > 0 else 1000
+    program = build_program(config, spec, devices, total_steps=total, steps_per_epoch=1000,
+                            rolled_microbatch_loop=True)  # as an accelerator runs it
+    state = abstract_with_shardings(program.abstract_state, program.state_sharding)
+    size = config.data.image_size or spec.image_size
+    batch = {key: jax.ShapeDtypeStruct(shape, dtype, sharding=program.batch_sharding)
+             for key, shape, dtype in (
+                 ("image", (config.batch_size, size, size, spec.channels), np.uint8),
+                 ("label", (config.batch_size,), np.int32))}
+    start = time.perf_counter()
+    lowered = program.train_step.lower(state, batch)
+    compiled = lowered.compile()
+    return {"grad_accum_steps": k, "compile_s": time.perf_counter() - start,
+            "flops": program_flops(lowered, compiled, loop_trips=k),
+            "microbatch_per_device": config.batch_size // len(devices) // k,
+            "memory_mib_per_device": memory_mib(compiled)}
+
+
+def smallest_fitting_k(config: Any, spec: Any, devices: list, memory_gib: float,
+                       known: dict[int, dict]) -> dict[str, Any]:
+    """The smallest number of microbatches, doubling from config.grad_accum_steps, whose
+    training step's peak per device is within `memory_gib`; each k tried, with its peak."""
+    per_device = config.batch_size // len(devices)
+    k, tried = config.get("grad_accum_steps", 1), []
+    while k <= per_device and per_device % k == 0:
+        step = known.get(k) or train_step_memory(config, spec, devices, k)
+        peak = step["memory_mib_per_device"].get("peak", math.inf)
+        tried.append({"grad_accum_steps": k, "peak_mib": peak})
+        if peak <= memory_gib * 1024:
+            return {"memory_gib": memory_gib, "grad_accum_steps": k, "tried": tried}
+        k *= 2
+    return {"memory_gib": memory_gib, "grad_accum_steps": None, "tried": tried}
+
+
+def dry_run(config: Any, devices: list | None = None,
+            memory_gib: float | None = None) -> dict[str, Any]:
+    """Compiles the training and probe steps of `config` from shapes; returns the figures.
+    With `memory_gib`, also the smallest grad_accum_steps whose step fits that memory."""
     devices = jax.devices() if devices is None else list(devices)
     validate(config, len(devices), jax.process_count())
     spec = DATASETS[config.data.name]
     total = config.num_train_steps if config.num_train_steps > 0 else 1000
     program = build_program(config, spec, devices, total_steps=total, steps_per_epoch=1000)
     size = config.data.image_size or spec.image_size
-    batch = {
-        "image": jax.ShapeDtypeStruct((config.batch_size, size, size, spec.channels), np.uint8,
-                                      sharding=program.batch_sharding),
-        "label": jax.ShapeDtypeStruct((config.batch_size,), np.int32,
-                                      sharding=program.batch_sharding),
-    }
     state = abstract_with_shardings(program.abstract_state, program.state_sharding)
     report: dict[str, Any] = {"parameters": program.num_params, "devices": len(devices),
                               "mesh": dict(program.mesh.shape), "batch_size": config.batch_size,
                               "image_size": size, "regularizers": list(config.regularizers)}
 
-    start = time.perf_counter()
-    lowered = program.train_step.lower(state, batch)
-    compiled = lowered.compile()
-    report["train_step"] = {"compile_s": time.perf_counter() - start,
-                            "flops": program_flops(lowered, compiled),
-                            "memory_mib_per_device": memory_mib(compiled)}
+    report["train_step"] = train_step_memory(config, spec, devices,
+                                             config.get("grad_accum_steps", 1))
+    if memory_gib:
+        report["fit"] = smallest_fitting_k(config, spec, devices, memory_gib, {
+            report["train_step"]["grad_accum_steps"]: report["train_step"]})
 
     report["probe_step"] = _probe_programs(config, spec, program, state, size)
     report["probe_settings_basis_memory"] = config.probes.basis_memory
@@ -194,14 +231,25 @@ def print_report(report: dict[str, Any]) -> None:
              f"{report['devices']} device(s); batch {report['batch_size']} at "
              f"{report['image_size']}x{report['image_size']}; regularizers "
              f"{report['regularizers'] or 'none'}"]
-    for name, what in (("train_step", "{} per step"), ("probe_step", "{} per probe; the "
-                                                       "Hessian's linearisation")):
+    t = report["train_step"]
+    micro = (f" in {t['grad_accum_steps']} microbatches of {t['microbatch_per_device']} per "
+             "device" if t["grad_accum_steps"] > 1 else "")
+    for name, what in (("train_step", "{} per step" + micro),
+                       ("probe_step", "{} per probe; the Hessian's linearisation")):
         r = report[name]
         m = r["memory_mib_per_device"]
         lines.append(f"  {name}: compiled in {r['compile_s']:.1f} s; "
                      f"{what.format(flop_text(r['flops']))}, per device: arguments "
                      f"{m.get('argument', 0):.0f} MiB, outputs {m.get('output', 0):.0f} MiB, "
                      f"temporaries {m.get('temp', 0):.0f} MiB, peak {m.get('peak', 0):.0f} MiB")
+    fit = report.get("fit")
+    if fit:
+        tried = ", ".join(f"k={x['grad_accum_steps']}: {x['peak_mib'] / 1024:.1f} GiB"
+                          for x in fit["tried"])
+        verdict = (f"grad_accum_steps={fit['grad_accum_steps']} fits"
+                   if fit["grad_accum_steps"] else "no grad_accum_steps fits")
+        lines.append(f"  memory: {verdict} in {fit['memory_gib']:g} GiB per device (training "
+                     f"step peak: {tried})")
     p = report["probe_step"]
     lines.append("  probe of batch {}: {} matvecs per operator; {}; total {}".format(
         p["batch_size"], p["matvecs_per_kind"], ", ".join(

@@ -33,6 +33,7 @@ from jax.experimental import multihost_utils
 
 from nme_train import logs, storage
 from nme_train.data import DATASETS, default_data_dir, eval_batches, split_size, train_batches
+from nme_train.data.pipeline import ReadAhead
 from nme_train.train.checkpoint import CheckpointError, abstract_with_shardings, open_checkpointer
 from nme_train.train.dry_run import model_flops, program_flops
 from nme_train.train.lock import WorkdirLock, WorkdirLocked
@@ -47,6 +48,7 @@ from nme_train.train.metrics import (
 from nme_train.train.preemption import PreemptionGuard
 from nme_train.train.probing import RunProbes, write_record
 from nme_train.train.probing import summary as probe_summary
+from nme_train.train.profiling import Profiler
 from nme_train.train.program import (
     build_program,
     device_batches,
@@ -66,6 +68,8 @@ from nme_train.train.rundir import (
     read_final,
     write_json_atomic,
 )
+from nme_train.train.timing import TimeAccount
+from nme_train.train.timing import summary as time_summary
 from nme_train.train.watchdog import StepWatchdog, watchdog_timeout
 from nme_train.validation import validate
 
@@ -96,6 +100,8 @@ class Trainer:
         self.devices = jax.devices() if devices is None else list(devices)
         self.is_main = jax.process_index() == 0
         self.ckpt = self.writer = self.watchdog = self.probes = self.lock = None
+        self.profiler = self.host_batches = None
+        self.account = TimeAccount()
         self.pending = None  # (step, device metrics) of the step in flight
 
     def log(self, message: str) -> None:
@@ -206,7 +212,7 @@ class Trainer:
         self.writer.write_config(self.config_json, self.start_step)
         self.metrics = TrainMetrics(
             self.writer, Progress(self.total_steps, config.batch_size, enabled=self.is_main),
-            config.log_every_steps, self.total_steps, self.workdir)
+            config.log_every_steps, self.total_steps, self.workdir, extra=self.account.window)
         self.metrics.window = {k: list(v) for k, v in meta.get("metric_window", {}).items()}
         self.metrics.last = dict(meta.get("metrics", {}))
         self.health = CheckpointHealth(self.start_step, meta.get("first_loss"))
@@ -214,6 +220,9 @@ class Trainer:
             self.probes = RunProbes(config, self.spec, self.program, self.data_config)
         self.watchdog = StepWatchdog(watchdog_timeout(config.get("watchdog_seconds", -1.0)),
                                      jax.process_index())
+        self.profiler = Profiler(config.profile, self.workdir,
+                                 os.path.join(self.workdir, "tensorboard"), self.is_main,
+                                 jax.process_count() > 1)
 
     def _prepare_workdir(self) -> None:
         """Metrics past the restored step set aside; earlier results kept beside; config."""
@@ -255,12 +264,13 @@ class Trainer:
     # -- the step loop and its periodic actions ------------------------------
     def loop(self) -> dict[str, Any] | None:
         """Runs the steps; the early result when preempted, else None."""
-        config, start = self.config, self.start_step
-        host_batches = train_batches(self.spec, self.data_config, config.batch_size,
-                                     config.seed, start, jax.process_index(),
-                                     jax.process_count())
-        batches = device_batches(host_batches, self.program.batch_sharding)
+        config, start, account = self.config, self.start_step, self.account
+        self.host_batches = ReadAhead(train_batches(
+            self.spec, self.data_config, config.batch_size, config.seed, start,
+            jax.process_index(), jax.process_count()))
+        batches = device_batches(self.host_batches, self.program.batch_sharding)
         self.started = time.perf_counter()
+        account.restart()
         if self.probes and start == 0:
             self.probe(0)
         guard = self.guard
@@ -270,19 +280,31 @@ class Trainer:
                      f"{'resume' if start else 'start'}")
             return {**self.metrics.last, "preempted": True, "step": start}
         for step in range(start, self.total_steps):
-            batch = next(batches)
-            self.state, step_metrics = self.program.train_step(self.state, batch)
-            if step == start:  # the step's FLOPs (lowering and compiling are cached now)
-                lowered = self.program.train_step.lower(self.state, batch)
-                self.metrics.progress.set_flops(
-                    program_flops(lowered, lowered.compile()), self.devices,
-                    lambda b=batch: model_flops(self.program, self.state, b))
-            self.fetch()
+            account.queue_depth(self.host_batches.ready())
+            with account.phase("input"):
+                batch = next(batches)
+            with account.phase("profile"):
+                self.profiler.before_step(step)
+            # the first step compiles; its FLOPs come after (lowering is cached then). The
+            # annotation marks the step in a profiler trace (TensorBoard's step-time view).
+            with account.phase("compile" if step == start else "step"), \
+                    jax.profiler.StepTraceAnnotation("train", step_num=step):
+                self.state, step_metrics = self.program.train_step(self.state, batch)
+                if step == start:
+                    lowered = self.program.train_step.lower(self.state, batch)
+                    self.metrics.progress.set_flops(
+                        program_flops(lowered, lowered.compile(),
+                                      config.get("grad_accum_steps", 1)), self.devices,
+                        lambda b=batch: model_flops(self.program, self.state, b))
+                self.fetch()
             self.ckpt.poll()  # a failed save stops the run now, not at the next save
             self.pending = (step + 1, step_metrics)
+            with account.phase("profile"):
+                self.profiler.after_step(step + 1, self.state)
             if self.after_step(step + 1, guard):
                 return {**self.metrics.last, "preempted": True, "step": step + 1}
-        self.fetch()
+        with account.phase("step"):
+            self.fetch()
         self.watchdog.close()
         if start < self.total_steps:  # the last save, still under the guard
             self.save(self.total_steps)
@@ -303,7 +325,7 @@ class Trainer:
             return True
         if config.eval_every_steps and done % config.eval_every_steps == 0 and not last:
             self.fetch()
-            with self.watchdog.paused():
+            with self.watchdog.paused(), self.account.phase("eval"):
                 results = evaluate(self.program, self.state, self.eval_data)
             self.writer.write(done, results)
             self.metrics.progress.line(done, results)
@@ -324,7 +346,12 @@ class Trainer:
 
     def save(self, step: int) -> None:
         """Checkpoints the state after `step`, refusing non-finite parameters."""
-        self.fetch()
+        with self.account.phase("step"):
+            self.fetch()
+        with self.account.phase("checkpoint"):
+            self._save(step)
+
+    def _save(self, step: int) -> None:
         checked = jax.device_get(self.program.param_health(self.state.params))
         if not bool(checked["finite"]):
             raise Diverged(step, float("nan"), f"the parameters after step {step} are not finite")
@@ -341,8 +368,9 @@ class Trainer:
 
     def probe(self, step: int) -> None:
         self.fetch()
-        record = self.probes.probe(self.state, step,
-                                   learning_rate=float(self.program.schedule(step)))
+        with self.account.phase("probe"):
+            record = self.probes.probe(self.state, step,
+                                       learning_rate=float(self.program.schedule(step)))
         write_record(self.workdir, record, writer=self.writer)
         self.log(probe_summary(record))
         self.metrics.restart_timing(step)
@@ -351,8 +379,10 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """The final evaluation and final.json; the results."""
         total, trained = self.total_steps, self.start_step < self.total_steps
-        results = evaluate(self.program, self.state, self.eval_data)
+        with self.account.phase("eval"):
+            results = evaluate(self.program, self.state, self.eval_data)
         results["train/wall_time_sec"] = time.perf_counter() - self.started
+        results.update(self.account.run())  # where this start's wall time went
         if trained:
             self.writer.write(total, results)
         self.ckpt.close()  # every checkpoint is on disk before the run is marked finished
@@ -362,10 +392,12 @@ class Trainer:
                 "num_params": self.program.num_params, **self.metrics.last, **results})
         self.log(f"final: step {total} | eval loss {results['eval/loss']:.4f} | eval accuracy "
                  f"{results['eval/accuracy']:.4f} | {results['train/wall_time_sec']:.1f} s")
+        self.log(time_summary(results))
         return {**self.metrics.last, **results}
 
     def close(self) -> None:
-        for resource in (self.watchdog, self.ckpt, self.writer, self.lock):
+        for resource in (self.profiler, self.host_batches, self.watchdog, self.ckpt,
+                         self.writer, self.lock):
             if resource is not None:
                 resource.close()
 

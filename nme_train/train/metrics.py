@@ -344,8 +344,10 @@ class TrainMetrics:
     """
 
     def __init__(self, writer: MetricWriter, progress: Progress, log_every: int,
-                 total_steps: int, workdir: str):
+                 total_steps: int, workdir: str,
+                 extra: Callable[[], dict[str, float]] | None = None):
         self.writer, self.progress = writer, progress
+        self.extra = extra  # more figures for each line (where the time went)
         self.log_every, self.total = log_every, total_steps
         self.workdir = workdir
         self.window: dict[str, list[float]] = {}
@@ -367,6 +369,8 @@ class TrainMetrics:
             line = {f"train/{k}": float(np.mean(v)) for k, v in self.window.items()}
             if step > self._timed_from:
                 line.update(self.progress.rates(step))
+            if self.extra is not None:
+                line.update(self.extra())
             self.writer.write(step, line)
             self.progress.line(step, line)
             self.last.update(line)

@@ -56,9 +56,15 @@ def _param_health(params: Any) -> dict[str, jax.Array]:
 
 
 def build_program(
-    config: Any, spec: DatasetSpec, devices: list, total_steps: int, steps_per_epoch: int
+    config: Any, spec: DatasetSpec, devices: list, total_steps: int, steps_per_epoch: int,
+    rolled_microbatch_loop: bool | None = None,
 ) -> Program:
-    """Builds model, optimizer, objective, state shardings and the jitted steps."""
+    """Builds model, optimizer, objective, state shardings and the jitted steps.
+
+    With config.grad_accum_steps > 1 the step loops over microbatches: a `lax.scan`, except
+    on CPU devices where it is unrolled (regularizers.accumulation.unrolled_loop);
+    `rolled_microbatch_loop` overrides that (the dry run: the scan, as accelerators run it).
+    """
     mesh = shd.make_mesh(config.mesh, devices)
     batch_sharding = shd.batch_sharding(mesh)
     image_size = config.data.image_size or spec.image_size
@@ -76,7 +82,13 @@ def build_program(
     state_sharding = shd.tree_shardings(abstract_state, mesh, config.sharding.fsdp_min_size)
     train_step = jax.jit(
         make_train_step(model, loss_fn, transform, tx, schedule, normalize,
-                        build_ablated_model(config.model, spec.num_classes)),
+                        build_ablated_model(config.model, spec.num_classes),
+                        regularizers.Microbatching(
+                            config.get("grad_accum_steps", 1), len(devices),
+                            shd.microbatch_sharding(mesh),
+                            unroll=not rolled_microbatch_loop
+                            if rolled_microbatch_loop is not None
+                            else devices[0].platform == "cpu")),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, shd.replicated(mesh)),
         donate_argnums=0,

@@ -53,7 +53,8 @@ RESUME_FIXED = ("seed", "batch_size", "data.name", "data.train_split", "model.")
 # a finished run rerun with only these changed has nothing to do.
 IGNORED_ON_RERUN = ("data.data_dir", "data.num_threads", "data.prefetch", "data.num_workers",
                     "data.cache", "watchdog_seconds", "init_from", "mesh.", "sharding.",
-                    "checkpoint.", "log_every_steps", "eval_every_steps", "eval_batch_size")
+                    "checkpoint.", "log_every_steps", "eval_every_steps", "eval_batch_size",
+                    "profile.")
 # A checkpoint is sane when the training loss at its parameters is finite and
 # at most this multiple of the run's first loss (a run that has exploded has
 # finite but huge losses for a few steps before the NaN).

@@ -98,19 +98,34 @@ def make_train_step(
     schedule: optax.Schedule,
     normalize: Callable[[jax.Array], jax.Array],
     twin: nn.Module | None = None,
+    accumulate: reg.Microbatching | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """train_step(state, batch) -> (new_state, metrics of this step).
 
     The update is the gradient of the regularized objective; the metrics are
     the clean data loss and accuracy, the objective's value, the gradient
     norm, the learning rate, and every regularizer's diagnostics.
+    `accumulate`: the batch in k microbatches, each taking its part of every one of the
+    batch's shards (devices) (regularizers/accumulation.py: the same update, one
+    microbatch's activations live).
     """
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
         obj = make_objective(model, state.model_state, loss_fn, transform, twin)
-        data = {"inputs": normalize(batch["image"]), "targets": batch["label"]}
-        (value, aux), grads = jax.value_and_grad(obj, has_aux=True)(state.params, data, rng)
+        if accumulate is not None and accumulate.k > 1:
+            batch = jax.lax.with_sharding_constraint(
+                reg.split_microbatches(batch, accumulate.k, accumulate.shards),
+                accumulate.sharding)
+            data = {"inputs": normalize(batch["image"]), "targets": batch["label"]}
+            with reg.unrolled_loop(accumulate.unroll):
+                (value, aux), grads = reg.accumulated_value_and_grad(obj, state.params, data,
+                                                                     rng)
+            batch = {"label": batch["label"].reshape(-1)}  # the outputs' order
+        else:
+            data = {"inputs": normalize(batch["image"]), "targets": batch["label"]}
+            (value, aux), grads = jax.value_and_grad(obj, has_aux=True)(state.params, data,
+                                                                         rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
