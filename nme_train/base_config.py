@@ -121,7 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.profile = ml_collections.ConfigDict()
     c.profile.start_step = -1  # trace steps [start_step, start_step + num_steps) into the
     c.profile.num_steps = 5  # run's TensorBoard (profile plugin); -1: none from the config
-    c.profile.poll_seconds = 5.0  # how often a running job looks for a request (nme-profile)
+    c.profile.poll_seconds = 5.0  # how often a job looks for a request (nme-profile); a
+    # multi-process job looks at each log line instead (the processes must agree)
 
     # -- faults ----------------------------------------------------------
     c.watchdog_seconds = -1.0  # exit (code 3) when no step completes for this long; 0 = off;

@@ -17,6 +17,11 @@ from __future__ import annotations
 
 import sys
 
+if __name__ == "__main__":  # the imports below take seconds: hold a SIGTERM meanwhile
+    from nme_train.train import preemption
+
+    preemption.hold_signals()
+
 from absl import app, flags
 from ml_collections import config_flags
 

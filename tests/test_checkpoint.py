@@ -146,6 +146,21 @@ def test_sigterm_while_compiling_stops_before_the_first_step_and_reruns_cleanly(
     assert [r["step"] for r in read_probes(workdir)] == [0, 5, 10]
 
 
+def test_sigterm_while_the_libraries_load_is_held_until_the_run_can_stop(data_dir, tmp_path):
+    """SLURM's time-limit warning can come while a task still imports jax or joins the
+    job: `python -m nme_train.main` holds it from its first line, and the run stops at its
+    first step boundary (exit 75) instead of dying by the signal."""
+    workdir = str(tmp_path / "loading")
+    proc = start(cli_args(data_dir, workdir))
+    time.sleep(0.4)  # the imports alone take longer
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, (proc.returncode, err[-3000:])
+    assert "preempted by SIGTERM before the first step (at step 0)" in out, out[-2000:]
+    assert os.path.exists(os.path.join(workdir, "config.json"))  # it got as far as the run
+
+
 def short_config(data_dir, **overrides):
     """conftest's tiny config, 10 steps with a checkpoint every 5 and no evaluation."""
     return tiny_config(data_dir, **{"num_train_steps": 10, "log_every_steps": 5,
@@ -316,10 +331,23 @@ def start_workers(count, devices, workdir, data_dir, steps):
 
 @pytest.mark.multiprocess
 def test_multiprocess_sigterm_stops_all_processes_at_one_step(data_dir, tmp_path):
-    """SIGTERM to one process of two: both stop at the same step, save once, exit 0."""
+    """SIGTERM to one process of two: both stop at the same step, save once, exit 0.
+    Before that, a profiler request is served by both processes at one log step (the
+    poll is a collective: polled by the clock, the processes would mismatch it)."""
+    from nme_train.train.profiling import read_records, request_profile
+
     workdir = str(tmp_path / "mp")
     procs = start_workers(2, 2, workdir, data_dir, 5000)
     wait_for_checkpoint(workdir, procs[0], timeout=180)
+    request_profile(workdir, 3)
+    deadline = time.time() + 120
+    while not read_records(workdir):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), [
+            p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
+        time.sleep(0.2)
+    (record,) = read_records(workdir)
+    assert record["source"] == "request" and record["start_step"] % 10 == 0
+    assert record["end_step"] == record["start_step"] + 2
     procs[1].send_signal(signal.SIGTERM)
     outs = []
     for proc in procs:

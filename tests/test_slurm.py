@@ -70,8 +70,26 @@ def wait_for(job, env, states, timeout=300, restarts=None):
         if info["JobState"] in states and (restarts is None
                                            or info["Restarts"] == str(restarts)):
             return info
-        assert time.time() < deadline, f"job {job} still {info['JobState']}, not {states}"
+        ended = info["JobState"] in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
+        assert not ended and time.time() < deadline, (
+            f"job {job} {info['JobState']} after {info['Restarts']} restart(s), not "
+            f"{states}" + (f" after {restarts}" if restarts is not None else "")
+            + f"\n{job_logs(info)}")
         time.sleep(1)
+
+
+def job_logs(info) -> str:
+    """The ends of the job's output file and of its tasks' logs, for a failure message."""
+    out = info.get("StdOut", "")
+    paths = [out] if os.path.exists(out) else []
+    logs = os.path.join(os.path.dirname(out), os.path.basename(out)[:-len(".out")], "logs")
+    if out.endswith(".out") and os.path.isdir(logs):
+        paths += [os.path.join(logs, name) for name in sorted(os.listdir(logs))]
+    text = ""
+    for path in paths:
+        with open(path, errors="replace") as f:
+            text += f"--- {path}\n{f.read()[-1500:]}\n"
+    return text
 
 
 def release(job, env):

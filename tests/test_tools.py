@@ -135,14 +135,15 @@ def test_bench_matfree_agrees_with_the_dense_hessian_on_both_sides():
 
 def test_accelerator_check_runs_every_part_in_smoke_mode(tmp_path):
     """The accelerator script, shrunk onto the CPU: a synthetic ImageNet feeding a
-    ResNet-50 step, a probe of it, the numerics check; one JSON line each."""
+    ResNet-50 step, a probe of it, the numerics check, the step with accumulation and its
+    trace; one JSON line each."""
     result = run_command("tools/accelerator_check.py", "--smoke", "--out", str(tmp_path),
                          timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [json.loads(line) for line in
             (tmp_path / "accelerator_check.jsonl").read_text().splitlines()]
-    assert [r["part"] for r in rows] == ["pipeline", "probe", "numerics"]
-    pipeline, probe, numerics = rows
+    assert [r["part"] for r in rows] == ["pipeline", "probe", "numerics", "accumulation"]
+    pipeline, probe, numerics, accumulation = rows
     assert pipeline["images_per_s_real_decoding"] > 0 and pipeline["images_per_s_synthetic"] > 0
     assert os.path.isdir(tmp_path / "data" / "imagenet2012")
     for kind in ("hessian", "gauss_newton"):
@@ -150,6 +151,10 @@ def test_accelerator_check_runs_every_part_in_smoke_mode(tmp_path):
         assert abs(probe[kind]["top"]) > 0
     assert probe["matvecs"] == 2 * (2 + 6 + 10)  # determinism, Lanczos, traces
     assert set(numerics["relative_errors"]) >= {"float32/default", "bfloat16/default"}
+    for name in ("plain", "gradient_penalty"):
+        assert [r["k"] for r in accumulation[name]] == [1, 2]
+        assert all(r["step_s"] > 0 and r["xla_peak_gib"] > 0 for r in accumulation[name])
+    assert any(f.endswith(".xplane.pb") for f in accumulation["trace"]["files"])
 
 
 def test_pack_runs_keeps_finished_runs_small_files_only(tmp_path):

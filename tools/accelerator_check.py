@@ -13,6 +13,11 @@
    most), with the Hutchinson traces of H, G and NME; seconds, and the
    device's peak memory.
 3. The float32 / bf16 numerics check (tools/check_numerics.py).
+4. Gradient accumulation: the ResNet-50 step (plain, and with the gradient penalty
+   rho = 0.1) on a device-resident batch with config.grad_accum_steps = k for each of
+   `--accum_ks`: median seconds per step, XLA's peak memory of the compiled step and
+   the device's measured peak; then a profiler trace of 3 steps at the largest k,
+   annotated per step, in OUT/tensorboard/plugins/profile (TensorBoard's Profile tab).
 
 Each part writes one JSON line to OUT/accelerator_check.jsonl and prints a
 summary; a part that cannot run (a missing package, out of memory) writes
@@ -156,6 +161,60 @@ def numerics_part(args: argparse.Namespace) -> dict:
     return {"part": "numerics", **json.loads(result.stdout.strip().splitlines()[-1])}
 
 
+def accumulation_part(args: argparse.Namespace) -> dict:
+    from nme_train.data import DATASETS
+    from nme_train.sharding import global_batch
+    from nme_train.train.dry_run import memory_mib
+    from nme_train.train.profiling import PROFILE_SUBDIR
+
+    spec = DATASETS["imagenet2012"]
+    out = {"part": "accumulation", "batch": args.batch, "devices": jax.device_count()}
+    for name, regularizers in (("plain", ()), ("gradient_penalty", (("gradient_penalty",
+                                                                      {"rho": 0.1}),))):
+        rows = []
+        for k in args.accum_ks:
+            config = resnet50(args)
+            config.regularizers, config.grad_accum_steps = regularizers, k
+            program, state, batch = _step_on_a_fixed_batch(config, spec, global_batch)
+            compiled = program.train_step.lower(state, batch).compile()
+            seconds, state = timed_steps(compiled, state, _forever(batch), args.steps)
+            stats = jax.devices()[0].memory_stats() or {}
+            rows.append({"k": k, "step_s": seconds, "xla_peak_gib":
+                         memory_mib(compiled).get("peak", float("nan")) / 1024,
+                         "device_peak_gib_so_far":
+                         stats.get("peak_bytes_in_use", float("nan")) / 2**30})
+        for row in rows:
+            row["time_ratio_to_k1"] = row["step_s"] / rows[0]["step_s"]
+        out[name] = rows
+    trace_dir = os.path.join(args.out, "tensorboard", PROFILE_SUBDIR)
+    jax.profiler.start_trace(os.path.join(args.out, "tensorboard"))
+    for i in range(3):
+        with jax.profiler.StepTraceAnnotation("train", step_num=i):
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics)
+    jax.profiler.stop_trace()
+    out["trace"] = {"k": args.accum_ks[-1], "regularizers": name, "dir": trace_dir,
+                    "files": sorted(os.path.relpath(os.path.join(d, f), args.out)
+                                    for d, _, fs in os.walk(trace_dir) for f in fs)}
+    return out
+
+
+def _step_on_a_fixed_batch(config, spec, global_batch):
+    from nme_train.train.program import build_program
+
+    program = build_program(config, spec, jax.devices(), total_steps=1000, steps_per_epoch=100)
+    size = config.data.image_size
+    rng = np.random.default_rng(0)
+    host = {"image": rng.integers(0, 256, (config.batch_size, size, size, 3), np.uint8),
+            "label": rng.integers(0, 1000, config.batch_size).astype(np.int32)}
+    return program, program.init(), global_batch(host, program.batch_sharding)
+
+
+def _forever(batch):
+    while True:
+        yield batch
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -166,11 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per setting")
     parser.add_argument("--probe_batch", type=int, default=128)
     parser.add_argument("--lanczos", type=int, default=40, help="Lanczos steps at most")
-    parser.add_argument("--parts", default="pipeline,probe,numerics")
+    parser.add_argument("--accum_ks", type=int, nargs="+", default=[1, 2, 4],
+                        help="grad_accum_steps to time (part accumulation)")
+    parser.add_argument("--parts", default="pipeline,probe,numerics,accumulation")
     parser.add_argument("--smoke", action="store_true", help="tiny settings (a CPU test)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.images, args.batch, args.steps, args.probe_batch, args.lanczos = 32, 8, 2, 8, 6
+        args.accum_ks = [1, 2]
     os.makedirs(args.out, exist_ok=True)
     args.data_dir = args.data_dir or os.path.join(args.out, "data")
     path = os.path.join(args.out, "accelerator_check.jsonl")
@@ -186,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = probe_part(args, host_batch)
             elif part == "numerics":
                 row = numerics_part(args)
+            elif part == "accumulation":
+                row = accumulation_part(args)
             else:
                 raise ValueError(f"unknown part {part!r}")
         except Exception as e:  # noqa: BLE001 - report it, run the other parts

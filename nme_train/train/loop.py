@@ -222,7 +222,7 @@ class Trainer:
                                      jax.process_index())
         self.profiler = Profiler(config.profile, self.workdir,
                                  os.path.join(self.workdir, "tensorboard"), self.is_main,
-                                 jax.process_count() > 1)
+                                 jax.process_count() > 1, config.log_every_steps)
 
     def _prepare_workdir(self) -> None:
         """Metrics past the restored step set aside; earlier results kept beside; config."""

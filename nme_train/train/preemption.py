@@ -9,6 +9,12 @@ decision goes through JAX's preemption sync point (the coordination
 service catches SIGTERM itself, and all processes agree on the first step
 at which every one of them asks). Python handlers would replace that
 service's handler, so they are installed only in single-process jobs.
+
+A signal can come before any of that exists: SLURM's time-limit warning may arrive
+while the processes still import their libraries or join the job. `python -m
+nme_train.main` therefore holds SIGTERM/SIGINT from its first line (`hold_signals`), and
+the guard sends the held ones again once it is in place, so they stop the run at its
+first step boundary instead of killing a process that has not joined yet.
 """
 
 from __future__ import annotations
@@ -18,9 +24,22 @@ import signal
 import threading
 from types import FrameType
 
-import jax
-
 PREEMPTED_EXIT_CODE = 75
+_HELD: list[int] = []  # signals that came before the guard (see hold_signals)
+
+
+def hold_signals() -> None:
+    """Until a PreemptionGuard is entered, SIGTERM/SIGINT are noted instead of ending the
+    process (the entry point calls this before its imports, which take seconds)."""
+    for sig in PreemptionGuard.SIGNALS:
+        signal.signal(sig, lambda signum, frame: _HELD.append(signum))
+
+
+def _send_held() -> None:
+    """The held signals, to this process again: now to the guard or JAX's preemption
+    service."""
+    while _HELD:
+        os.kill(os.getpid(), _HELD.pop(0))
 
 
 class PreemptionGuard:
@@ -33,6 +52,8 @@ class PreemptionGuard:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> PreemptionGuard:
+        import jax
+
         if threading.current_thread() is not threading.main_thread():
             return self
         if jax.process_count() == 1:
@@ -40,6 +61,7 @@ class PreemptionGuard:
                 self._previous[sig] = signal.signal(sig, self._handle)
         else:  # the coordination service watches SIGTERM only
             self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
+        _send_held()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -63,6 +85,8 @@ class PreemptionGuard:
 
     def should_stop(self, step: int) -> bool:
         """True when the job must stop after `step`; the same answer on every process."""
+        import jax
+
         if jax.process_count() == 1:
             return self.signal_name is not None
         from jax.experimental import multihost_utils

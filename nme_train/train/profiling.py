@@ -17,7 +17,8 @@ trace is, what asked for it (and when: `request_time`, `start_time`, seconds sin
 epoch) and the wall time the trace took. Each step is annotated (`StepTraceAnnotation`
 "train", its step number), which the profile plugin's step-time view reads. In a multi-process job
 every process traces its own host, and process 0's poll decides for all of them (a
-broadcast at each poll). The steps are waited for before the trace stops, so the trace
+broadcast); the processes must poll at the same steps, so there the poll is at each log
+line (`config.log_every_steps`) instead of by the clock. The steps are waited for before the trace stops, so the trace
 holds their device work.
 """
 
@@ -60,9 +61,10 @@ class Profiler:
     step (see the module docstring)."""
 
     def __init__(self, settings: Any, workdir: str, log_dir: str, is_main: bool,
-                 multiprocess: bool):
+                 multiprocess: bool, poll_every_steps: int = 1):
         self.workdir, self.log_dir = workdir, log_dir
         self.is_main, self.multiprocess = is_main, multiprocess
+        self.poll_every_steps = max(1, int(poll_every_steps))
         self.poll_seconds = float(settings.poll_seconds)
         self.default_steps = int(settings.num_steps)
         start = int(settings.start_step)
@@ -116,10 +118,14 @@ class Profiler:
                                 json.dumps(record) + "\n")
 
     def _poll(self, done: int) -> None:
-        now = time.monotonic()
-        if now - self.last_poll < self.poll_seconds:
-            return
-        self.last_poll = now
+        if self.multiprocess:  # a collective: at steps every process knows, not by clock
+            if done % self.poll_every_steps:
+                return
+        else:
+            now = time.monotonic()
+            if now - self.last_poll < self.poll_seconds:
+                return
+            self.last_poll = now
         steps, asked = 0, 0.0
         if self.is_main:
             path = os.path.join(self.workdir, REQUEST_FILE)
