@@ -334,18 +334,18 @@ def test_multiprocess_sigterm_stops_all_processes_at_one_step(data_dir, tmp_path
     """SIGTERM to one process of two: both stop at the same step, save once, exit 0.
     Before that, a profiler request is served by both processes at one log step (the
     poll is a collective: polled by the clock, the processes would mismatch it)."""
-    from nme_train.train.profiling import read_records, request_profile
+    from nme_train.train.profiling import read_profiles, request_profile
 
     workdir = str(tmp_path / "mp")
     procs = start_workers(2, 2, workdir, data_dir, 5000)
     wait_for_checkpoint(workdir, procs[0], timeout=180)
     request_profile(workdir, 3)
     deadline = time.time() + 120
-    while not read_records(workdir):
+    while not read_profiles(workdir):
         assert time.time() < deadline and all(p.poll() is None for p in procs), [
             p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
         time.sleep(0.2)
-    (record,) = read_records(workdir)
+    (record,) = read_profiles(workdir)
     assert record["source"] == "request" and record["start_step"] % 10 == 0
     assert record["end_step"] == record["start_step"] + 2
     procs[1].send_signal(signal.SIGTERM)

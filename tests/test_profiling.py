@@ -15,8 +15,8 @@ from tensorboard.backend.event_processing import plugin_asset_util
 from nme_train.train import checkpoint, loop
 from nme_train.train.loop import train_and_evaluate
 from nme_train.train.metrics import read_metrics
-from nme_train.train.profiling import REQUEST_FILE, read_records
-from nme_train.train.timing import PHASES, TimeAccount, summary
+from nme_train.train.profiling import REQUEST_FILE, read_profiles
+from nme_train.train.timing import PHASES, TimeAccount, time_summary
 
 SHARES = [f"time/{name}_share" for name in (*PHASES, "other")]
 
@@ -52,7 +52,7 @@ def test_time_account_shares_by_hand():
     whole = account.run()
     assert (whole["time/wall_sec"], whole["time/checkpoint_share"]) == (10.0, 0.5)
     assert whole["time/step_share"] == 0.3 and whole["time/input_queue_depth"] == 1.0
-    assert summary(whole) == ("where the time went: checkpoint 50% | step 30% | input 10% | "
+    assert time_summary(whole) == ("where the time went: checkpoint 50% | step 30% | input 10% | "
                               "other 10% (input queue: 1.0 batches ready) of 10.0 s")
 
 
@@ -84,7 +84,7 @@ def test_time_shares_move_with_a_slow_input_and_a_slow_save(data_dir, tmp_path, 
     traced = train_and_evaluate(
         tiny_config(data_dir, **overrides, **{"profile.start_step": 3, "profile.num_steps": 2}),
         str(tmp_path / "traced"))
-    (record,) = read_records(str(tmp_path / "traced"))
+    (record,) = read_profiles(str(tmp_path / "traced"))
     assert (record["start_step"], record["end_step"], record["source"]) == (3, 4, "config")
     logdir = str(tmp_path / "traced" / "tensorboard")
     (run,) = plugin_asset_util.ListAssets(logdir, "profile")  # the plugin's own listing
@@ -139,7 +139,7 @@ def test_time_shares_move_with_a_slow_input_and_a_slow_save(data_dir, tmp_path, 
     assert seconds(slow_save, "checkpoint") > seconds(base, "checkpoint") + 2.0, shares
     assert slow_save["time/checkpoint_share"] > max(0.5, base["time/checkpoint_share"]), shares
     assert slow_save["time/input_share"] < 0.2, shares
-    assert not read_records(str(tmp_path / "input"))  # no trace asked for
+    assert not read_profiles(str(tmp_path / "input"))  # no trace asked for
 
 
 @pytest.mark.slow
@@ -184,7 +184,7 @@ def test_a_running_job_serves_a_trace_request_at_its_next_step(data_dir, tmp_pat
     finally:
         if job.poll() is None:
             job.kill()
-    assert read_records(workdir) == [record]
+    assert read_profiles(workdir) == [record]
     final = json.load(open(os.path.join(workdir, "final.json")))
     assert final["step"] == 150
 

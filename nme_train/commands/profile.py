@@ -19,7 +19,7 @@ import time
 
 from nme_train import storage
 from nme_train.train import rundir
-from nme_train.train.profiling import read_records, request_profile
+from nme_train.train.profiling import read_profiles, request_profile
 
 
 def main(argv=None) -> int:
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
         if not storage.exists(storage.join(args.workdir, rundir.CONFIG_FILE)):
             raise ValueError(f"--workdir={args.workdir}: no job has started there (no "
                              f"{rundir.CONFIG_FILE}); give the running job's --workdir")
-        before = len(read_records(args.workdir))
+        before = len(read_profiles(args.workdir))
         path = request_profile(args.workdir, args.steps)
     except (storage.StorageError, ValueError) as e:
         print(f"profile: error: {e}", file=sys.stderr)
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     print(f"profile: asked for {args.steps} step(s): {path}", flush=True)
     deadline = time.monotonic() + args.wait
     while args.wait and time.monotonic() < deadline:
-        records = read_records(args.workdir)
+        records = read_profiles(args.workdir)
         if len(records) > before:
             print(json.dumps(records[-1]))
             return 0

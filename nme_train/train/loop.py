@@ -68,8 +68,7 @@ from nme_train.train.rundir import (
     read_final,
     write_json_atomic,
 )
-from nme_train.train.timing import TimeAccount
-from nme_train.train.timing import summary as time_summary
+from nme_train.train.timing import TimeAccount, time_summary
 from nme_train.train.watchdog import StepWatchdog, watchdog_timeout
 from nme_train.validation import validate
 

@@ -48,7 +48,7 @@ def request_profile(workdir: str, steps: int) -> str:
     return path
 
 
-def read_records(workdir: str) -> list[dict]:
+def read_profiles(workdir: str) -> list[dict]:
     """The traces taken so far (WORKDIR/profiles.jsonl)."""
     path = os.path.join(workdir, RECORD_FILE)
     if not storage.exists(path):

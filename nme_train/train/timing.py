@@ -82,7 +82,7 @@ class TimeAccount:
         return self._shares(self.total, self.clock() - self.start, self.all_depths)
 
 
-def summary(shares: dict[str, float]) -> str:
+def time_summary(shares: dict[str, float]) -> str:
     """One console line of `run()` or `window()`: the phases by share, largest first."""
     parts = sorted(((shares[f"time/{name}_share"], name) for name in (*PHASES, "other")
                     if f"time/{name}_share" in shares), reverse=True)
