@@ -18,8 +18,8 @@ epoch) and the wall time the trace took. Each step is annotated (`StepTraceAnnot
 "train", its step number), which the profile plugin's step-time view reads. In a multi-process job
 every process traces its own host, and process 0's poll decides for all of them (a
 broadcast); the processes must poll at the same steps, so there the poll is at each log
-line (`config.log_every_steps`) instead of by the clock. The steps are waited for before the trace stops, so the trace
-holds their device work.
+line (`config.log_every_steps`) instead of by the clock. The steps are waited for before
+the trace stops, so the trace holds their device work.
 """
 
 from __future__ import annotations
