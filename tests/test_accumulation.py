@@ -63,7 +63,8 @@ def test_k_microbatches_give_the_whole_batch_update(name, transform, k):
     obj, params, batch = problem()
     obj = transform(obj)
     key = jax.random.PRNGKey(3)
-    (value, aux), grads = jax.value_and_grad(obj, has_aux=True)(params, batch, key)
+    # the whole batch's update (jit: op by op, it takes longer than the compile)
+    (value, aux), grads = jax.jit(jax.value_and_grad(obj, has_aux=True))(params, batch, key)
     micro = reg.split_microbatches(batch, k, groups=2)  # as if over 2 devices
     (acc_value, acc_aux), acc_grads = jax.jit(reg.accumulated_value_and_grad,
                                               static_argnums=0)(obj, params, micro, key)

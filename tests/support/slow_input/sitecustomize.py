@@ -12,6 +12,11 @@ _DELAY = float(os.environ.get("NME_TEST_INPUT_DELAY", "0") or 0)
 if _DELAY > 0:
     import time
 
+    # this import takes seconds, before nme_train.main's first line: hold a scheduler's
+    # SIGTERM from here on, as nme_train.main does from its first line
+    from nme_train.train import preemption as _preemption
+
+    _preemption.hold_signals()
     import nme_train.train.loop as _loop
 
     _batches = _loop.train_batches
