@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, assert_plot, run_command, xla_flags
 
 from nme_train.commands import summarize, sweep
-from nme_train.sweeps.plan import load_experiment
+from nme_train.sweeps.plan import load_experiment, plot_settings
 from nme_train.train.rundir import FINAL_FILE, MACHINES_FILE
 
 pytestmark = pytest.mark.slow
@@ -218,3 +218,16 @@ def _read(path) -> str:
         return open(path).read()
     except FileNotFoundError:
         return ""
+
+
+def test_a_scale_replaces_plot_settings_of_its_own():
+    """PLOT["scales"][scale] replaces those keys for that scale's manifest only."""
+    import types
+
+    module = types.SimpleNamespace(PLOT={"kind": "final", "series": ["a"], "x": "rho",
+                                         "scales": {"series": {"series": ["a", "b"]}}})
+    assert plot_settings(module, "series") == {"kind": "final", "series": ["a", "b"],
+                                               "x": "rho"}
+    assert plot_settings(module, "study") == {"kind": "final", "series": ["a"], "x": "rho"}
+    assert "scales" in module.PLOT  # the module's own dict is left as it was
+    assert plot_settings(types.SimpleNamespace(), "study") == {"kind": "final"}

@@ -124,7 +124,12 @@ PLOT = {"kind": "final", "x": "rho", "lines": ("activation", "method"), "symlog_
                       ["activation", "gelu", "relu"]],
         "series": ["nme_split/activation_norm_share", "nme_split/gauss_newton_to_nme_norm",
                    "dead_units/mean", "stability/ratio"],
-        "series_at": [0.3]}  # at or next to each arm's best (0.2-0.4; not gp_no_nme's)
+        "series_at": [0.3],  # at or next to each arm's best (0.2-0.4; not gp_no_nme's)
+        # the series' runs split the NME in three: each part's share of ||NME g^||^2
+        "scales": {"series": {"series": [
+            "nme_split/activation_squared_norm_share",
+            "nme_split/normalization_squared_norm_share",
+            "nme_split/between_squared_norm_share", "nme_split/gauss_newton_to_nme_norm"]}}}
 
 
 def surrogate(name: str) -> list[Point]:

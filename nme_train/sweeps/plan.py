@@ -94,13 +94,21 @@ def plan(module, scale: str, path: str, workdir: str) -> tuple[list[Point], list
     return finished, pending
 
 
+def plot_settings(module, scale: str) -> dict:
+    """The experiment's PLOT, with the keys of PLOT["scales"][scale] (if any) replacing
+    its own: e.g. a scale whose runs carry more probes shows more series."""
+    plot = dict(getattr(module, "PLOT", {"kind": "final"}))
+    own = plot.pop("scales", {}).get(scale, {})
+    return {**plot, **own}
+
+
 def write_manifest(module, scale: str, path: str, workdir: str, points: Sequence[Point]) -> str:
     storage.makedirs(workdir)
     name = experiment_name(path)
     manifest = os.path.join(workdir, f"sweep_{name}.json")
     write_json_atomic(manifest, {
         "experiment": name, "config": path, "scale": scale,
-        "plot": getattr(module, "PLOT", {"kind": "final"}),
+        "plot": plot_settings(module, scale),
         "points": [{"name": p.name, "tags": p.tag_dict} for p in points],
     })
     for p in points:
