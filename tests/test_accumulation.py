@@ -53,7 +53,9 @@ def problem(batch_norm=False, n=8):
     return obj, params, batch
 
 
-FOUR = ("plain", "gradient_penalty", "sam", "weight_noise+gradient_penalty")
+# k = 4 too for plain training, every registered regularizer and a chain
+FOUR = ("plain", *(n for n in REGULARIZERS if n != "gauss_newton_trace_penalty"),
+        "gauss_newton_trace_penalty/hutchinson", "weight_noise+gradient_penalty")
 
 
 @pytest.mark.parametrize("name,transform,k", [(n, t, 2) for n, t in cases()]

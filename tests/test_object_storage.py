@@ -85,7 +85,7 @@ def test_a_bucket_run_killed_during_a_save_resumes_bitwise_and_keeps_the_policy(
     from nme_train import storage
     from nme_train.train.checkpoint import saved_steps
 
-    steps, every = 300, 50
+    steps, every = 150, 50
     local = str(tmp_path / "local")
     finish(start(cli_args(data_dir, local, steps, every)))
     workdir = _in_bucket(gcs, "killed")

@@ -153,7 +153,10 @@ def test_bad_config_strings_name_the_fix():
 # characteristic point at one of the full scales, so that every model and every
 # regularizer of the grids is compiled. (ImageNet ResNet-50 with SAM: the CLI test below.)
 DRY_RUNS = [
-    ("e2", "cifar10", "activation=gelu_nme_ablated,method=gp,rho=0.5,seed=0"),
+    ("e2", "fashion_mnist", "activation=gelu_nme_ablated,method=gp,rho=0.5,seed=0"),
+    # the contrasts at the paper's scale: WideResNet-28-10 with the update's G + NME_act (its
+    # nested twin in the training step)
+    ("contrasts", "cifar10", "activation=gelu,method=gp_nme_act,rho=0.5,seed=0"),
     ("e3", "fashion_mnist", "activation=relu_synthetic_nme,beta=4,method=gp,rho=0.1,seed=0"),
     ("e4", "fashion_mnist", "activation=gelu,method=hessian_trace,sigma2=0.01,seed=0"),
     ("e5", "fashion_mnist", "activation=gelu,method=gn_trace_sampled,sigma2=0.001,probes=5,seed=1"),
@@ -239,3 +242,32 @@ def test_series_draw2_and_the_rest_of_the_paper_run_in_the_l4k_regime():
             assert (config.data.label_noise, config.data.train_split, config.model.batch_norm,
                     config.optimizer.warmup_epochs) == (0.25, "train[:4000]", True, 5.0)
     assert module("common").epoch_steps(draw2) == 31  # 4,000 images of the slice
+
+
+def test_the_contrasts_at_the_papers_scales_are_its_recipes_with_every_arm():
+    """cifar10 / imagenet scales of the contrasts: every arm of the study (the update by
+    source's cells too) on the paper's recipe, 2 seeds, the study's probes 4 times per run;
+    ImageNet's batch split into the microbatches one 80 GiB GPU needs (the cifar10 point
+    with G + NME_act compiles in test_dry_run_of_each_experiment)."""
+    m = module("contrasts")
+    for scale in m.PAPER_SCALES:
+        points = expand(m, scale)
+        arms = {(p.tag_dict["activation"], p.tag_dict["method"]) for p in points}
+        assert {("gelu", "gp_nme_act"), ("relu", "gp_no_nme"), ("gelu", "gp_no_nme"),
+                ("gelu_nme_ablated", "gp"), ("relu", "sam")} <= arms
+        assert {p.tag_dict["seed"] for p in points} == {0, 1}
+        recipe = common.base(scale)
+        steps = int(recipe.num_epochs * common.epoch_steps(recipe))
+        for point in points:
+            config = m.get_config(f"{scale}/{point.name}")
+            validate(config, 8)
+            assert steps // config.probes.every_steps == m.PAPER_PROBES
+            method = point.tag_dict["method"]
+            assert config.get("grad_accum_steps", 1) == m.PAPER_ACCUM.get(scale, {}).get(
+                method, 1)
+            with config.unlocked():  # the recipe but for the arm, the seed and the probes
+                for field in ("regularizers", "seed", "probes", "grad_accum_steps"):
+                    config[field] = recipe.get(field)
+                config.model.activation, config.model.beta = (recipe.model.activation,
+                                                              recipe.model.beta)
+            assert config == recipe, point.name

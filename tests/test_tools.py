@@ -190,3 +190,30 @@ def test_every_console_command_names_a_callable():
     for command, target in scripts.items():
         module, _, attr = target.partition(":")
         assert callable(getattr(importlib.import_module(module), attr)), command
+
+
+def test_sweep_cost_adds_up_each_groups_flops(tmp_path):
+    """tools/sweep_cost.py on a 2-method x 2-seed grid of the digits MLP: one group per
+    program, steps and probes from the config, hours = FLOPs / rate; the plain step's count
+    against the matrix products written out by hand."""
+    from test_sweep import tiny_experiment
+
+    rate = 2.0
+    cost = run_tool("tools/sweep_cost.py", "--config", tiny_experiment(tmp_path, str(tmp_path)),
+                    "--tflops", str(rate), "--set", "probes.every_steps=3", "--json")
+    groups = {g["group"]["method"]: g for g in cost["groups"]}
+    assert set(groups) == {"none", "gp"} and cost["points"] == 4
+    for g in groups.values():
+        assert (g["points"], g["steps"], g["batch_size"], g["probes"]) == (2, 6, 64, 3)
+        assert g["probe_flops"] > 0
+        assert g["hours_per_run"] == pytest.approx(
+            (6 * g["step_flops"] + 3 * g["probe_flops"]) / (rate * 1e12) / 3600)
+    assert cost["hours"] == pytest.approx(sum(2 * g["hours_per_run"] for g in groups.values()))
+    # 64 -> 16 -> 10, batch 64: forward 2B(64*16 + 16*10); backward the weight gradients
+    # of both layers and the input gradient of the second; the rest is elementwise
+    matmuls = 2 * 64 * (2 * 64 * 16 + 3 * 16 * 10)
+    assert matmuls <= groups["none"]["step_flops"] <= 1.25 * matmuls
+    # the penalty's step adds a Hessian-vector product: about twice to three times plain
+    assert 1.8 <= groups["gp"]["step_flops"] / groups["none"]["step_flops"] <= 3.5
+    # identical programs (the seeds) are costed once: the probe is the same for both
+    assert groups["none"]["probe_flops"] == groups["gp"]["probe_flops"]

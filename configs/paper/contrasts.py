@@ -47,6 +47,10 @@ Scales:
             with other corrupted labels (label_noise_seed 1), every arm of E1,
             E2, E10 and the update by source at its best rho in the study
             (DRAW2_RHOS), seeds 0-7
+  cifar10   the paper's scales: every arm (the new cells too) with the paper's
+  imagenet  recipes (WideResNet-28-10, ResNet-50; clean labels) over PAPER_RHOS,
+            2 seeds, the study's probes 4 times per run; the cost and the launch
+            command: docs/results.md, "The contrasts at the paper's scale"
 
 Every run probes H, G, NME and the NME's two sources (activations and the
 rest) along the gradient and at the ends of their spectra, the dead units per
@@ -69,7 +73,8 @@ PROBE_EPOCHS epochs.
 from configs.paper import common, regime
 from nme_train.sweeps.grids import Point, activations, experiment_config, methods, product, seeds
 
-SCALES = ("bracket", "study", "warmup", "series", "draw2")
+SCALES = ("bracket", "study", "warmup", "series", "draw2", "cifar10", "imagenet")
+PAPER_SCALES = ("cifar10", "imagenet")
 RHOS = (0.05, 0.1, 0.2, 0.5, 1.0)
 # The arms without NME_rest in their update (G + NME_act for GELU, G alone for ReLU) are
 # bracketed further: GELU's penalty without any NME peaks near rho = 4.
@@ -105,12 +110,22 @@ ARMS = (("relu", ("none", "sam", "gp", "gp_no_nme")),
         ("gelu", ("none", "sam", "gp", "gp_no_nme", "gp_nme_act")),
         ("gelu_nme_ablated", ("gp",)), ("relu_synthetic_nme", ("gp",)),
         ("relu_spike_nme", ("gp",)))
-# each arm's best rho over the study's 8 seeds (the penalty's update by source: its 8 seeds'
-# best when they finished, docs/results.md)
+# each arm's best rho over the study's 8 seeds (docs/results.md, "The update by source")
 DRAW2_RHOS = {("relu", "sam"): 0.2, ("relu", "gp"): 0.3, ("relu", "gp_no_nme"): 2.0,
               ("gelu", "sam"): 0.3, ("gelu", "gp"): 0.4, ("gelu", "gp_no_nme"): 4.0,
-              ("gelu", "gp_nme_act"): 0.5, ("gelu_nme_ablated", "gp"): 0.4}
+              ("gelu", "gp_nme_act"): 0.7, ("gelu_nme_ablated", "gp"): 0.4}
 DRAW2 = {"data.train_split": "train[4000:8000]", "data.label_noise_seed": 1}
+# At the paper's scales (its recipes: clean labels, configs/cifar10_wrn28_10.py and
+# configs/imagenet_resnet50.py) every arm over the full-scale rho grid, the arms without
+# NME_rest in their update over a wider one (their best lay 2-10x higher here), 2 seeds
+# (the paper's); the probes of this study at 4 points of each run, on 512 examples.
+PAPER_RHOS = common.RHOS  # 0.01-0.5
+PAPER_WIDE_RHOS = common.RHOS + (1.0, 2.0)
+PAPER_PROBES = 4
+# ImageNet's batch of 4,096 on one node of 8 GPUs with 80 GiB each: the smallest number of
+# microbatches whose training step fits, per method (the dry run's --dry_run_memory_gib=80;
+# docs/imagenet.md, "The paper's batch on one node"). Other nodes: edit, or dry-run a point.
+PAPER_ACCUM = {"imagenet": {"none": 2, "sam": 2, "gp": 4, "gp_no_nme": 4, "gp_nme_act": 4}}
 SERIES_RHO = 0.3
 SURROGATES = ("relu_synthetic_nme", "relu_spike_nme")
 SURROGATE_BETA = 1.0
@@ -118,6 +133,7 @@ PROBE_EPOCHS = 10  # probes at steps 0, 310, 620, 930: about 60 s of a 3-minute 
 PLOT = {"kind": "final", "x": "rho", "lines": ("activation", "method"), "symlog_x": 0.05,
         "zoom_range": (81.5, 85.5), "zoom_x": (0.08, 0.6),  # the arms' best, far above plain
         "contrasts": [["method", "gp", "sam"], ["method", "gp", "gp_no_nme"],
+                      ["method", "gp", "gp_nme_act"], ["method", "gp_nme_act", "gp_no_nme"],
                       ["activation", "gelu", "gelu_nme_ablated"],
                       ["activation", "relu_synthetic_nme", "relu"],
                       ["activation", "relu_spike_nme", "relu"],
@@ -157,6 +173,11 @@ def with_study_probes(c):
 
 
 def base(scale: str):
+    if scale in PAPER_SCALES:
+        c = with_study_probes(common.base(scale))
+        c.probes.every_steps = max(1, int(c.num_epochs * common.epoch_steps(c)) // PAPER_PROBES)
+        c.probes.batch_size = 512
+        return c
     c = regime.base("pilot")
     if scale == "warmup":  # the earlier study's no-BatchNorm recipe, with the longer warmup
         c.model.batch_norm = False
@@ -185,6 +206,14 @@ def grid(scale: str):
                 if acts[0].tag_dict["activation"] not in SURROGATES
                 for point in product(acts, methods({m: r for m, r in spec.items()
                                                     if m != "gp_no_nme"}), seeds((0, 1, 2)))]
+    if scale in PAPER_SCALES:
+        accum = PAPER_ACCUM.get(scale, {})
+        return [Point(point.tags, point.overrides + (
+                    (("grad_accum_steps", accum[point.tag_dict["method"]]),)
+                    if point.tag_dict["method"] in accum else ()))
+                for acts, spec in arms(lambda a, m: PAPER_WIDE_RHOS
+                                       if (a, m) in WIDE_BRACKET else PAPER_RHOS)
+                for point in product(acts, methods(spec), common.seed_axis(scale))]
     if scale == "draw2":
         return [point for acts, spec in arms(lambda a, m: (DRAW2_RHOS.get((a, m)),))
                 if acts[0].tag_dict["activation"] not in SURROGATES

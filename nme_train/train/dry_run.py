@@ -83,9 +83,8 @@ def memory_mib(compiled: Any) -> dict[str, float]:
     return mib
 
 
-def train_step_memory(config: Any, spec: Any, devices: list, k: int) -> dict[str, Any]:
-    """The training step of `config` with k microbatches, compiled from shapes: its compile
-    time, FLOPs and per-device memory."""
+def _lowered_train_step(config: Any, spec: Any, devices: list, k: int) -> tuple[Any, Any]:
+    """(config with k microbatches, the training step lowered from shapes)."""
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.grad_accum_steps = k
@@ -98,8 +97,30 @@ def train_step_memory(config: Any, spec: Any, devices: list, k: int) -> dict[str
              for key, shape, dtype in (
                  ("image", (config.batch_size, size, size, spec.channels), np.uint8),
                  ("label", (config.batch_size,), np.int32))}
+    return config, program.train_step.lower(state, batch)
+
+
+def step_and_probe_flops(config: Any, devices: list | None = None) -> dict[str, float]:
+    """FLOPs of one training step and of one probe of `config`, from the lowered programs
+    (nothing compiled: seconds even for ResNet-50 at full size)."""
+    devices = jax.devices()[:1] if devices is None else list(devices)
+    spec = DATASETS[config.data.name]
+    k = config.get("grad_accum_steps", 1)
+    _, lowered = _lowered_train_step(config, spec, devices, k)
+    out = {"train_step": program_flops(lowered, loop_trips=k), "probe": 0.0}
+    if config.probes.every_steps and (config.probes.kinds or config.probes.alignment):
+        program = build_program(config, spec, devices, total_steps=1000, steps_per_epoch=1000)
+        state = abstract_with_shardings(program.abstract_state, program.state_sharding)
+        out["probe"] = _probe_flops(config, spec, program, state,
+                                    config.data.image_size or spec.image_size)["flops"]
+    return out
+
+
+def train_step_memory(config: Any, spec: Any, devices: list, k: int) -> dict[str, Any]:
+    """The training step of `config` with k microbatches, compiled from shapes: its compile
+    time, FLOPs and per-device memory."""
     start = time.perf_counter()
-    lowered = program.train_step.lower(state, batch)
+    config, lowered = _lowered_train_step(config, spec, devices, k)
     compiled = lowered.compile()
     return {"grad_accum_steps": k, "compile_s": time.perf_counter() - start,
             "flops": program_flops(lowered, compiled, loop_trips=k),
@@ -162,13 +183,8 @@ def _probe_programs(config: Any, spec: Any, program: Any, state: Any, size: int)
     """The probe's programs from shapes: for each kind, the linearisation over one probe
     batch and one operator-vector product (FLOPs; the Hessian's compiled for memory), the
     gradient (alignment), the Lanczos basis and where `basis_memory` puts it."""
-    curv = probe_curvature(config, spec, program.model)
+    curv, probe_batches = _probe_inputs(config, spec, program, state, size)
     settings = ProbeSettings.from_config(config.probes)
-    probe_batch = config.probes.batch_size or config.batch_size
-    probe_batches = [{"inputs": {"images": jax.ShapeDtypeStruct(
-        (probe_batch, size, size, spec.channels), np.uint8, sharding=program.batch_sharding),
-        "model_state": state.model_state},
-        "targets": jax.ShapeDtypeStruct((probe_batch,), np.int32, sharding=program.batch_sharding)}]
     build = jax.jit(curv.linear_operator, static_argnums=0)
     start = time.perf_counter()
     lowered = build.lower("hessian", state.params, probe_batches)
@@ -183,22 +199,7 @@ def _probe_programs(config: Any, spec: Any, program: Any, state: Any, size: int)
     matvec = jax.jit(apply).lower(linear, state.params).compile()
     out["compile_s"] = time.perf_counter() - start
     out["matvec_memory_mib_per_device"] = memory_mib(matvec)
-    kinds = {}
-    for kind in settings.kinds:  # FLOPs from the lowered programs (no compile needed)
-        linear = jax.eval_shape(lambda p, b, k=kind: curv.linear_operator(k, p, b),
-                                state.params, probe_batches)
-        kinds[kind] = {"linearise_flops": program_flops(
-            build.lower(kind, state.params, probe_batches)),
-            "matvec_flops": program_flops(jax.jit(apply).lower(linear, state.params))}
-    gradient_flops = program_flops(jax.jit(jax.value_and_grad(curv.loss_value)).lower(
-        state.params, probe_batches)) if settings.alignment else 0.0
-    matvecs = settings.matvecs_per_kind()
-    out.update({
-        "batch_size": probe_batch, "kinds": kinds, "matvecs_per_kind": matvecs,
-        "gradient_flops": gradient_flops,
-        "flops": gradient_flops + sum(k["linearise_flops"] + matvecs * k["matvec_flops"]
-                                      for k in kinds.values()),
-    })
+    out.update(_probe_flops(config, spec, program, state, size))
     where, basis = settings.basis_placement(program.abstract_state.params)
     per_device = basis / program.mesh.shape["fsdp"]
     residuals = out["memory_mib_per_device"].get("output", 0.0)
@@ -213,6 +214,38 @@ def _probe_programs(config: Any, spec: Any, program: Any, state: Any, size: int)
                                    + (per_device if where == "device" else 0.0)),
     })
     return out
+
+
+def _probe_inputs(config: Any, spec: Any, program: Any, state: Any, size: int):
+    """The probe's curvature functions and its batch, as shapes."""
+    probe_batch = config.probes.batch_size or config.batch_size
+    probe_batches = [{"inputs": {"images": jax.ShapeDtypeStruct(
+        (probe_batch, size, size, spec.channels), np.uint8, sharding=program.batch_sharding),
+        "model_state": state.model_state},
+        "targets": jax.ShapeDtypeStruct((probe_batch,), np.int32, sharding=program.batch_sharding)}]
+    return probe_curvature(config, spec, program.model), probe_batches
+
+
+def _probe_flops(config: Any, spec: Any, program: Any, state: Any, size: int) -> dict[str, Any]:
+    """A probe's FLOPs from its lowered programs (no compile needed): for each kind, the
+    linearisation and one operator-vector product, and the gradient (alignment)."""
+    curv, probe_batches = _probe_inputs(config, spec, program, state, size)
+    settings = ProbeSettings.from_config(config.probes)
+    build = jax.jit(curv.linear_operator, static_argnums=0)
+    kinds = {}
+    for kind in settings.kinds:
+        linear = jax.eval_shape(lambda p, b, k=kind: curv.linear_operator(k, p, b),
+                                state.params, probe_batches)
+        kinds[kind] = {"linearise_flops": program_flops(
+            build.lower(kind, state.params, probe_batches)),
+            "matvec_flops": program_flops(jax.jit(apply).lower(linear, state.params))}
+    gradient_flops = program_flops(jax.jit(jax.value_and_grad(curv.loss_value)).lower(
+        state.params, probe_batches)) if settings.alignment else 0.0
+    matvecs = settings.matvecs_per_kind()
+    return {"batch_size": probe_batches[0]["targets"].shape[0], "kinds": kinds,
+            "matvecs_per_kind": matvecs, "gradient_flops": gradient_flops,
+            "flops": gradient_flops + sum(k["linearise_flops"] + matvecs * k["matvec_flops"]
+                                          for k in kinds.values())}
 
 
 def flop_text(flops: float) -> str:
