@@ -235,7 +235,7 @@ def test_series_draw2_and_the_rest_of_the_paper_run_in_the_l4k_regime():
     assert draw2 == study
     assert {p.tag_dict["seed"] for p in expand(m, "draw2")} == set(range(8))
     rest, beta = module("l4k_rest"), module("l4k_beta")
-    for mod, scale in ((rest, "trace_bracket"), (beta, "beta")):
+    for mod, scale in ((rest, "trace_bracket"), (rest, "trace_study"), (beta, "beta")):
         for point in expand(mod, scale):
             config = mod.get_config(f"{scale}/{point.name}")
             validate(config, 8)

@@ -12,10 +12,15 @@ Scales:
                  with 1 and 5 probes (weight noise: 1 draw), over sigma^2 from harmless
                  to failure (TRACE_BRACKET), beside plain training; Tr H, Tr G and
                  Tr NME (and per layer) 6 times over training (E6)
+  trace_study    seeds 0-4 of every arm at the sigma^2 around its bracket's best
+                 (STUDY_SIGMA2S: the best and its half-decade neighbours; below the
+                 bracket's bottom for the Hessian trace penalty, whose best lay there)
 
 E8 and E9 in this regime: configs/paper/l4k_beta.py.
 
     nme-sweep --config configs/paper/l4k_rest.py:trace_bracket \
+        --workdir study/l4k_rest --jobs 2
+    nme-sweep --config configs/paper/l4k_rest.py:trace_study \
         --workdir study/l4k_rest --jobs 2
     nme-summarize study/l4k_rest --out docs/results/l4k_rest
 """
@@ -23,8 +28,17 @@ E8 and E9 in this regime: configs/paper/l4k_beta.py.
 from configs.paper import common, regime
 from nme_train.sweeps.grids import Point, activations, experiment_config, methods, product, seeds
 
-SCALES = ("trace_bracket",)
+SCALES = ("trace_bracket", "trace_study")
 TRACE_BRACKET = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+# The bracket at seed 0 (plain training 73.68%): weight noise peaks at 1e-3 (83.25%; 75.10 at
+# 1e-4, 78.61 at 1e-2, chance at 1); the Gauss-Newton trace penalty at 1e-2 (82.70%; 81.48 at
+# 1e-3, 62.08 at 1e-1, divergence at 1); the Hessian trace penalty at the bracket's bottom,
+# 1e-4 (74.55%; 22.63 at 1e-3, divergence from 1e-1), with 5 probes 64.83% at 1e-3.
+STUDY_SIGMA2S = {("weight_noise", 1): (3e-4, 1e-3, 3e-3),
+                 ("hessian_trace", 1): (1e-5, 3e-5, 1e-4, 3e-4),
+                 ("hessian_trace", 5): (1e-5, 3e-5, 1e-4, 3e-4),
+                 ("gn_trace", 1): (3e-3, 1e-2, 3e-2), ("gn_trace", 5): (3e-3, 1e-2, 3e-2)}
+STUDY_SEEDS = tuple(range(5))
 TRACE_METHODS = ("weight_noise", "hessian_trace", "gn_trace")
 FIVE = {"hessian_trace": {"num_probes": 5}, "gn_trace": {"num_samples": 5}}
 PLOT = {"kind": "final", "x": "sigma2", "lines": ("method", "probes"), "log_x": True,
@@ -63,6 +77,9 @@ def trace_arms(sigma2s_of) -> list[Point]:
 
 def grid(scale: str):
     plain = product(methods({"none": ()}, zero_name="sigma2"), [Point.of({"probes": 1})])
+    if scale == "trace_study":
+        arms = trace_arms(lambda m, p: STUDY_SIGMA2S[(m, p)])
+        return product(activations(("gelu",)), plain + arms, seeds(STUDY_SEEDS))
     arms = trace_arms(lambda m, p: TRACE_BRACKET)
     return product(activations(("gelu",)), plain + arms, seeds((0,)))
 
