@@ -5,9 +5,10 @@ counts of each point's training step and probes and a measured FLOP rate.
     python tools/sweep_cost.py --config configs/paper/contrasts.py:cifar10 --json
 
 For each group of points that run the same program (the tags but rho, sigma2 and the
-seed: those change numbers, not the program) the training step and the probe are lowered
-from shapes for the point's full-size config (nothing is compiled or run; seconds for
-ResNet-50) and XLA's FLOP count taken (nme_train.train.dry_run.step_and_probe_flops).
+seed: those change numbers, not the program) the training step is lowered from shapes for
+the point's full-size config (nothing is compiled or run) and XLA's FLOP count taken, and
+the probe likewise once per model (nme_train.train.dry_run.step_and_probe_flops). A
+ResNet-50 grid takes minutes: each probe kind is lowered at full size.
 A run costs steps x step FLOPs + probes x probe FLOPs, at `--tflops` per device-second.
 
 The default rate is the one measured for the plain ResNet-50 step on one NVIDIA H200
@@ -50,7 +51,7 @@ def sweep_cost(config_arg: str, tflops: float, overrides: dict | None = None) ->
         key = tuple((k, v) for k, v in point.tags if k not in VALUE_TAGS)
         groups.setdefault(key, {"points": [], "example": point.name})["points"].append(
             point.name)
-    rows = []
+    rows, probe_flops = [], {}
     for key, group in groups.items():
         config = load_config_file(f"{path}:{scale}/{group['example']}")
         with config.unlocked():
@@ -60,7 +61,10 @@ def sweep_cost(config_arg: str, tflops: float, overrides: dict | None = None) ->
                 for part in parents:
                     node = node[part]
                 node[last] = value
-        flops = step_and_probe_flops(config)
+        # the probe depends on the model and the probe settings, not on the regularizer
+        probe_key = (config.model.to_json(), config.probes.to_json(), config.data.to_json())
+        flops = step_and_probe_flops(config, probe=probe_key not in probe_flops)
+        flops["probe"] = probe_flops.setdefault(probe_key, flops["probe"])
         steps = total_steps(config)
         every = config.probes.every_steps
         probes = (steps // every + 1) if every else 0

@@ -100,15 +100,16 @@ def _lowered_train_step(config: Any, spec: Any, devices: list, k: int) -> tuple[
     return config, program.train_step.lower(state, batch)
 
 
-def step_and_probe_flops(config: Any, devices: list | None = None) -> dict[str, float]:
-    """FLOPs of one training step and of one probe of `config`, from the lowered programs
-    (nothing compiled: seconds even for ResNet-50 at full size)."""
+def step_and_probe_flops(config: Any, devices: list | None = None,
+                         probe: bool = True) -> dict[str, float]:
+    """FLOPs of one training step and (with `probe`) of one probe of `config`, from the
+    lowered programs (nothing compiled)."""
     devices = jax.devices()[:1] if devices is None else list(devices)
     spec = DATASETS[config.data.name]
     k = config.get("grad_accum_steps", 1)
     _, lowered = _lowered_train_step(config, spec, devices, k)
     out = {"train_step": program_flops(lowered, loop_trips=k), "probe": 0.0}
-    if config.probes.every_steps and (config.probes.kinds or config.probes.alignment):
+    if probe and config.probes.every_steps and (config.probes.kinds or config.probes.alignment):
         program = build_program(config, spec, devices, total_steps=1000, steps_per_epoch=1000)
         state = abstract_with_shardings(program.abstract_state, program.state_sharding)
         out["probe"] = _probe_flops(config, spec, program, state,
