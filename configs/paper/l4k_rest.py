@@ -33,7 +33,8 @@ TRACE_BRACKET = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 # The bracket at seed 0 (plain training 73.68%): weight noise peaks at 1e-3 (83.25%; 75.10 at
 # 1e-4, 78.61 at 1e-2, chance at 1); the Gauss-Newton trace penalty at 1e-2 (82.70%; 81.48 at
 # 1e-3, 62.08 at 1e-1, divergence at 1); the Hessian trace penalty at the bracket's bottom,
-# 1e-4 (74.55%; 22.63 at 1e-3, divergence from 1e-1), with 5 probes 64.83% at 1e-3.
+# 1e-4 (74.55%; 22.63 at 1e-3, divergence from 1e-1; with 5 probes 74.39, 64.83, 53.24 at
+# 1e-4, 1e-3, 1e-2). With 5 probes the Gauss-Newton one also peaks at 1e-2 (83.42%).
 STUDY_SIGMA2S = {("weight_noise", 1): (3e-4, 1e-3, 3e-3),
                  ("hessian_trace", 1): (1e-5, 3e-5, 1e-4, 3e-4),
                  ("hessian_trace", 5): (1e-5, 3e-5, 1e-4, 3e-4),
