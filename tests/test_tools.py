@@ -217,3 +217,7 @@ def test_sweep_cost_adds_up_each_groups_flops(tmp_path):
     assert 1.8 <= groups["gp"]["step_flops"] / groups["none"]["step_flops"] <= 3.5
     # identical programs (the seeds) are costed once: the probe is the same for both
     assert groups["none"]["probe_flops"] == groups["gp"]["probe_flops"]
+    bad = run_command("tools/sweep_cost.py", "--config", tiny_experiment(tmp_path, str(tmp_path)),
+                      "--set", "probes.bogus=3")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --set has no field")
+    assert len(bad.stderr.strip().splitlines()) == 1

@@ -28,6 +28,7 @@ import sys
 import jax
 
 from nme_train.cli import load_config_file
+from nme_train.config_fields import set_fields
 from nme_train.sweeps.plan import load_experiment
 from nme_train.train.dry_run import flop_text, step_and_probe_flops
 
@@ -55,12 +56,7 @@ def sweep_cost(config_arg: str, tflops: float, overrides: dict | None = None) ->
     for key, group in groups.items():
         config = load_config_file(f"{path}:{scale}/{group['example']}")
         with config.unlocked():
-            for field, value in (overrides or {}).items():
-                *parents, last = field.split(".")
-                node = config
-                for part in parents:
-                    node = node[part]
-                node[last] = value
+            set_fields(config, (overrides or {}).items(), "--set")
         # the probe depends on the model and the probe settings, not on the regularizer
         probe_key = (config.model.to_json(), config.probes.to_json(), config.data.to_json())
         flops = step_and_probe_flops(config, probe=probe_key not in probe_flops)
@@ -107,11 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object instead")
     args = parser.parse_args(argv)
     overrides = {}
-    for item in args.set:
-        field, _, value = item.partition("=")
-        overrides[field] = json.loads(value)
-    with jax.default_device(jax.devices("cpu")[0]):
-        cost = sweep_cost(args.config, args.tflops, overrides)
+    try:
+        for item in args.set:
+            field, _, value = item.partition("=")
+            try:
+                overrides[field] = json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(f"--set {item!r}: give FIELD=VALUE with a JSON value, e.g. "
+                                 "data.image_size=64") from None
+        with jax.default_device(jax.devices("cpu")[0]):
+            cost = sweep_cost(args.config, args.tflops, overrides)
+    except (KeyError, ValueError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(cost))
     else:
