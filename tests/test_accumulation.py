@@ -70,9 +70,13 @@ def test_k_microbatches_give_the_whole_batch_update(name, transform, k):
     micro = reg.split_microbatches(batch, k, groups=2)  # as if over 2 devices
     (acc_value, acc_aux), acc_grads = jax.jit(reg.accumulated_value_and_grad,
                                               static_argnums=0)(obj, params, micro, key)
+    # Weight noise is drawn in float32 (the same draw with and without x64), and two programs
+    # may round a float32 normal one ulp apart (XLA's CPU elemental emitters, which the tests
+    # compile with): chains with noise agree to float32's precision, the rest to float64's.
+    rtol, atol = (1e-6, 1e-9) if "weight_noise" in name else (1e-9, 1e-12)
     np.testing.assert_allclose(ravel_pytree(acc_grads)[0], ravel_pytree(grads)[0],
-                               rtol=1e-9, atol=1e-12, err_msg=name)
-    np.testing.assert_allclose(acc_value, value, rtol=1e-9, err_msg=name)
+                               rtol=rtol, atol=atol, err_msg=name)
+    np.testing.assert_allclose(acc_value, value, rtol=rtol, err_msg=name)
     assert acc_aux["outputs"].shape == aux["outputs"].shape
     for metric in aux["metrics"]:  # the diagnostics of the whole batch, or their mean
         assert np.isfinite(acc_aux["metrics"][metric]), metric

@@ -77,6 +77,7 @@ def uninterrupted(data_dir, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.xdist_group("uninterrupted_run")  # one worker builds the uninterrupted run
 def test_kill_9_then_resume_is_bitwise_identical(data_dir, uninterrupted, tmp_path):
     workdir = str(tmp_path / "killed")
     proc = start(cli_args(data_dir, workdir))
@@ -96,6 +97,7 @@ def test_kill_9_then_resume_is_bitwise_identical(data_dir, uninterrupted, tmp_pa
     assert_same_metric_lines(uninterrupted, workdir)
 
 
+@pytest.mark.xdist_group("uninterrupted_run")  # one worker builds the uninterrupted run
 def test_sigterm_saves_at_its_step_exits_75_and_resumes_exactly(data_dir, uninterrupted,
                                                                 tmp_path):
     workdir = str(tmp_path / "terminated")

@@ -57,6 +57,10 @@ def test_every_architecture_gives_logits(config, image_shape):
      25_557_032),
     (model_config(name="resnet", depth=18, width=64, stem="imagenet"), (224, 224, 3), 1000,
      11_689_512),
+    # ResNet-10, one basic block per stage, counted by hand: stem 9,408 + 128, stages
+    # 73,984 + 230,144 + 919,040 + 3,673,088, classifier 513,000 (the same count gives 18's)
+    (model_config(name="resnet", depth=10, width=64, stem="imagenet"), (224, 224, 3), 1000,
+     5_418_792),
     (model_config(name="wide_resnet", depth=28, widen_factor=10), (32, 32, 3), 10, 36_479_194),
 ])
 def test_standard_networks_have_the_published_parameter_counts(config, image_shape, num_classes,

@@ -234,8 +234,8 @@ def test_a_sweep_in_the_bucket_runs_resumes_and_summarizes_there(gcs, data_dir, 
     config = tiny_experiment(tmp_path, data_dir)
     workdir = _in_bucket(gcs, "sweep")
     logs = os.path.join(ROOT, storage.local_logs(workdir))
-    request.addfinalizer(lambda: shutil.rmtree(os.path.join(ROOT, "logs", gcs.bucket),
-                                               ignore_errors=True))
+    # only this test's logs: another worker's bucket tests write beside them
+    request.addfinalizer(lambda: shutil.rmtree(logs, ignore_errors=True))
     out = run_sweep("--config", config, "--workdir", workdir, "--jobs", "2")
     assert out.returncode == 0, out.stdout + out.stderr
     names = ["method=none,rho=0,seed=0", "method=none,rho=0,seed=1",
@@ -306,8 +306,8 @@ def test_a_2_process_job_shares_a_bucket_workdir_and_resumes_on_1_process(
     from nme_train.train.rundir import read_final
 
     workdir = _in_bucket(gcs, "two")
-    request.addfinalizer(lambda: shutil.rmtree(os.path.join(ROOT, "logs", gcs.bucket),
-                                               ignore_errors=True))
+    logs = os.path.join(ROOT, "logs", gcs.bucket, "runs", "two")  # launch/local.py's choice
+    request.addfinalizer(lambda: shutil.rmtree(logs, ignore_errors=True))
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     env["XLA_FLAGS"] = xla_flags()
     launcher = subprocess.Popen(
@@ -329,8 +329,7 @@ def test_a_2_process_job_shares_a_bucket_workdir_and_resumes_on_1_process(
     out = launch(1, 2, trainer_flags(data_dir, workdir, total))
     assert f"resumed from the checkpoint at step {saved}" in out
     assert read_final(workdir)["step"] == total
-    assert os.path.exists(os.path.join(ROOT, "logs", gcs.bucket, "runs", "two",
-                                       "process_0.log"))
+    assert os.path.exists(os.path.join(logs, "process_0.log"))
 
 
 def test_divergence_in_the_bucket_sets_checkpoints_aside_and_warm_starts_from_it(

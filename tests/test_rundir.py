@@ -85,6 +85,7 @@ def copy_of(source, tmp_path):
 # -- 1: every checkpoint unreadable ----------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("finished_run")  # one worker builds the finished run
 def test_no_readable_checkpoint_sets_them_aside_and_starts_over(finished, data_dir, tmp_path,
                                                                 capsys):
     workdir = copy_of(finished, tmp_path)
@@ -175,6 +176,7 @@ def test_divergence_from_the_start_has_no_sane_checkpoint(data_dir, tmp_path):
 # -- 4: a finished run is not rewritten ---------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("finished_run")  # one worker builds the finished run
 def test_finished_run_is_left_alone_unless_extended(finished, data_dir, tmp_path, capsys):
     workdir = copy_of(finished, tmp_path)
     before = files(workdir)
@@ -207,6 +209,7 @@ def test_finished_run_is_left_alone_unless_extended(finished, data_dir, tmp_path
 # -- resume: which changes are accepted --------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("finished_run")  # one worker builds the finished run
 def test_resume_refuses_a_change_of_what_the_checkpoint_is(finished, data_dir, tmp_path):
     workdir = copy_of(finished, tmp_path)
     os.remove(workdir / "final.json")
@@ -220,6 +223,7 @@ def test_resume_refuses_a_change_of_what_the_checkpoint_is(finished, data_dir, t
 # -- 6: advice that works ----------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("finished_run")  # one worker builds the finished run
 def test_shape_change_advice_and_init_from_errors(finished, data_dir, tmp_path):
     workdir = copy_of(finished, tmp_path)
     os.remove(workdir / "final.json")
@@ -267,6 +271,7 @@ def run_cli(module_or_script, *args):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("finished_run")  # one worker builds the finished run
 def test_cli_errors_are_one_line_and_leave_the_workdir_alone(finished, data_dir, tmp_path):
     workdir = copy_of(finished, tmp_path)
     before = files(workdir)
@@ -382,6 +387,7 @@ def test_workdir_lock_tells_a_restarted_holder_from_a_live_one(tmp_path, monkeyp
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("finished_run")  # one worker builds the finished run
 def test_probe_tool_reports_a_damaged_checkpoint_in_one_line(finished, data_dir, tmp_path):
     workdir = copy_of(finished, tmp_path)
     damage(workdir, 10)

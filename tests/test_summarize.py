@@ -155,3 +155,30 @@ def test_paired_difference_over_shared_seeds_by_hand():
     diff, se, n = paired_difference(a, b)
     assert (n, round(diff, 12), round(se, 12)) == (3, 0.02, round(0.01 / 3 ** 0.5, 12))
     assert math.isnan(paired_difference(a, {"test_acc_by_seed": {}})[0])
+
+
+def test_contrasts_over_two_data_draws_by_hand(tmp_path):
+    """gp − sam at each side's best on two draws: draw a (gp best at rho 0.2) Δ 0.05, 0.06
+    -> +5.50 ± 0.50; draw b +3.00 ± 1.00; over both +4.25, SE from the seeds
+    sqrt(0.5² + 1²) / 2 = 0.56, from the draws' spread |5.5 − 3| / 2 = 1.25, ratio 3.4."""
+    plot = {"kind": "final", "x": "rho", "lines": ("method",),
+            "contrasts": [["method", "gp", "sam"]]}
+    runs = {"a": {("gp", 0.1): (0.80, 0.82), ("gp", 0.2): (0.85, 0.87), ("sam", 0.1): (0.80, 0.81)},
+            "b": {("gp", 0.2): (0.84, 0.88), ("sam", 0.1): (0.82, 0.84)}}
+    for draw, arms in runs.items():
+        w = tmp_path / draw
+        points = [fake_run(w, f"method={m},rho={rho},seed={s}",
+                           {"method": m, "rho": rho, "seed": s}, acc)
+                  for (m, rho), accs in arms.items() for s, acc in enumerate(accs)]
+        write_manifest(w, "e1", plot, points)
+    out = tmp_path / "out"
+    assert summarize.main([str(tmp_path / "a"), "--draws", str(tmp_path / "b"),
+                           "--out", str(out)]) == 0
+    text = (out / "summary_e1_draws.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| — |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:] == ["ρ 0.2 / ρ 0.1", "+5.50 ± 0.50 (2)", "ρ 0.2 / ρ 0.1",
+                         "+3.00 ± 1.00 (2)", "+4.25", "0.56", "1.25", "3.4"]
+    # a draw without the experiment's sweep is one error line
+    (tmp_path / "c").mkdir()
+    assert summarize.main([str(tmp_path / "a"), "--draws", str(tmp_path / "c")]) == 2

@@ -29,7 +29,7 @@ def test_default_config_is_valid_on_1_and_8_devices():
     ({"mesh.data": -1, "mesh.fsdp": -1}, 8, r"at most one axis may be -1"),
     ({"mesh.fsdp": 3}, 8, r"does not match the 8 devices"),
     ({"model.name": "resnet", "model.depth": 20}, 1, r"config.model.depth=20 is not a ResNet "
-     r"depth; use one of \[18, 34, 50, 101, 152\]"),
+     r"depth; use one of \[10, 18, 34, 50, 101, 152\]"),
     ({"model.name": "wide_resnet", "model.depth": 27}, 1, r"depth = 6n\+4"),
     ({"num_train_steps": 100}, 1, r"set exactly one of them > 0"),
     ({"optimizer.learning_rate": -0.1}, 1, r"config.optimizer.learning_rate=-0.1 must be a "

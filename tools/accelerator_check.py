@@ -22,7 +22,7 @@
 Each part writes one JSON line to OUT/accelerator_check.jsonl and prints a
 summary; a part that cannot run (a missing package, out of memory) writes
 its error and the others still run. `--smoke` shrinks everything (a
-ResNet-18 of width 4 at 32 px, the digits CNN for the numerics, a few
+ResNet-10 of width 4 at 32 px, the digits CNN for the numerics, a few
 steps) so that the script itself is tested on a CPU.
 """
 
@@ -52,8 +52,8 @@ def resnet50(args: argparse.Namespace):
     c.data.num_workers = min(16, os.cpu_count() or 1)
     c.data.num_threads = c.data.prefetch = 8
     c.mesh.data, c.mesh.fsdp = -1, 1
-    if args.smoke:  # the same code on a CPU: ResNet-18's blocks compile much faster
-        c.model.depth, c.model.width, c.data.image_size, c.model.dtype = 18, 4, 32, "float32"
+    if args.smoke:  # the same code on a CPU: ResNet-10's blocks compile much faster
+        c.model.depth, c.model.width, c.data.image_size, c.model.dtype = 10, 4, 32, "float32"
         c.data.num_workers = 0
     return c
 

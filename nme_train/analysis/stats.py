@@ -55,6 +55,21 @@ def paired_difference(a: dict, b: dict, field: str = "test_acc") -> tuple[float,
     return mean, se, len(diffs)
 
 
+def over_draws(diffs: Sequence[tuple[float, float, int]]) -> tuple[float, float, float]:
+    """One contrast on k data draws, each a paired difference (Δ, SE over its seeds, n):
+    the mean of the draws' Δ, the SE of that mean from the seeds (sqrt(sum SE^2) / k) and
+    the SE from the spread of the draws (their std / sqrt(k): one degree of freedom with
+    two draws; nan with one). A draw-to-draw effect beyond the seeds' shows as the second
+    exceeding the first."""
+    if not diffs or any(n == 0 or math.isnan(d) for d, _, n in diffs):
+        return math.nan, math.nan, math.nan
+    k = len(diffs)
+    values = [d for d, _, _ in diffs]
+    se_seeds = math.sqrt(sum(se**2 for _, se, _ in diffs)) / k
+    se_draws = statistics.stdev(values) / math.sqrt(k) if k > 1 else math.nan
+    return statistics.fmean(values), se_seeds, se_draws
+
+
 def one_machine_pairs(a: dict, b: dict) -> str:
     """"k/n": of the n seeds both rows ran, the k whose two runs each ran on one machine, the
     same (DIR/P/machines.jsonl; XLA's CPU results differ between CPUs); "—" without

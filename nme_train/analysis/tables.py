@@ -19,6 +19,7 @@ from nme_train.analysis.stats import (
     contrast_pairs,
     difference,
     one_machine_pairs,
+    over_draws,
     paired_difference,
 )
 from nme_train.curvature.operators import kind_label
@@ -95,6 +96,48 @@ def contrast_table(exp: ExperimentResults, rows: list[dict]) -> list[str]:
             for ra, rb in sorted(best, key=lambda p: sort_key(p[0], context)):
                 lines.append(f"| {' | '.join(tag_cells(ra, context))} | {swept_value(ra)} | "
                              f"{swept_value(rb)} | {paired_cells(ra, rb)} |")
+    return lines
+
+
+def draws_table(draws: Sequence[tuple[str, ExperimentResults, list[dict]]]) -> list[str]:
+    """Markdown lines of the PLOT's contrasts (the first draw's) with each side at its best,
+    on each data draw (`draws`: (name, results, rows), one sweep of the experiment per
+    draw), paired over the draw's seeds, and over the draws (stats.over_draws)."""
+    lines: list[str] = []
+    for tag, a, b in draws[0][1].plot.get("contrasts", ()):
+        found = []
+        for _, exp, rows in draws:
+            context = [t for t in exp.tag_names if t != tag and t not in SWEPT]
+            found.append({tuple((t, ra[t]) for t in context if t in ra): (ra, rb)
+                          for ra, rb in best_pairs(exp, rows, tag, a, b)})
+        keys = sorted((k for k in found[0] if all(k in f for f in found[1:])), key=str)
+        if not keys:
+            continue
+        b_name = format_value(b) if b is not None else f"no {tag}"
+        lines += ["", f"**{tag} {format_value(a)} − {b_name}**, each side at its best (test "
+                  "accuracy, points; paired Δ ± SE over each draw's seeds (n); over the "
+                  "draws: the mean of their Δ, its SE from the seeds and from the spread "
+                  "between the draws)", "",
+                  "| context | " + " | ".join(f"{name}: at | {name}: paired Δ ± SE (n)"
+                                             for name, _, _ in draws)
+                  + " | mean Δ | SE (seeds) | SE (draws) | \\|Δ\\|/larger SE |",
+                  "|" + "---|" * (4 + 2 * len(draws))]
+        for key in keys:
+            cells, diffs = [", ".join(f"{t} {format_value(v)}" for t, v in key) or "—"], []
+            for f in found:
+                ra, rb = f[key]
+                diff = paired_difference(ra, rb)
+                diffs.append(diff)
+                cells += [f"{swept_value(ra)} / {swept_value(rb)}",
+                          f"{fmt_difference(*diff[:2])[0]} ({diff[2]})"]
+            mean, se_seeds, se_draws = over_draws(diffs)
+            larger = max(se_seeds, se_draws) if not math.isnan(se_draws) else se_seeds
+            cells += [f"{100 * mean:+.2f}" if not math.isnan(mean) else "—",
+                      f"{100 * se_seeds:.2f}" if not math.isnan(se_seeds) else "—",
+                      f"{100 * se_draws:.2f}" if not math.isnan(se_draws) else "—",
+                      f"{abs(mean) / larger:.1f}" if larger and not math.isnan(larger)
+                      and not math.isnan(mean) else "—"]
+            lines.append(f"| {' | '.join(cells)} |")
     return lines
 
 

@@ -3,6 +3,7 @@
     nme-summarize DIR                      # every experiment swept into DIR
     nme-summarize DIR --experiment e1      # one of them
     nme-summarize DIR --out docs/results   # where the files go (default DIR)
+    nme-summarize DIR --draws DIR2         # also the contrasts on DIR2's data draw and over both
 
 (`python -m nme_train.commands.summarize` is the same.) Reads the sweep manifests
 DIR/sweep_<experiment>.json and each run's final.json / diverged.json / probes.jsonl, and
@@ -25,12 +26,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("workdir", help="the --workdir of nme-sweep")
     parser.add_argument("--experiment", default="", help="e.g. e1 (default: every manifest)")
     parser.add_argument("--out", default="", help="output directory (default: the workdir)")
+    parser.add_argument("--draws", nargs="+", default=(), metavar="DIR",
+                        help="workdirs of the same experiments on other data draws: the "
+                             "contrasts on each draw and over the draws")
     args = parser.parse_args(argv)
     try:
         storage.check_reachable(args.workdir, "workdir", writable=False)
         if args.out:
             storage.check_scheme(args.out, "--out")
-        summaries = summarize(args.workdir, args.out, args.experiment)
+        for other in args.draws:
+            storage.check_reachable(other, "--draws", writable=False)
+        summaries = summarize(args.workdir, args.out, args.experiment, args.draws)
     except (storage.StorageError, ValueError) as e:
         print(f"summarize: error: {e}", file=sys.stderr)
         return 2
@@ -43,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{len(s.rows)} group(s), {sum(exp.diverged.values())} diverged, {exp.pending} "
               f"pending -> {s.markdown}, {s.csv}, {s.png}")
         print(storage.read_text(s.markdown))
+        if s.draws:
+            print(f"summarize: {exp.name}: over the data draws -> {s.draws}")
+            print(storage.read_text(s.draws))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""ResNet-18/34/50/101/152 (He et al., 2016) with an ImageNet or a CIFAR stem.
+"""ResNet-18/34/50/101/152 (He et al., 2016) with an ImageNet or a CIFAR stem, and
+ResNet-10 (one basic block per stage: quick compiles, for smoke tests).
 
 The ImageNet stem is a 7x7 stride-2 convolution and a 3x3 stride-2 max pool;
 the CIFAR stem is a single 3x3 stride-1 convolution (the usual choice for
@@ -20,6 +21,7 @@ from nme_train.models.layers import activate, global_avg_pool, make_norm
 from nme_train.models.registry import positive_number, register_model
 
 STAGE_SIZES = {
+    10: (1, 1, 1, 1),
     18: (2, 2, 2, 2),
     34: (3, 4, 6, 3),
     50: (3, 4, 6, 3),
@@ -122,7 +124,7 @@ def check_resnet(m: Any) -> list[str]:
 
 
 @register_model("resnet", check=check_resnet, example={"depth": 18, "width": 2}, settings={
-    "depth": (18, "resnet: 18/34/50/101/152; wide_resnet: 6n+4"),
+    "depth": (18, "resnet: 10/18/34/50/101/152; wide_resnet: 6n+4"),
     "width": (16, "resnet: filters of the first stage"),
     "stem": ("cifar", "resnet: cifar (3x3 conv) | imagenet (7x7/2 conv + max pool)")})
 def build_resnet(m: Any, **common: Any) -> ResNet:

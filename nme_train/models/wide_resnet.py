@@ -77,7 +77,7 @@ def check_wide_resnet(m: Any) -> list[str]:
 
 
 @register_model("wide_resnet", check=check_wide_resnet, example={"depth": 10, "widen_factor": 1},
-                settings={"depth": (28, "resnet: 18/34/50/101/152; wide_resnet: 6n+4"),
+                settings={"depth": (28, "resnet: 10/18/34/50/101/152; wide_resnet: 6n+4"),
                           "widen_factor": (10, "wide_resnet: the widen factor k of WRN-n-k")})
 def build_wide_resnet(m: Any, **common: Any) -> WideResNet:
     return WideResNet(depth=m.depth, width=m.widen_factor, **common)

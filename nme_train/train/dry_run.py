@@ -192,15 +192,14 @@ def _probe_programs(config: Any, spec: Any, program: Any, state: Any, size: int)
     compiled = lowered.compile()
     out: dict[str, Any] = {"memory_mib_per_device": memory_mib(compiled)}
     # one Hessian-vector product on the linearisation's residuals, as the probe makes it
-    linear = jax.eval_shape(lambda p, b: curv.linear_operator("hessian", p, b),
-                            state.params, probe_batches)
-    linear = jax.tree.unflatten(jax.tree.structure(linear), [
-        jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh) for x, sh in
-        zip(jax.tree.leaves(linear), jax.tree.leaves(compiled.output_shardings))])
-    matvec = jax.jit(apply).lower(linear, state.params).compile()
+    linear = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                          lowered.out_info, compiled.output_shardings)
+    lowered_matvec = jax.jit(apply).lower(linear, state.params)
+    matvec = lowered_matvec.compile()
     out["compile_s"] = time.perf_counter() - start
     out["matvec_memory_mib_per_device"] = memory_mib(matvec)
-    out.update(_probe_flops(config, spec, program, state, size))
+    out.update(_probe_flops(config, spec, program, state, size,
+                            lowered={"hessian": (lowered, lowered_matvec)}))
     where, basis = settings.basis_placement(program.abstract_state.params)
     per_device = basis / program.mesh.shape["fsdp"]
     residuals = out["memory_mib_per_device"].get("output", 0.0)
@@ -227,19 +226,23 @@ def _probe_inputs(config: Any, spec: Any, program: Any, state: Any, size: int):
     return probe_curvature(config, spec, program.model), probe_batches
 
 
-def _probe_flops(config: Any, spec: Any, program: Any, state: Any, size: int) -> dict[str, Any]:
+def _probe_flops(config: Any, spec: Any, program: Any, state: Any, size: int,
+                 lowered: dict[str, tuple[Any, Any]] | None = None) -> dict[str, Any]:
     """A probe's FLOPs from its lowered programs (no compile needed): for each kind, the
-    linearisation and one operator-vector product, and the gradient (alignment)."""
+    linearisation and one operator-vector product, and the gradient (alignment).
+    `lowered`: kind -> (linearisation, matvec) already lowered (not lowered again)."""
     curv, probe_batches = _probe_inputs(config, spec, program, state, size)
     settings = ProbeSettings.from_config(config.probes)
     build = jax.jit(curv.linear_operator, static_argnums=0)
     kinds = {}
     for kind in settings.kinds:
-        linear = jax.eval_shape(lambda p, b, k=kind: curv.linear_operator(k, p, b),
-                                state.params, probe_batches)
-        kinds[kind] = {"linearise_flops": program_flops(
-            build.lower(kind, state.params, probe_batches)),
-            "matvec_flops": program_flops(jax.jit(apply).lower(linear, state.params))}
+        if lowered and kind in lowered:
+            linearise, matvec = lowered[kind]
+        else:  # the matvec on the linearisation's outputs (their shapes: out_info)
+            linearise = build.lower(kind, state.params, probe_batches)
+            matvec = jax.jit(apply).lower(linearise.out_info, state.params)
+        kinds[kind] = {"linearise_flops": program_flops(linearise),
+                       "matvec_flops": program_flops(matvec)}
     gradient_flops = program_flops(jax.jit(jax.value_and_grad(curv.loss_value)).lower(
         state.params, probe_batches)) if settings.alignment else 0.0
     matvecs = settings.matvecs_per_kind()
