@@ -177,6 +177,8 @@ def test_contrasts_over_two_data_draws_by_hand(tmp_path):
     text = (out / "summary_e1_draws.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| — |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
+    separator = next(line for line in text.splitlines() if line.startswith("|---"))
+    assert separator.count("---") == len(cells) == 9
     assert cells[1:] == ["ρ 0.2 / ρ 0.1", "+5.50 ± 0.50 (2)", "ρ 0.2 / ρ 0.1",
                          "+3.00 ± 1.00 (2)", "+4.25", "0.56", "1.25", "3.4"]
     # a draw without the experiment's sweep is one error line

@@ -121,7 +121,7 @@ def draws_table(draws: Sequence[tuple[str, ExperimentResults, list[dict]]]) -> l
                   "| context | " + " | ".join(f"{name}: at | {name}: paired Δ ± SE (n)"
                                              for name, _, _ in draws)
                   + " | mean Δ | SE (seeds) | SE (draws) | \\|Δ\\|/larger SE |",
-                  "|" + "---|" * (4 + 2 * len(draws))]
+                  "|" + "---|" * (5 + 2 * len(draws))]
         for key in keys:
             cells, diffs = [", ".join(f"{t} {format_value(v)}" for t, v in key) or "—"], []
             for f in found:
