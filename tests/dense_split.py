@@ -11,9 +11,14 @@ dense matrices only: the gradient g, H (jax.hessian of the loss), G = J^T H_z J,
 
 (g_u the residual's signal at unit u, a_u its pre-activation; docs/curvature.md, "The Hessian
 decomposition"), and NME_rest = NME - NME_act. No ablated twin enters these references.
+`gelu_split(kind, batch_norm)` is dense_split of GELU with the softmax cross-entropy,
+computed once per process (the tests that use it share an xdist_group, so one worker
+builds each).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -138,3 +143,18 @@ def dense_split(apply, params, batch, act, loss) -> dict[str, np.ndarray]:
             "gauss_newton": gauss_newton, "nme": nme, "nme_activation": nme_act,
             "nme_rest": nme - nme_act, "nme_normalization": nme_norm,
             "nme_between": nme - nme_act - nme_norm}
+
+
+@functools.cache
+def _gelu_split(kind: str, batch_norm: bool) -> dict[str, np.ndarray]:
+    from nme_train.curvature import softmax_cross_entropy
+    from nme_train.models.activations import gelu
+
+    apply, params, batch = split_model(kind, batch_norm)
+    return dense_split(apply, params, batch, gelu, softmax_cross_entropy())
+
+
+def gelu_split(kind: str, batch_norm: bool) -> dict[str, np.ndarray]:
+    """dense_split(*split_model(kind, batch_norm), gelu, softmax_cross_entropy()), a copy of
+    the process's one computation of it."""
+    return {k: v.copy() for k, v in _gelu_split(kind, batch_norm).items()}

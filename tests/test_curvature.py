@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 from nme_train import curvature as cv
 from nme_train.models import get_activation
 from nme_train.models.activations import gelu
-from tests.dense_split import dense_split, split_model
+from tests.dense_split import gelu_split, split_model
 
 pytestmark = pytest.mark.usefixtures("float64")  # double precision (tests/conftest.py)
 
@@ -405,6 +405,7 @@ def test_empirical_fisher_and_every_figure_on_it_match_the_dense_matrix(name):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("dense_split")  # one worker computes each dense reference once
 @pytest.mark.parametrize("kind,batch_norm", [("mlp", False), ("cnn", True)])
 def test_nme_split_by_source_matches_the_second_derivative_terms(kind, batch_norm):
     """NME = NME_act + NME_norm + NME_between against dense references written from the
@@ -430,7 +431,7 @@ def test_nme_split_by_source_matches_the_second_derivative_terms(kind, batch_nor
                                                             normalization=frozen)[0])
     flat, unravel = ravel_pytree(params)
     parts = ("nme_activation", "nme_rest", "nme_normalization", "nme_between")
-    dense = {k: v for k, v in dense_split(apply, params, batch, act, loss).items()
+    dense = {k: v for k, v in gelu_split(kind, batch_norm).items()  # act, loss: GELU, CE
              if k in ("nme",) + parts}
     nme, nme_act = dense["nme"], dense["nme_activation"]
     assert np.abs(nme_act).max() > 1e-2 and np.abs(dense["nme_between"]).max() > 1e-2

@@ -104,6 +104,7 @@ def test_gradient_penalty_power2_and_without_nme(problem):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("dense_split")  # one worker computes each dense reference once
 @pytest.mark.parametrize("kind,batch_norm", [("mlp", False), ("mlp", True), ("cnn", True)])
 @pytest.mark.parametrize("power", [1, 2])
 def test_gradient_penalty_update_by_source_matches_dense_matrices(kind, batch_norm, power):
@@ -111,11 +112,11 @@ def test_gradient_penalty_update_by_source_matches_dense_matrices(kind, batch_no
     built from dense float64 matrices and NME_act from the sigma'' terms (no twin), on a
     tiny GELU network with and without BatchNorm (batch statistics)."""
     from nme_train.curvature import softmax_cross_entropy
-    from tests.dense_split import dense_split, split_model
+    from tests.dense_split import gelu_split, split_model
 
     apply, params, batch = split_model(kind, batch_norm)
     loss = softmax_cross_entropy()
-    d = dense_split(apply, params, batch, gelu, loss)
+    d = gelu_split(kind, batch_norm)
     g, rho = d["grad"], 0.3
     scale = 1.0 / np.linalg.norm(g) if power == 1 else 1.0
     matrices = {"H": d["hessian"], "G": d["gauss_newton"],
