@@ -207,17 +207,32 @@ def tiny_config(data_dir, **overrides):
 
 
 def cli_args(data_dir, workdir, steps=1200, every=100):
-    """Command-line flags of a small digits run (the default CNN, narrowed) in `workdir`."""
+    """Command-line flags of a small digits run (the default CNN, narrowed, batch 32) in
+    `workdir`."""
     return ["--config=configs/default.py", f"--workdir={workdir}",
             f"--config.data.data_dir={data_dir}", "--config.num_epochs=-1",
             f"--config.num_train_steps={steps}", f"--config.checkpoint.every_steps={every}",
             "--config.log_every_steps=10", "--config.eval_every_steps=0",
-            "--config.model.features=(8,16)", "--config.model.hidden=(32,)"]
+            "--config.model.features=(8,16)", "--config.model.hidden=(32,)",
+            "--config.batch_size=32"]
 
 
-def start(args):
-    """`python -m nme_train.main ARGS` on one fake device, in the background."""
-    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
+SLOW_INPUT = os.path.join(ROOT, "tests", "support", "slow_input")
+
+
+def slow_input_env(delay: float) -> dict[str, str]:
+    """Environment for a trainer process whose every training batch comes `delay` s late
+    (tests/support/slow_input): a job that must keep running until the test acts on it
+    then waits instead of taking a core from the tools the test runs beside it."""
+    path = os.pathsep.join(filter(None, [SLOW_INPUT, os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, "NME_TEST_INPUT_DELAY": str(delay)}
+
+
+def start(args, input_delay: float = 0.0):
+    """`python -m nme_train.main ARGS` on one fake device, in the background; with
+    `input_delay`, each training batch that many seconds late."""
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1),
+           **(slow_input_env(input_delay) if input_delay else {})}
     return subprocess.Popen([sys.executable, "-m", "nme_train.main", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -24,7 +24,8 @@ from nme_train.train.loop import train_and_evaluate  # noqa: E402
 
 config = load_config_file(os.path.join(CHECKOUT, "configs", "default.py"))
 config.data.data_dir = data_dir
-config.model.features, config.model.hidden = (8, 16), (32,)
+config.model.features, config.model.hidden = (8, 16), (32,)  # conftest.cli_args's run
+config.batch_size = 32
 config.num_epochs, config.num_train_steps = -1, steps
 config.checkpoint.every_steps, config.log_every_steps, config.eval_every_steps = 100, 10, 0
 for item in sys.argv[8:]:

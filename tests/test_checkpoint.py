@@ -321,12 +321,12 @@ def test_max_to_keep_and_keep_every_steps(data_dir, tmp_path):
     assert kept == [10, 20, 25, 30]  # the newest two, plus every multiple of 10
 
 
-def start_workers(count, devices, workdir, data_dir, steps):
+def start_workers(count, devices, workdir, data_dir, steps, *settings):
     port = free_port()
     env = {**os.environ, "XLA_FLAGS": xla_flags()}  # the worker adds its devices
     return [subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "tests", "multiprocess_worker.py"), str(i),
-         str(count), str(port), str(devices), workdir, data_dir, str(steps)],
+         str(count), str(port), str(devices), workdir, data_dir, str(steps), *settings],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(count)]
 
@@ -339,7 +339,7 @@ def test_multiprocess_sigterm_stops_all_processes_at_one_step(data_dir, tmp_path
     from nme_train.train.profiling import read_profiles, request_profile
 
     workdir = str(tmp_path / "mp")
-    procs = start_workers(2, 2, workdir, data_dir, 5000)
+    procs = start_workers(2, 2, workdir, data_dir, 5000, "checkpoint.every_steps=20")
     wait_for_checkpoint(workdir, procs[0], timeout=180)
     request_profile(workdir, 3)
     deadline = time.time() + 120

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 
 PROBES = {"probes.every_steps": 10, "probes.lanczos_steps": 6, "probes.top_k": 2,
           "probes.bottom_k": 2, "probes.trace_probes": 3, "probes.density_runs": 1,
-          "probes.density_steps": 4, "probes.batch_size": 64}
+          "probes.density_steps": 6, "probes.batch_size": 64}
 
 
 def test_training_writes_probes_on_8_devices(data_dir, tmp_path):
@@ -94,6 +94,38 @@ def test_training_writes_probes_on_8_devices(data_dir, tmp_path):
     assert all(0.0 < r["sparsity/mean"] <= 1.0 for r in records)
     runs = read_tensorboard(os.path.join(workdir, "tensorboard"))
     assert_probe_records_in_tensorboard(runs["."], records)
+
+
+def test_probe_vectors_and_gradient_are_laid_out_as_the_parameters(data_dir):
+    """On data=4 x fsdp=2, the probe's random vectors and its gradient take the parameters'
+    shardings: one compiled operator product serves both, and no device holds a whole
+    vector that the parameters shard (unconstrained, the vectors came out on one device
+    and the gradient replicated, and each compiled the product again)."""
+    from jax.sharding import PartitionSpec
+
+    from nme_train.data import DATASETS
+    from nme_train.sharding import global_batch
+    from nme_train.train.probing import RunProbes
+    from nme_train.train.program import build_program
+
+    config = tiny_config(data_dir, **{"mesh.data": 4, "mesh.fsdp": 2,
+                                      "sharding.fsdp_min_size": 256})
+    spec = DATASETS["digits"]
+    program = build_program(config, spec, jax.devices(), total_steps=10, steps_per_epoch=10)
+    state = program.init()
+    rng = np.random.default_rng(0)
+    host = {"image": rng.integers(0, 256, (64, 8, 8, 1), np.uint8),
+            "label": rng.integers(0, 10, 64).astype(np.int32)}
+    suite = RunProbes(config, spec, program, None, host_batches=[host]).suite
+    batch = global_batch(host, program.batch_sharding)
+    batches = [{"inputs": {"images": batch["image"], "model_state": state.model_state},
+                "targets": batch["label"]}]
+    expected = jax.tree.leaves(program.state_sharding.params)
+    assert any(s.spec != PartitionSpec() for s in expected)  # some leaves are sharded
+    for tree in (suite.random_vector(jax.random.PRNGKey(0), state.params),
+                 suite.gradient(state.params, batches)[1]):
+        for x, sharding in zip(jax.tree.leaves(tree), expected, strict=True):
+            assert x.sharding.is_equivalent_to(sharding, x.ndim), (x.sharding, sharding)
 
 
 @pytest.mark.parametrize("activation,expected", [
@@ -178,8 +210,10 @@ def test_offline_probe_follows_a_running_job(data_dir, tmp_path):
     one comes.
     """
     workdir = str(tmp_path / "job")
-    job = start(cli_args(data_dir, workdir, steps=10**6, every=400)
-                + ["--config.checkpoint.max_to_keep=2"])
+    # at most 100 steps a second (each batch 0.01 s late): the job waits on its input
+    # instead of taking a core from the tool
+    job = start(cli_args(data_dir, workdir, steps=10**6, every=200)
+                + ["--config.checkpoint.max_to_keep=2"], input_delay=0.01)
     wait_for_checkpoint(workdir, job)
     tool = start_probe_watch(workdir, idle_timeout=8)
     env = {**os.environ, "XLA_FLAGS": xla_flags(1)}

@@ -148,15 +148,9 @@ def test_a_running_job_serves_a_trace_request_at_its_next_step(data_dir, tmp_pat
     without any profile setting) starts it at the step after it reads the request, records
     it, removes the request and runs on to its end."""
     workdir = str(tmp_path / "job")
-    env_delay = {"PYTHONPATH": os.path.join(ROOT, "tests", "support", "slow_input"),
-                 "NME_TEST_INPUT_DELAY": "0.1"}
-    os.environ.update(env_delay)
-    try:
-        job = start([*cli_args(data_dir, workdir, steps=150, every=1000),
-                     "--config.log_every_steps=1", "--config.profile.poll_seconds=0.05"])
-    finally:
-        for key in env_delay:
-            os.environ.pop(key)
+    job = start([*cli_args(data_dir, workdir, steps=150, every=1000),
+                 "--config.log_every_steps=1", "--config.profile.poll_seconds=0.05"],
+                input_delay=0.1)
     try:
         deadline = time.monotonic() + 240
         logged = []

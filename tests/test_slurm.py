@@ -21,7 +21,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import ROOT, xla_flags
+from conftest import ROOT, SLOW_INPUT, xla_flags
 
 from nme_train.train.metrics import read_metrics
 from nme_train.train.rundir import read_final
@@ -43,8 +43,7 @@ def slurm(tmp_path_factory, data_dir):
     with slurm_cluster.cluster(directory) as env:
         yield {**os.environ, **env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(1),
                "PYTHON": sys.executable, "REPO": ROOT, "TFDS_DATA_DIR": data_dir,
-               "PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests", "support",
-                                                           "slow_input"), ROOT]),
+               "PYTHONPATH": os.pathsep.join([SLOW_INPUT, ROOT]),
                "NME_TEST_INPUT_DELAY": str(DELAY)}
 
 

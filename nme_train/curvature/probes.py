@@ -127,8 +127,22 @@ class ProbeSuite:
             self._build = jax.jit(lambda kind, p, bs: jax.tree_util.Partial(
                 lambda p, bs, v: curv.operator(kind, p, bs, linearize=False)(v), p, bs),
                 static_argnums=0)
-        self._gradient = jax.jit(jax.value_and_grad(curv.loss_value))
-        self._start = jax.jit(rademacher_like)
+        # the gradient and the random start vectors laid out as the parameters: one compiled
+        # product serves them all (a vector left on one device, or replicated, would be
+        # resharded and compile the product again), and no device holds a whole vector
+        # that the parameters shard
+        def as_params(tree):
+            return tree if param_shardings is None else \
+                jax.lax.with_sharding_constraint(tree, param_shardings)
+
+        def gradient(p, bs):
+            loss, grad = jax.value_and_grad(curv.loss_value)(p, bs)
+            return loss, as_params(grad)
+
+        # (loss, gradient) of the probe batches, and a Rademacher vector: jitted, laid out
+        # as the parameters
+        self.gradient = jax.jit(gradient)
+        self.random_vector = jax.jit(lambda key, p: as_params(rademacher_like(key, p)))
 
     def _lanczos(self, linear: Any, v0: Any, steps: int, where: str) -> LanczosResult:
         if where == "device":
@@ -146,10 +160,10 @@ class ProbeSuite:
         if s.density_runs > 0:
             record["density_basis_memory"] = density_where
         key = jax.random.PRNGKey(s.seed)
-        gradient = functools.cache(lambda: self._gradient(params, batches))
+        gradient = functools.cache(lambda: self.gradient(params, batches))
         ctx = ProbeContext(
             settings=s, params=params, key=key, kinds=s.kinds, record=record,
-            lanczos=self._lanczos, random_vector=lambda k: self._start(k, params),
+            lanczos=self._lanczos, random_vector=lambda k: self.random_vector(k, params),
             gradient=gradient, basis_memory=where, density_basis_memory=density_where)
         matvecs = 0
         with jax.default_matmul_precision(s.precision):
@@ -159,7 +173,7 @@ class ProbeSuite:
                 if s.check_determinism:  # a second build of the operator must agree
                     builds = iter([linear, self._build(kind, params, batches)])
                     check_deterministic(lambda u, b=builds: apply(next(b), u),
-                                        self._start(jax.random.fold_in(key, 99), params),
+                                        self.random_vector(jax.random.fold_in(key, 99), params),
                                         f"the {kind} operator")
                     matvecs += 2
                 ctx.kind, ctx.index, ctx.linear = kind, i, linear
