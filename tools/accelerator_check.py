@@ -78,7 +78,9 @@ def pipeline_part(args: argparse.Namespace) -> dict:
 
     if not os.path.isdir(os.path.join(args.data_dir, "imagenet2012")):
         start = time.perf_counter()
-        prepare_synthetic_imagenet(args.data_dir, args.images, 16, processes=os.cpu_count() or 1,
+        # (smoke: a few small JPEGs, written faster than worker processes start)
+        prepare_synthetic_imagenet(args.data_dir, args.images, 16,
+                                   processes=1 if args.smoke else os.cpu_count() or 1,
                                    short_side=(40, 60) if args.smoke else (400, 500))
         print(f"built the synthetic ImageNet in {time.perf_counter() - start:.0f} s", flush=True)
     config = resnet50(args)

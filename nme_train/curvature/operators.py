@@ -258,6 +258,12 @@ def batch_weights(batches: Sequence[Batch]) -> list[float]:
     return [n / total for n in sizes]
 
 
+@jax.jit
+def _difference_and_norm(a: Params, b: Params) -> tuple[jax.Array, jax.Array]:
+    """(||a - b||, ||a||) in one program (op by op, each leaf's shape compiled its own)."""
+    return otu.tree_norm(otu.tree_sub(a, b)), otu.tree_norm(a)
+
+
 def check_deterministic(matvec: Matvec, v: Params, name: str = "operator") -> None:
     """Raises ValueError when two products with the same vector differ.
 
@@ -267,8 +273,7 @@ def check_deterministic(matvec: Matvec, v: Params, name: str = "operator") -> No
     """
     a = jax.block_until_ready(matvec(v))  # one at a time: concurrent multi-device
     b = matvec(v)  # programs can starve each other's collectives on a small CPU
-    diff = float(otu.tree_norm(jax.tree.map(jnp.subtract, a, b)))
-    scale = float(otu.tree_norm(a))
+    diff, scale = (float(x) for x in _difference_and_norm(a, b))
     if not np.isfinite(diff) or diff > 1e-6 * max(scale, 1e-30):
         raise ValueError(
             f"{name} is not deterministic: two products with the same vector differ by "
