@@ -107,34 +107,38 @@ def dense_split(apply, params, batch, act, loss) -> dict[str, np.ndarray]:
     def logits(f):
         return apply(unravel(f), x, act)[0]
 
+    # each derivative is one compiled program (jit changes nothing in the float64 math:
+    # op by op, JAX compiled a program for every operation and shape, 834 in all)
+    jit = jax.jit
     z, pre, norm_inputs = apply(params, x, act)
     r = loss.residual(z, targets)  # dL/dz of the batch mean, held fixed
-    grad = np.asarray(jax.grad(lambda f: loss(logits(f), targets))(flat))
-    hessian = np.asarray(jax.hessian(lambda f: loss(logits(f), targets))(flat))
-    jac = jax.jacfwd(lambda f: logits(f).reshape(-1))(flat)
-    hz = jax.hessian(lambda u: loss(u.reshape(z.shape), targets))(z.reshape(-1))
+    grad = np.asarray(jit(jax.grad(lambda f: loss(logits(f), targets)))(flat))
+    hessian = np.asarray(jit(jax.hessian(lambda f: loss(logits(f), targets)))(flat))
+    jac = jit(jax.jacfwd(lambda f: logits(f).reshape(-1)))(flat)
+    hz = jit(jax.hessian(lambda u: loss(u.reshape(z.shape), targets)))(z.reshape(-1))
     gauss_newton = np.asarray(jac.T @ hz @ jac)
-    nme = np.asarray(jax.hessian(lambda f: jnp.sum(r * logits(f)))(flat))
+    nme = np.asarray(jit(jax.hessian(lambda f: jnp.sum(r * logits(f))))(flat))
     zeros = [jnp.zeros_like(a) for a in pre]
-    signal = jax.grad(lambda d: jnp.sum(r * apply(params, x, act, d)[0]))(zeros)
-    second = jax.vmap(jax.grad(jax.grad(act)))
+    signal = jit(jax.grad(lambda d: jnp.sum(r * apply(params, x, act, d)[0])))(zeros)
+    second = jit(jax.vmap(jax.grad(jax.grad(act))))
     nme_act = 0.0
     for i, a in enumerate(pre):
-        J = jax.jacfwd(lambda f, i=i: apply(unravel(f), x, act)[1][i].reshape(-1))(flat)
+        J = jit(jax.jacfwd(lambda f, i=i: apply(unravel(f), x, act)[1][i].reshape(-1)))(flat)
         weight = (signal[i] * second(a.reshape(-1)).reshape(a.shape)).reshape(-1)
         nme_act = nme_act + np.asarray(J.T @ (weight[:, None] * J))
     nme_norm = np.zeros_like(nme)
     if norm_inputs:
         zeros = [jnp.zeros_like(a) for a in norm_inputs]
-        norm_signal = jax.grad(
-            lambda d: jnp.sum(r * apply(params, x, act, None, d)[0]))(zeros)
+        norm_signal = jit(jax.grad(
+            lambda d: jnp.sum(r * apply(params, x, act, None, d)[0])))(zeros)
         names = sorted({k.split("_")[0] for k in params if k.endswith("_scale")})
+        normalization_hessian = jit(jax.hessian(lambda c: normalize(c, (0,))))
         for i, (a, name) in enumerate(zip(norm_inputs, names)):
             features = a.shape[-1]
-            A = jax.jacfwd(lambda f, i=i: apply(unravel(f), x, act)[2][i])(flat)  # a x P
+            A = jit(jax.jacfwd(lambda f, i=i: apply(unravel(f), x, act)[2][i]))(flat)  # a x P
             for f in range(features):
                 column = a[..., f].reshape(-1)  # one feature over the batch (and space)
-                second = jax.hessian(lambda c: normalize(c, (0,)))(column)  # [m, m, m]
+                second = normalization_hessian(column)  # [m, m, m]
                 weight = (norm_signal[i][..., f].reshape(-1) * params[f"{name}_scale"][f])
                 grad_a = A[..., f, :].reshape(column.size, -1)  # m x P
                 curvature = jnp.einsum("i,ijk->jk", weight, second)

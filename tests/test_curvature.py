@@ -90,13 +90,13 @@ def dense_matrices(curv, params, batches):
         def loss_of_z(z, b=b):
             return curv.loss(z.reshape(b["targets"].shape[0], C), b["targets"])
 
-        z = z_of(flat)
-        J = jax.jacfwd(z_of)(flat)
-        Hz = jax.hessian(loss_of_z)(z)
-        r = jax.grad(loss_of_z)(z)
-        H = H + w * jax.hessian(lambda f, b=b: loss_of_z(z_of(f)))(flat)
+        z = z_of(flat)  # (each derivative one compiled program; op by op is far slower)
+        J = jax.jit(jax.jacfwd(z_of))(flat)
+        Hz = jax.jit(jax.hessian(loss_of_z))(z)
+        r = jax.jit(jax.grad(loss_of_z))(z)
+        H = H + w * jax.jit(jax.hessian(lambda f, b=b: loss_of_z(z_of(f))))(flat)
         G = G + w * J.T @ Hz @ J
-        NME = NME + w * jax.hessian(lambda f, z_of=z_of, r=r: r @ z_of(f))(flat)
+        NME = NME + w * jax.jit(jax.hessian(lambda f, z_of=z_of, r=r: r @ z_of(f)))(flat)
     return {"hessian": np.asarray(H), "gauss_newton": np.asarray(G), "nme": np.asarray(NME)}
 
 
@@ -358,7 +358,7 @@ def dense_empirical_fisher(curv, params, batches):
             z = curv.apply_fn(unravel(f), b["inputs"])
             return jnp.stack([curv.loss(z[i:i + 1], b["targets"][i:i + 1]) for i in range(n)])
 
-        g = jax.jacrev(losses)(flat)  # [n, P]
+        g = jax.jit(jax.jacrev(losses))(flat)  # [n, P]
         F = F + (n / total) * g.T @ g / n
     return np.asarray(F)
 

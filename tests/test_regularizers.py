@@ -56,17 +56,18 @@ def dense(params, batch, activation=jnp.tanh, loss=ce):
     def lossf(f):
         return loss(outputs(f).reshape(N, C), batch["targets"])
 
-    z = outputs(flat)
-    jac = jax.jacfwd(outputs)(flat)
-    hz = jax.hessian(lambda zz: loss(zz.reshape(N, C), batch["targets"]))(z)
-    return {"flat": flat, "unravel": unravel, "L": lossf(flat), "g": jax.grad(lossf)(flat),
-            "H": jax.hessian(lossf)(flat), "G": jac.T @ hz @ jac, "loss": lossf}
+    z = outputs(flat)  # (each derivative one compiled program; op by op is far slower)
+    jac = jax.jit(jax.jacfwd(outputs))(flat)
+    hz = jax.jit(jax.hessian(lambda zz: loss(zz.reshape(N, C), batch["targets"])))(z)
+    return {"flat": flat, "unravel": unravel, "L": lossf(flat),
+            "g": jax.jit(jax.grad(lossf))(flat), "H": jax.jit(jax.hessian(lossf))(flat),
+            "G": jac.T @ hz @ jac, "loss": lossf}
 
 
 def grad_of(transform, params, batch, rng=jax.random.PRNGKey(0), activation=jnp.tanh,
             loss=ce):
     obj = transform(reg.objective(functools.partial(mlp, activation=activation), loss))
-    grads, aux = jax.grad(obj, has_aux=True)(params, batch, rng)
+    grads, aux = jax.jit(jax.grad(obj, has_aux=True))(params, batch, rng)
     return ravel_pytree(grads)[0], aux
 
 
@@ -372,7 +373,7 @@ def test_hessian_trace_penalty_gradient_is_the_third_derivative(problem):
     def quad(f):
         return sum(v @ hess(f) @ v for v in vs) / len(vs)
 
-    expected = d["g"] + coef * jax.grad(quad)(d["flat"])
+    expected = d["g"] + coef * jax.jit(jax.grad(quad))(d["flat"])
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
 
 
