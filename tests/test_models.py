@@ -115,7 +115,11 @@ def test_twins_take_the_same_variables_and_give_the_same_outputs_and_gradient(na
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
     labels = jnp.arange(4) % 3
     model = build_model(config, 3)
-    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+
+    def init(module):  # (compiled: op by op, a ResNet's init and gradient take seconds)
+        return jax.jit(lambda k: module.init(k, x, train=False))(jax.random.PRNGKey(0))
+
+    variables = init(model)
     params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
     def loss_and_state(module):
@@ -123,12 +127,12 @@ def test_twins_take_the_same_variables_and_give_the_same_outputs_and_gradient(na
             logits, new = module.apply({"params": p, **state}, x, train=True,
                                        mutable=list(state))
             return optax_ce(logits, labels), new
-        return jax.value_and_grad(loss, has_aux=True)(params)
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
 
     (value, new_state), grads = loss_and_state(model)
     for ablate in (("activation",), ("activation", "normalization")):
         twin = build_ablated_model(config, 3, ablate)
-        twin_vars = twin.init(jax.random.PRNGKey(0), x, train=False)
+        twin_vars = init(twin)
         assert jax.tree.structure(twin_vars) == jax.tree.structure(variables), ablate
         (twin_value, twin_state), twin_grads = loss_and_state(twin)
         np.testing.assert_allclose(twin_value, value, rtol=1e-6)
