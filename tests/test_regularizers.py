@@ -156,8 +156,8 @@ def test_gradient_penalty_g_plus_nme_rest_is_the_penalty_on_the_ablated_network(
     def update(act, twin, which):
         obj = reg.objective(lambda p, x: apply(p, x, act)[0], loss,
                             ablated_apply_fn=lambda p, x: apply(p, x, twin)[0])
-        grads = jax.grad(lambda p: reg.gradient_penalty(0.4, update=which)(obj)(
-            p, batch, key)[0])(params)
+        grads = jax.jit(jax.grad(lambda p: reg.gradient_penalty(0.4, update=which)(obj)(
+            p, batch, key)[0]))(params)
         return ravel_pytree(grads)[0]
 
     np.testing.assert_allclose(update(gelu, gelu_nme_ablated, "G+NME_rest"),
@@ -191,13 +191,13 @@ def test_trainer_objective_carries_the_ablated_twin_of_a_batch_norm_cnn():
     model, twin = build_model(m, 3), build_ablated_model(m, 3)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 4, 4, 1)))
     y = jnp.asarray([0, 1, 2, 0, 1, 2])
-    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.PRNGKey(0))
     params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
     rho = 0.5
     obj = make_objective(model, state, make_loss_fn(), reg.gradient_penalty(
         rho, update="G+NME_act"), twin)
-    grads, aux = jax.grad(obj, has_aux=True)(params, {"inputs": x, "targets": y},
-                                             jax.random.PRNGKey(0))
+    grads, aux = jax.jit(jax.grad(obj, has_aux=True))(params, {"inputs": x, "targets": y},
+                                                      jax.random.PRNGKey(0))
 
     def applied(module):
         return lambda p, inputs: module.apply({"params": p, **state}, inputs, train=True,
@@ -207,7 +207,7 @@ def test_trainer_objective_carries_the_ablated_twin_of_a_batch_norm_cnn():
     batches = [{"inputs": x, "targets": y}]
     g = curv.gradient(params, batches)
     ghat = jax.tree.map(lambda a: a / float(ravel_pytree(g)[0] @ ravel_pytree(g)[0]) ** 0.5, g)
-    mg = [ravel_pytree(curv.operator(k, params, batches)(ghat))[0]
+    mg = [ravel_pytree(jax.jit(lambda v, k=k: curv.operator(k, params, batches)(v))(ghat))[0]
           for k in ("gauss_newton", "nme_activation")]
     expected = ravel_pytree(g)[0] + rho * (mg[0] + mg[1])
     np.testing.assert_allclose(ravel_pytree(grads)[0], expected, rtol=1e-9, atol=1e-12)
