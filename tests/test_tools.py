@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
 from conftest import ROOT, run_command, tool
 
@@ -136,14 +137,15 @@ def test_bench_matfree_agrees_with_the_dense_hessian_on_both_sides():
 def test_accelerator_check_runs_every_part_in_smoke_mode(tmp_path):
     """The accelerator script, shrunk onto the CPU: a synthetic ImageNet feeding a
     ResNet-50 step, a probe of it, the numerics check, the step with accumulation and its
-    trace; one JSON line each."""
+    trace, the update by source's arms at the ImageNet scale; one JSON line each."""
     result = run_command("tools/accelerator_check.py", "--smoke", "--out", str(tmp_path),
                          timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [json.loads(line) for line in
             (tmp_path / "accelerator_check.jsonl").read_text().splitlines()]
-    assert [r["part"] for r in rows] == ["pipeline", "probe", "numerics", "accumulation"]
-    pipeline, probe, numerics, accumulation = rows
+    assert [r["part"] for r in rows] == ["pipeline", "probe", "numerics", "accumulation",
+                                         "arms"]
+    pipeline, probe, numerics, accumulation, arms = rows
     assert pipeline["images_per_s_real_decoding"] > 0 and pipeline["images_per_s_synthetic"] > 0
     assert os.path.isdir(tmp_path / "data" / "imagenet2012")
     for kind in ("hessian", "gauss_newton"):
@@ -155,6 +157,18 @@ def test_accelerator_check_runs_every_part_in_smoke_mode(tmp_path):
         assert [r["k"] for r in accumulation[name]] == [1, 2]
         assert all(r["step_s"] > 0 and r["xla_peak_gib"] > 0 for r in accumulation[name])
     assert any(f.endswith(".xplane.pb") for f in accumulation["trace"]["files"])
+    # the update by source's arms at the ImageNet scale, each on its own regularizer
+    updates = {point: arm["regularizers"][0][1] for point, arm in arms["arms"].items()}
+    assert updates == {"activation=gelu,method=gp,rho=0.1,seed=0": {"rho": 0.1},
+                       "activation=gelu,method=gp_nme_act,rho=0.1,seed=0":
+                           {"rho": 0.1, "update": "G+NME_act"},
+                       "activation=gelu,method=gp_no_nme,rho=0.1,seed=0":
+                           {"rho": 0.1, "nme": False},
+                       "activation=relu,method=gp_no_nme,rho=0.1,seed=0":
+                           {"rho": 0.1, "nme": False}}
+    for arm in arms["arms"].values():
+        assert arm["step_s"] > 0 and arm["xla_peak_gib"] > 0
+        assert len(arm["losses"]) == 4 and all(np.isfinite(arm["losses"]))
 
 
 def test_pack_runs_keeps_finished_runs_small_files_only(tmp_path):

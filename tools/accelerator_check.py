@@ -19,6 +19,12 @@
    the device's measured peak; then a profiler trace of 3 steps at the largest k,
    annotated per step, in OUT/tensorboard/plugins/profile (TensorBoard's Profile tab).
 
+5. The update by source at the paper's ImageNet scale: one narrowed point of each
+   arm it added (configs/paper/contrasts.py:imagenet: GELU's penalty with
+   G + NME_act and with G only, ReLU's with G only) beside GELU's penalty with H,
+   each in the scale's microbatches (PAPER_ACCUM) on a device-resident batch:
+   median seconds per step, XLA's peak memory, the loss over the steps.
+
 Each part writes one JSON line to OUT/accelerator_check.jsonl and prints a
 summary; a part that cannot run (a missing package, out of memory) writes
 its error and the others still run. `--smoke` shrinks everything (a
@@ -46,7 +52,11 @@ ROOT = CHECKOUT
 
 
 def resnet50(args: argparse.Namespace):
-    c = checkout_module("configs/imagenet_resnet50.py").get_config()
+    return narrowed(checkout_module("configs/imagenet_resnet50.py").get_config(), args)
+
+
+def narrowed(c, args: argparse.Namespace):
+    """An ImageNet config at this check's batch, data and devices (smoke: ResNet-10)."""
     c.batch_size = c.eval_batch_size = args.batch
     c.data.data_dir = args.data_dir
     c.data.num_workers = min(16, os.cpu_count() or 1)
@@ -201,6 +211,43 @@ def accumulation_part(args: argparse.Namespace) -> dict:
     return out
 
 
+ARMS = tuple(f"activation={a},method={m},rho=0.1,seed=0" for a, m in (
+    ("gelu", "gp"), ("gelu", "gp_nme_act"), ("gelu", "gp_no_nme"), ("relu", "gp_no_nme")))
+
+
+def arms_part(args: argparse.Namespace) -> dict:
+    from nme_train.data import DATASETS
+    from nme_train.sharding import global_batch
+    from nme_train.train.dry_run import memory_mib
+
+    contrasts = checkout_module("configs/paper/contrasts.py")
+    spec = DATASETS["imagenet2012"]
+    out = {"part": "arms", "batch": args.batch, "devices": jax.device_count(), "arms": {}}
+    for point in ARMS:
+        config = narrowed(contrasts.get_config(f"imagenet/{point}"), args)
+        per_device = args.batch // jax.device_count()
+        # the scale's k where this batch allows it (smoke: one microbatch; the microbatch
+        # loop compiles for long on a CPU and is the accumulation part's)
+        if args.smoke or per_device % config.grad_accum_steps:
+            config.grad_accum_steps = 1
+        program, state, batch = _step_on_a_fixed_batch(config, spec, global_batch)
+        compiled = program.train_step.lower(state, batch).compile()
+        losses = []
+        times = []
+        for i in range(args.steps + 2):
+            start = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            losses.append(float(jax.device_get(metrics["loss"])))
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+        out["arms"][point] = {
+            "regularizers": [list(r) for r in config.regularizers],
+            "grad_accum_steps": config.grad_accum_steps, "step_s": statistics.median(times),
+            "xla_peak_gib": memory_mib(compiled).get("peak", float("nan")) / 1024,
+            "losses": losses}
+    return out
+
+
 def _step_on_a_fixed_batch(config, spec, global_batch):
     from nme_train.train.program import build_program
 
@@ -229,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lanczos", type=int, default=40, help="Lanczos steps at most")
     parser.add_argument("--accum_ks", type=int, nargs="+", default=[1, 2, 4],
                         help="grad_accum_steps to time (part accumulation)")
-    parser.add_argument("--parts", default="pipeline,probe,numerics,accumulation")
+    parser.add_argument("--parts", default="pipeline,probe,numerics,accumulation,arms")
     parser.add_argument("--smoke", action="store_true", help="tiny settings (a CPU test)")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -252,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = numerics_part(args)
             elif part == "accumulation":
                 row = accumulation_part(args)
+            elif part == "arms":
+                row = arms_part(args)
             else:
                 raise ValueError(f"unknown part {part!r}")
         except Exception as e:  # noqa: BLE001 - report it, run the other parts
