@@ -79,3 +79,6 @@ def test_a_model_regularizer_operator_and_figure_from_outside_the_package(data_d
     out = command("-m", "nme_train.main", *flags, f"--workdir={tmp_path / 'dry'}",
                   "--dry_run")
     assert "hessian_minus_gauss_newton" in out or "H-G" in out, out[-2000:]
+    assert "train_step: compiled in" in out and "probe_step: compiled in" in out
+    assert "probe memory per device: residuals" in out and "Lanczos basis" in out
+    assert "probe cost:" in out and "at most 5% from every" in out

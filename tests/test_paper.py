@@ -181,17 +181,20 @@ def test_dry_run_of_each_experiment(name, scale, point):
     report = dry_run(config)
     assert report["mesh"] == {"data": 8, "fsdp": 1}
     assert report["train_step"]["flops"] > 0
-    # a probe of no curvature kind (E8/E9's sparsity probe) costs no curvature FLOPs
-    assert (report["probe_step"]["flops"] > 0) == bool(config.probes.kinds)
+    # a probe of no curvature kind (E8/E9's sparsity probe) compiles no curvature program
+    if config.probes.kinds:
+        assert report["probe_step"]["flops"] > 0
+    else:
+        assert report["probe_step"] is None and "probe_share" not in report
     assert report["train_step"]["memory_mib_per_device"]["peak"] > 0
     if scale == "cifar10":
         assert report["parameters"] == 36_479_194  # WideResNet-28-10
 
 
 def test_dry_run_of_e1_on_imagenet_from_the_command_line(tmp_path):
-    """ResNet-50 with SAM, from its point's config string, at 32 px on 8 fake devices; the
-    probe of H only, without the gradient's alignment (G, the NME and the alignment are
-    traced in the dry runs above: 25 s less)."""
+    """ResNet-50 with SAM, from its point's config string, at 32 px on 8 fake devices,
+    without probes (a big network's probe compiles in the WideResNet's dry run above, the
+    probe's lines of the command line in tests/test_extending.py: half this test's time)."""
     env = {**os.environ, "XLA_FLAGS": xla_flags(8),
            "JAX_PLATFORMS": "cpu"}
     out = subprocess.run(
@@ -200,15 +203,14 @@ def test_dry_run_of_e1_on_imagenet_from_the_command_line(tmp_path):
          f"--workdir={tmp_path / 'dry'}", "--dry_run", "--config.data.image_size=32",
          "--config.batch_size=16", "--config.eval_batch_size=16",
          "--config.probes.batch_size=16", "--config.mesh.fsdp=2",
-         "--config.probes.kinds=('hessian',)", "--config.probes.alignment=False",
+         "--config.probes.kinds=()", "--config.probes.alignment=False",
          f"--config.data.data_dir={tmp_path / 'no_data'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "dry run: 25,557,032 parameters; mesh {'data': 4, 'fsdp': 2} over 8 device(s)" \
         in out.stdout
-    assert "train_step: compiled in" in out.stdout and "probe_step: compiled in" in out.stdout
-    assert "probe memory per device: residuals" in out.stdout and "Lanczos basis" in out.stdout
-    assert "probe cost:" in out.stdout and "at most 5% from every" in out.stdout
+    assert "train_step: compiled in" in out.stdout
+    assert "probe_step: none (probes.kinds is empty and probes.alignment off" in out.stdout
     assert not os.path.exists(tmp_path / "no_data") and not os.path.exists(tmp_path / "dry")
 
 

@@ -148,7 +148,9 @@ def smallest_fitting_k(config: Any, spec: Any, devices: list, memory_gib: float,
 def dry_run(config: Any, devices: list | None = None,
             memory_gib: float | None = None) -> dict[str, Any]:
     """Compiles the training and probe steps of `config` from shapes; returns the figures.
-    With `memory_gib`, also the smallest grad_accum_steps whose step fits that memory."""
+    With `memory_gib`, also the smallest grad_accum_steps whose step fits that memory. A
+    probe of no curvature kind and no alignment (E8/E9's activation statistics) has no
+    program to compile: probe_step None."""
     devices = jax.devices() if devices is None else list(devices)
     validate(config, len(devices), jax.process_count())
     spec = DATASETS[config.data.name]
@@ -166,8 +168,11 @@ def dry_run(config: Any, devices: list | None = None,
         report["fit"] = smallest_fitting_k(config, spec, devices, memory_gib, {
             report["train_step"]["grad_accum_steps"]: report["train_step"]})
 
-    report["probe_step"] = _probe_programs(config, spec, program, state, size)
     report["probe_settings_basis_memory"] = config.probes.basis_memory
+    if not (config.probes.kinds or config.probes.alignment):
+        report["probe_step"] = None  # a probe of no curvature: nothing of it to compile
+        return report
+    report["probe_step"] = _probe_programs(config, spec, program, state, size)
     probe, step_flops = report["probe_step"], report["train_step"]["flops"]
     if np.isfinite(step_flops) and step_flops > 0:
         every = config.probes.every_steps
@@ -274,6 +279,10 @@ def print_report(report: dict[str, Any]) -> None:
     for name, what in (("train_step", "{} per step" + micro),
                        ("probe_step", "{} per probe; the Hessian's linearisation")):
         r = report[name]
+        if r is None:
+            lines.append(f"  {name}: none (probes.kinds is empty and probes.alignment off: "
+                         "no curvature to compile)")
+            continue
         m = r["memory_mib_per_device"]
         lines.append(f"  {name}: compiled in {r['compile_s']:.1f} s; "
                      f"{what.format(flop_text(r['flops']))}, per device: arguments "
@@ -288,11 +297,18 @@ def print_report(report: dict[str, Any]) -> None:
         lines.append(f"  memory: {verdict} in {fit['memory_gib']:g} GiB per device (training "
                      f"step peak: {tried})")
     p = report["probe_step"]
-    lines.append("  probe of batch {}: {} matvecs per operator; {}; total {}".format(
+    if p is not None:
+        lines += _probe_lines(report, p)
+    for line in lines:
+        logging.info("%s", line)
+
+
+def _probe_lines(report: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    lines = ["  probe of batch {}: {} matvecs per operator; {}; total {}".format(
         p["batch_size"], p["matvecs_per_kind"], ", ".join(
             f"{kind_label(k)}: linearise {flop_text(v['linearise_flops'])} + matvec "
             f"{flop_text(v['matvec_flops'])}" for k, v in p["kinds"].items()),
-        flop_text(p["flops"])))
+        flop_text(p["flops"]))]
     m = p["matvec_memory_mib_per_device"]
     lines.append(f"  probe memory per device: residuals {p['residuals_mib_per_device']:.0f} MiB, "
                  f"matvec temporaries {m.get('temp', 0):.0f} MiB, Lanczos basis "
@@ -306,5 +322,4 @@ def print_report(report: dict[str, Any]) -> None:
                  "FLOPs; " if share["every_steps"] else "")
         lines.append(f"  probe cost: {share['train_steps_per_probe']:.2f} training steps; {every}"
                      f"at most 5% from every {share['every_steps_for_5_percent']} steps")
-    for line in lines:
-        logging.info("%s", line)
+    return lines
