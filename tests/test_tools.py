@@ -159,11 +159,8 @@ def test_accelerator_check_runs_every_part_in_smoke_mode(tmp_path):
     assert any(f.endswith(".xplane.pb") for f in accumulation["trace"]["files"])
     # the update by source's arms at the ImageNet scale, each on its own regularizer
     updates = {point: arm["regularizers"][0][1] for point, arm in arms["arms"].items()}
-    assert updates == {"activation=gelu,method=gp,rho=0.1,seed=0": {"rho": 0.1},
-                       "activation=gelu,method=gp_nme_act,rho=0.1,seed=0":
+    assert updates == {"activation=gelu,method=gp_nme_act,rho=0.1,seed=0":
                            {"rho": 0.1, "update": "G+NME_act"},
-                       "activation=gelu,method=gp_no_nme,rho=0.1,seed=0":
-                           {"rho": 0.1, "nme": False},
                        "activation=relu,method=gp_no_nme,rho=0.1,seed=0":
                            {"rho": 0.1, "nme": False}}
     for arm in arms["arms"].values():
