@@ -235,16 +235,16 @@ def arms_part(args: argparse.Namespace) -> dict:
         program, state, batch = _step_on_a_fixed_batch(config, spec, global_batch)
         compiled = program.train_step.lower(state, batch).compile()
         losses = []
-        times = []
-        for i in range(args.steps + 2):
-            start = time.perf_counter()
+
+        def step(state, batch, compiled=compiled, losses=losses):
             state, metrics = compiled(state, batch)
-            losses.append(float(jax.device_get(metrics["loss"])))
-            if i >= 2:
-                times.append(time.perf_counter() - start)
+            losses.append(float(metrics["loss"]))
+            return state, metrics
+
+        seconds, state = timed_steps(step, state, _forever(batch), args.steps)
         out["arms"][point] = {
             "regularizers": [list(r) for r in config.regularizers],
-            "grad_accum_steps": config.grad_accum_steps, "step_s": statistics.median(times),
+            "grad_accum_steps": config.grad_accum_steps, "step_s": seconds,
             "xla_peak_gib": memory_mib(compiled).get("peak", float("nan")) / 1024,
             "losses": losses}
     return out

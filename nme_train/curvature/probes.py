@@ -139,8 +139,6 @@ class ProbeSuite:
             loss, grad = jax.value_and_grad(curv.loss_value)(p, bs)
             return loss, as_params(grad)
 
-        # (loss, gradient) of the probe batches, and a Rademacher vector: jitted, laid out
-        # as the parameters
         self.gradient = jax.jit(gradient)
         self.random_vector = jax.jit(lambda key, p: as_params(rademacher_like(key, p)))
 
