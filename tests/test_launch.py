@@ -288,9 +288,18 @@ def test_a_hung_process_fails_the_job_through_the_watchdog(data_dir, tmp_path):
 # documents and does, not what the script would like:
 FAKE_SCONTROL = """#!/usr/bin/env bash
 # scontrol(1): `show hostnames LIST` prints one host per line; `requeue JOB` puts a job
-# back in the queue (recorded here).
+# back in the queue (recorded here). Requeueing a running job ends it: slurmstepd sends
+# SIGTERM to every process of the batch step, scontrol itself included, and that can land
+# before scontrol has read slurmctld's reply (seen on SLURM 22.05: the batch shell's
+# trap ran and scontrol exited 143 although the job was requeued). The stand-in takes
+# the unlucky order: it signals its process group, then answers.
 if [ "$1 $2" = "show hostnames" ]; then echo 127.0.0.1; exit 0; fi
-if [ "$1" = "requeue" ]; then echo "requeue $2" >> "$FAKE_SLURM_LOG"; exit 0; fi
+if [ "$1" = "requeue" ]; then
+  echo "requeue $2" >> "$FAKE_SLURM_LOG"
+  kill -TERM 0
+  sleep 0.5
+  exit 0
+fi
 exit 1
 """
 
