@@ -271,14 +271,14 @@ def test_a_hung_process_fails_the_job_through_the_watchdog(data_dir, tmp_path):
     import psutil
 
     launcher, victim = launch_two_and_find_process_1(
-        data_dir, str(tmp_path / "hangs"), ["--grace=3"], ["--config.watchdog_seconds=10"])
+        data_dir, str(tmp_path / "hangs"), ["--grace=3"], ["--config.watchdog_seconds=5"])
     victim.suspend()  # SIGSTOP: alive, silent
     stopped = time.time()
     out, err = launcher.communicate(timeout=120)
     assert launcher.returncode == 3  # the watchdog's exit code, passed on
     assert time.time() - stopped < 60
     assert "process 0 exited with code 3; stopping the others" in err
-    assert "no training step finished for 10 s" in err
+    assert "no training step finished for 5 s" in err
     assert not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE
 
 

@@ -148,13 +148,15 @@ def test_accelerator_check_runs_every_part_in_smoke_mode(tmp_path):
     pipeline, probe, numerics, accumulation, arms = rows
     assert pipeline["images_per_s_real_decoding"] > 0 and pipeline["images_per_s_synthetic"] > 0
     assert os.path.isdir(tmp_path / "data" / "imagenet2012")
-    for kind in ("hessian", "gauss_newton"):
-        assert probe[kind]["error_bound"] >= 0 and probe[kind]["trace_se"] > 0
-        assert abs(probe[kind]["top"]) > 0
-    assert probe["matvecs"] == 2 * (2 + 6 + 10)  # determinism, Lanczos, traces
-    assert set(numerics["relative_errors"]) >= {"float32/default", "bfloat16/default"}
+    # (smoke: H alone, the penalty at the largest k alone: fewer compiles)
+    assert probe["hessian"]["error_bound"] >= 0 and probe["hessian"]["trace_se"] > 0
+    assert abs(probe["hessian"]["top"]) > 0 and "gauss_newton" not in probe
+    assert probe["matvecs"] == 2 + 6 + 10  # determinism, Lanczos, traces
+    assert set(numerics["relative_errors"]) == {"float32/default", "bfloat16/default"}
+    assert [r["k"] for r in accumulation["plain"]] == [1, 2]
+    assert accumulation["plain"][1]["time_ratio_to_k1"] > 0
+    assert [r["k"] for r in accumulation["gradient_penalty"]] == [2]
     for name in ("plain", "gradient_penalty"):
-        assert [r["k"] for r in accumulation[name]] == [1, 2]
         assert all(r["step_s"] > 0 and r["xla_peak_gib"] > 0 for r in accumulation[name])
     assert any(f.endswith(".xplane.pb") for f in accumulation["trace"]["files"])
     # the update by source's arms at the ImageNet scale, each on its own regularizer

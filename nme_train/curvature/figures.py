@@ -104,7 +104,7 @@ def enabled_figures(settings: Any, stage: str | None = None) -> list[Figure]:
 def gradient_figure(ctx: ProbeContext) -> dict[str, Any]:
     """The loss and gradient norm over the probe batches (what alignment divides by)."""
     loss, grad = ctx.gradient()
-    return {"loss": float(loss), "grad_norm": float(otu.tree_norm(grad))}
+    return {"loss": float(loss), "grad_norm": float(_tree_norm(grad))}
 
 
 def lanczos_figure(ctx: ProbeContext) -> dict[str, Any]:
@@ -142,10 +142,18 @@ def alignment_figure(ctx: ProbeContext) -> dict[str, Any]:
     operator along the gradient direction g^ (what the gradient penalty's update adds,
     rho M g^, has norm rho ||M g^||)."""
     _, grad = ctx.gradient()
-    grad_sq = max(float(otu.tree_vdot(grad, grad)), 1e-300)
-    product = apply(ctx.linear, grad)
-    return {"alignment": float(otu.tree_vdot(grad, product)) / grad_sq,
-            "grad_product_norm": float(otu.tree_norm(product)) / grad_sq ** 0.5}
+    grad_sq, along, norm = map(float, _alignment_terms(grad, apply(ctx.linear, grad)))
+    grad_sq = max(grad_sq, 1e-300)
+    return {"alignment": along / grad_sq, "grad_product_norm": norm / grad_sq ** 0.5}
+
+
+# one program each (eagerly, every leaf's shape would compile its own vdot, sum and norm)
+_tree_norm = jax.jit(otu.tree_norm)
+
+
+@jax.jit
+def _alignment_terms(grad, product):
+    return otu.tree_vdot(grad, grad), otu.tree_vdot(grad, product), otu.tree_norm(product)
 
 
 def density_figure(ctx: ProbeContext) -> dict[str, Any]:
