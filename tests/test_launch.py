@@ -200,10 +200,15 @@ def final_eval(workdir):
 
 def test_local_launcher_2x4_equals_1x8_and_resumes_on_4x2(data_dir, tmp_path):
     two, one = str(tmp_path / "2x4"), str(tmp_path / "1x8")
-    out = launch(2, 4, trainer_flags(data_dir, two, 30))
+
+    def flags(workdir, steps):  # one checkpoint, at step 30
+        return [f.replace("every_steps=10", "every_steps=30")
+                for f in trainer_flags(data_dir, workdir, steps)]
+
+    out = launch(2, 4, flags(two, 30))
     assert "explicit; process 0 of 2; 4 local and 8 global cpu device(s)" in out
     assert "mesh {'data': 8, 'fsdp': 1} over 8 cpu device(s)" in out
-    launch(1, 8, trainer_flags(data_dir, one, 30))
+    launch(1, 8, flags(one, 30))
     # the same global batches on both layouts: same training curve and final accuracy
     train_two = [r for r in read_metrics(two) if "train/loss" in r]
     train_one = [r for r in read_metrics(one) if "train/loss" in r]
@@ -215,7 +220,7 @@ def test_local_launcher_2x4_equals_1x8_and_resumes_on_4x2(data_dir, tmp_path):
     assert sorted(os.listdir(os.path.join(two, "logs"))) == ["process_0.log", "process_1.log"]
     # the 2-process job goes on with 4 processes x 2 devices (and a bucket's 2-process job
     # with 1 process: tests/test_object_storage.py)
-    out = launch(4, 2, trainer_flags(data_dir, two, 40) + ["--extend"])
+    out = launch(4, 2, flags(two, 40) + ["--extend"])
     assert "resumed from the checkpoint at step 30" in out
     assert final_eval(two)["step"] == 40
 
