@@ -24,7 +24,13 @@ from nme_train.curvature.estimators import (
     spectral_density,
 )
 from nme_train.curvature.figures import FIGURES, Figure, ProbeContext, register_figure
-from nme_train.curvature.lanczos import LanczosResult, lanczos, lanczos_host, lanczos_iterate
+from nme_train.curvature.lanczos import (
+    LanczosResult,
+    apply,
+    lanczos,
+    lanczos_host,
+    lanczos_iterate,
+)
 from nme_train.curvature.losses import (
     OutputLoss,
     as_output_loss,
@@ -36,7 +42,6 @@ from nme_train.curvature.operators import (
     OPERATORS,
     Curvature,
     OperatorKind,
-    apply,
     batch_weights,
     check_deterministic,
     kind_label,

@@ -19,7 +19,7 @@ alignment  g^T M g / ||g||^2 for the gradient g over the probe batches.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax.tree_utils as otu
 
-from nme_train.curvature.lanczos import LanczosResult, as_partial
+from nme_train.curvature.lanczos import LanczosResult, apply, as_partial
 
 Params = Any
 
@@ -55,14 +55,13 @@ def leafwise_dots(a: Params, b: Params) -> jax.Array:
                       for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))])
 
 
-@jax.jit
-def _probe_form(linear: Any, key: jax.Array, params: Params) -> jax.Array:
-    v = rademacher_like(key, params)
-    return leafwise_dots(v, linear(v))
+_draw = jax.jit(rademacher_like)
+_leafwise_dots = jax.jit(leafwise_dots)
 
 
-def hutchinson_quadratic_forms(linear: Any, params: Params, key: jax.Array,
-                               num_probes: int) -> np.ndarray:
+def hutchinson_quadratic_forms(linear: Any, params: Params, key: jax.Array, num_probes: int,
+                               random_vector: Callable[[jax.Array], Params] | None = None
+                               ) -> np.ndarray:
     """[num_probes, leaves] float64: v_l^T (M v)_l for probe v = rademacher(fold_in(key, j)).
 
     `linear` is the operator M: a plain matvec function v -> M v, or a
@@ -71,11 +70,18 @@ def hutchinson_quadratic_forms(linear: Any, params: Params, key: jax.Array,
     v^T M v, whose mean over rows is tr M; a column's mean is the trace of
     that leaf's diagonal block (leaf_paths order). One matvec per probe,
     driven from Python (a while-loop over ResNet matvecs runs far slower on
-    CPU).
+    CPU), through the operator's one compiled product (`lanczos.apply`, the
+    program the Lanczos figures' products and the alignment use too) and two
+    small programs of the parameters' shapes alone: the draw and the dots.
+    `random_vector(key)` draws a probe (default: rademacher_like(key, params);
+    the probes pass theirs, laid out as the parameters).
     """
     linear = as_partial(linear, "hutchinson_quadratic_forms")
-    rows = [np.asarray(_probe_form(linear, jax.random.fold_in(key, j), params), np.float64)
-            for j in range(num_probes)]
+    draw = random_vector or (lambda k: _draw(k, params))
+    rows = []
+    for j in range(num_probes):
+        v = draw(jax.random.fold_in(key, j))
+        rows.append(np.asarray(_leafwise_dots(v, apply(linear, v)), np.float64))
     return np.stack(rows) if rows else np.zeros((0, len(jax.tree.leaves(params))))
 
 

@@ -44,8 +44,7 @@ from nme_train.curvature.estimators import (
     slq_nodes_and_weights,
     spectral_density,
 )
-from nme_train.curvature.lanczos import LanczosResult
-from nme_train.curvature.operators import apply
+from nme_train.curvature.lanczos import LanczosResult, apply
 from nme_train.registry import Registry
 
 STAGES = ("before", "operator", "after")
@@ -127,7 +126,7 @@ def trace_figure(ctx: ProbeContext) -> dict[str, Any]:
     diagonal block from the same probes. One key for every kind: H, G and the NME see
     the same probe vectors, so tr H = tr G + tr NME holds probe by probe."""
     forms = hutchinson_quadratic_forms(ctx.linear, ctx.params, jax.random.fold_in(ctx.key, 1000),
-                                       ctx.settings.trace_probes)
+                                       ctx.settings.trace_probes, ctx.random_vector)
     ctx.stash.setdefault("trace_forms", {})[ctx.kind] = forms
     paths = leaf_paths(ctx.params)
     by_leaf = [mean_and_standard_error(forms[:, leaf]) for leaf in range(len(paths))]

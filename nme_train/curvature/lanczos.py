@@ -147,7 +147,12 @@ def _advance(matvec: Callable[[Params], Params], v: Params,
     is the largest |alpha| so far. On breakdown (beta negligible against
     the alphas) the next vector is zero.
     """
-    w = matvec(v)
+    return _advance_with(matvec(v), v, reorthogonalize, scale)
+
+
+def _advance_with(w: Params, v: Params, reorthogonalize: Callable[[Params], Params],
+                  scale: jax.Array | float) -> tuple[jax.Array, jax.Array, Params]:
+    """`_advance` given the product w = M v."""
     alpha = otu.tree_vdot(w, v)
     w = reorthogonalize(w)
     beta = otu.tree_norm(w)
@@ -158,9 +163,18 @@ def _advance(matvec: Callable[[Params], Params], v: Params,
 def _step(matvec: Callable[[Params], Params], i: jax.Array, basis: Any, alphas: jax.Array,
           betas: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
     """Lanczos step i on a stacked basis: row i + 1 of the basis, alphas[i], betas[i]."""
-    v = jax.tree.map(lambda b: b[i], basis)
-    alpha, beta, w = _advance(matvec, v, functools.partial(_reorthogonalize, basis),
-                              jnp.max(jnp.abs(alphas)))
+    return _step_with(matvec(_row(basis, i)), i, basis, alphas, betas)
+
+
+def _row(basis: Any, i: jax.Array) -> Params:
+    return jax.tree.map(lambda b: b[i], basis)
+
+
+def _step_with(w: Params, i: jax.Array, basis: Any, alphas: jax.Array, betas: jax.Array
+               ) -> tuple[Any, jax.Array, jax.Array]:
+    """`_step` given the product w = M (row i of the basis)."""
+    alpha, beta, w = _advance_with(w, _row(basis, i), functools.partial(_reorthogonalize, basis),
+                                   jnp.max(jnp.abs(alphas)))
     basis = jax.tree.map(lambda b, x: b.at[i + 1].set(x), basis, w)
     return basis, alphas.at[i].set(alpha), betas.at[i].set(beta)
 
@@ -179,9 +193,25 @@ def _jit_start(v0, num_steps, shardings):
     return _start(v0, num_steps, shardings)
 
 
+# The step driven from Python: the operator's product is its own compiled program (shared
+# with every other use of the operator: apply), the rest one program of the shapes alone.
+_jit_row = jax.jit(_row)
+
+
 @functools.partial(jax.jit, donate_argnums=(2,))
+def _jit_step_with(w, i, basis, alphas, betas):
+    return _step_with(w, i, basis, alphas, betas)
+
+
+@jax.jit
+def apply(linear: Any, v: Params) -> Params:
+    """linear(v) for a Partial operator (`Curvature.linear_operator`), jitted: one program
+    per operator, whichever figure asks for the product."""
+    return linear(v)
+
+
 def _jit_step(linear, i, basis, alphas, betas):
-    return _step(linear, i, basis, alphas, betas)
+    return _jit_step_with(apply(linear, _jit_row(basis, i)), i, basis, alphas, betas)
 
 
 def as_partial(linear: Any, caller: str) -> jax.tree_util.Partial:
@@ -273,5 +303,6 @@ def lanczos_start_jit():
 
 
 def lanczos_step_jit():
-    """The compiled step of `lanczos_iterate` (for memory analysis in benchmarks)."""
-    return _jit_step
+    """The step of `lanczos_iterate` as one jitted program (for memory analysis in
+    benchmarks: `lanczos_iterate` runs it as the operator's product, then the rest)."""
+    return jax.jit(_step, donate_argnums=(2,))

@@ -243,10 +243,6 @@ def nme_between_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matve
 KINDS = ("hessian", "gauss_newton", "nme")
 
 
-@jax.jit
-def apply(linear: Any, v: Params) -> Params:
-    """linear(v) for a Partial operator from `Curvature.linear_operator`, jitted."""
-    return linear(v)
 
 
 def batch_weights(batches: Sequence[Batch]) -> list[float]:

@@ -52,14 +52,8 @@ import numpy as np
 
 from nme_train.curvature.estimators import rademacher_like
 from nme_train.curvature.figures import ProbeContext, enabled_figures
-from nme_train.curvature.lanczos import LanczosResult, lanczos_host, lanczos_iterate
-from nme_train.curvature.operators import (
-    KINDS,
-    OPERATORS,
-    Curvature,
-    apply,
-    check_deterministic,
-)
+from nme_train.curvature.lanczos import LanczosResult, apply, lanczos_host, lanczos_iterate
+from nme_train.curvature.operators import KINDS, OPERATORS, Curvature, check_deterministic
 
 BASIS_MEMORY = ("auto", "device", "host")
 PRECISIONS = ("default", "high", "highest")  # jax.default_matmul_precision

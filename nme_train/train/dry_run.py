@@ -32,7 +32,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from nme_train.curvature.operators import apply, kind_label
+from nme_train.curvature.lanczos import apply
+from nme_train.curvature.operators import kind_label
 from nme_train.curvature.probes import ProbeSettings
 from nme_train.data import DATASETS
 from nme_train.train.checkpoint import abstract_with_shardings
