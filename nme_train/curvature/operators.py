@@ -243,8 +243,6 @@ def nme_between_of_batch(curv: Curvature, params: Params, batch: Batch) -> Matve
 KINDS = ("hessian", "gauss_newton", "nme")
 
 
-
-
 def batch_weights(batches: Sequence[Batch]) -> list[float]:
     """n_b / N for each batch (n_b from the leading axis of its targets)."""
     if not batches:
