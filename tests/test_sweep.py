@@ -178,8 +178,9 @@ def test_slurm_launcher_submits_one_job_per_pending_point(tmp_path):
     assert out.stdout.count("Submitted batch job") == 25
 
 
-def tiny_experiment(tmp_path, data_dir) -> str:
-    """An experiment file over the digits MLP: 2 methods x 2 seeds, 6 steps per run."""
+def tiny_experiment(tmp_path, data_dir, methods='{"none": (), "gp": (0.1,)}') -> str:
+    """An experiment file over the digits MLP: `methods` (by default 2: plain training and
+    the penalty at rho 0.1) x 2 seeds, 6 steps per run."""
     path = tmp_path / "tiny.py"
     path.write_text(textwrap.dedent(f"""
         from configs import default
@@ -200,7 +201,7 @@ def tiny_experiment(tmp_path, data_dir) -> str:
 
 
         def grid(scale):
-            return product(methods({{"none": (), "gp": (0.1,)}}), seeds((0, 1)))
+            return product(methods({methods}), seeds((0, 1)))
 
 
         def get_config(arg="digits"):
