@@ -70,18 +70,20 @@ def quantities(config, params, stats, images, labels, v, device):
     obj = reg.objective(apply_fn, loss_fn, has_state=True)
     batch, key = {"inputs": x, "targets": y}, jax.random.PRNGKey(0)
 
-    def direction(transform):
+    def direction(p, transform):
         o = transform(obj) if transform else obj
-        return jax.jit(jax.grad(lambda p: o(p, batch, key)[0]))(params)
+        return jax.grad(lambda q: o(q, batch, key)[0])(p)
 
-    out = {
-        "grad": direction(None),
-        "Hv": jax.jit(lambda p, w: hvp(lambda q: obj(q, batch, key)[0], p, w))(params, v),
-        "GP": direction(reg.gradient_penalty(0.1)),
-        "GN": direction(reg.gauss_newton_trace_penalty(0.01)),
-    }
-    return {k: np.concatenate([np.asarray(a, np.float64).ravel() for a in jax.tree.leaves(t)])
-            for k, t in out.items()}
+    @jax.jit  # the four in one program: one compile per setting
+    def compute(p, w):
+        return {"grad": direction(p, None),
+                "Hv": hvp(lambda q: obj(q, batch, key)[0], p, w),
+                "GP": direction(p, reg.gradient_penalty(0.1)),
+                "GN": direction(p, reg.gauss_newton_trace_penalty(0.01))}
+
+    out = compute(params, v)
+    return {k: np.concatenate([np.asarray(a, np.float64).ravel() for a in jax.tree.leaves(out[k])])
+            for k in ("grad", "Hv", "GP", "GN")}
 
 
 def main() -> None:
