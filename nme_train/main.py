@@ -15,6 +15,7 @@ resume; nme_train.train.preemption).
 
 from __future__ import annotations
 
+import gc
 import sys
 
 if __name__ == "__main__":  # the imports below take seconds: hold a SIGTERM meanwhile
@@ -105,7 +106,14 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """The `nme-train` command (same as `python -m nme_train.main`)."""
-    app.run(main, flags_parser=parse_flags)
+    try:
+        app.run(main, flags_parser=parse_flags)
+    finally:
+        # The process ends here, its outputs closed (checkpoints, metrics, final.json). The
+        # collector's passes over every imported module's objects during the interpreter's
+        # teardown cost about 0.5 s of CPU per process (a sweep's runs, each process of a
+        # job); frozen objects are left to the exit.
+        gc.freeze()
 
 
 if __name__ == "__main__":
