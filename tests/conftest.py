@@ -223,19 +223,22 @@ def cli_args(data_dir, workdir, steps=1200, every=100):
 SLOW_INPUT = os.path.join(ROOT, "tests", "support", "slow_input")
 
 
-def slow_input_env(delay: float) -> dict[str, str]:
+def slow_input_env(delay: float, until: str | None = None) -> dict[str, str]:
     """Environment for a trainer process whose every training batch comes `delay` s late
-    (tests/support/slow_input): a job that must keep running until the test acts on it
-    then waits instead of taking a core from the tools the test runs beside it."""
+    (tests/support/slow_input), until the file `until` (if given) exists: a job that must
+    keep running until the test acts on it then waits instead of taking a core from the
+    tools the test runs beside it, and runs on at full speed once the test is done."""
     path = os.pathsep.join(filter(None, [SLOW_INPUT, os.environ.get("PYTHONPATH")]))
-    return {"PYTHONPATH": path, "NME_TEST_INPUT_DELAY": str(delay)}
+    return {"PYTHONPATH": path, "NME_TEST_INPUT_DELAY": str(delay),
+            **({"NME_TEST_INPUT_DELAY_UNTIL": until} if until else {})}
 
 
-def start(args, input_delay: float = 0.0):
+def start(args, input_delay: float = 0.0, delay_until: str | None = None):
     """`python -m nme_train.main ARGS` on one fake device, in the background; with
-    `input_delay`, each training batch that many seconds late."""
+    `input_delay`, each training batch that many seconds late (until the file
+    `delay_until`, if given, exists)."""
     env = {**os.environ, "XLA_FLAGS": xla_flags(1),
-           **(slow_input_env(input_delay) if input_delay else {})}
+           **(slow_input_env(input_delay, delay_until) if input_delay else {})}
     return subprocess.Popen([sys.executable, "-m", "nme_train.main", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -276,7 +276,7 @@ def test_a_hung_process_fails_the_job_through_the_watchdog(data_dir, tmp_path):
     import psutil
 
     launcher, victim = launch_two_and_find_process_1(
-        data_dir, str(tmp_path / "hangs"), ["--grace=3"], ["--config.watchdog_seconds=5"])
+        data_dir, str(tmp_path / "hangs"), ["--grace=1"], ["--config.watchdog_seconds=5"])
     victim.suspend()  # SIGSTOP: alive, silent
     stopped = time.time()
     out, err = launcher.communicate(timeout=120)

@@ -148,9 +148,10 @@ def test_a_running_job_serves_a_trace_request_at_its_next_step(data_dir, tmp_pat
     without any profile setting) starts it at the step after it reads the request, records
     it, removes the request and runs on to its end."""
     workdir = str(tmp_path / "job")
+    traced = str(tmp_path / "traced")  # its batches are late until the trace is checked
     job = start([*cli_args(data_dir, workdir, steps=150, every=1000),
                  "--config.log_every_steps=1", "--config.profile.poll_seconds=0.05"],
-                input_delay=0.1)
+                input_delay=0.1, delay_until=traced)
     try:
         deadline = time.monotonic() + 240
         logged = []
@@ -173,6 +174,7 @@ def test_a_running_job_serves_a_trace_request_at_its_next_step(data_dir, tmp_pat
         steps, _ = trace_steps(record["trace_dir"])
         assert steps == list(range(record["start_step"], record["end_step"] + 1))
         assert not os.path.exists(os.path.join(workdir, REQUEST_FILE))
+        open(traced, "w").close()
         out, err = job.communicate(timeout=240)
         assert job.returncode == 0, err
     finally:
