@@ -123,7 +123,7 @@ def check_resnet(m: Any) -> list[str]:
     return problems + positive_number("config.model.width", m.width)
 
 
-@register_model("resnet", check=check_resnet, example={"depth": 18, "width": 2}, settings={
+@register_model("resnet", check=check_resnet, example={"depth": 10, "width": 2}, settings={
     "depth": (18, "resnet: 10/18/34/50/101/152; wide_resnet: 6n+4"),
     "width": (16, "resnet: filters of the first stage"),
     "stem": ("cifar", "resnet: cifar (3x3 conv) | imagenet (7x7/2 conv + max pool)")})
